@@ -1,0 +1,80 @@
+"""explore_data: measure a dataset and draw it.
+
+Reads a get_data run (`--data_run`), a folder of IDX files (`--in_data`), or else the
+newest finished get_data run of `--dataset`. Logs the training set's pixel `mean` and
+`std` as metrics, the class counts (metrics and a table), and pictures: examples per
+class, images per class, and the pixel histogram.
+
+$ mlflow run . -e explore_data --env-manager local -P data_run=<get_data run id>
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mnist_pipeline.cli import USER_ERRORS, Parser, fail, stage_run
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="explore.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--data_run", default="", help="a get_data run ID")
+    parser.add_argument("--in_data", default="", help="or a folder of the four IDX files")
+    parser.add_argument("--dataset", default="mnist", help="mnist or fashion, to find the newest get_data run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with stage_run("explore_data", parser, args, __file__) as run:
+            mean, std = explore(args)
+    except USER_ERRORS as error:
+        return fail(parser.prog, error)
+    print(f"explore_data run {run.info.run_id}: mean {mean:.3f}, std {std:.3f}")
+    return 0
+
+
+def explore(args) -> tuple[float, float]:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from mnist_pipeline import plots, runs
+    from mnist_pipeline.datasets import dataset_spec, load_folder
+
+    folder, data_run, dataset_name = runs.resolve_data(args.data_run, args.in_data, args.dataset)
+    spec = dataset_spec(dataset_name)
+    mlflow.set_tags({"dataset": spec.name, **({"data_run": data_run} if data_run else {}),
+                     **({"in_data": args.in_data} if args.in_data else {})})
+    data = load_folder(folder)
+    mean, std = pixel_statistics(data.x_train)
+    train_counts = np.bincount(data.y_train, minlength=len(spec.class_names))
+    test_counts = np.bincount(data.y_test, minlength=len(spec.class_names))
+    mlflow.log_metrics({"mean": mean, "std": std, "train_count": len(data.y_train),
+                        "test_count": len(data.y_test)})
+    mlflow.log_metrics({f"train_count_{label}": int(count) for label, count in enumerate(train_counts)})
+    mlflow.log_table(
+        pd.DataFrame({"label": range(len(spec.class_names)), "class_name": spec.class_names,
+                      "train": train_counts, "test": test_counts}),
+        "class_counts.json",
+    )
+    mlflow.log_figure(plots.examples_grid(data.x_train, data.y_train, spec.class_names),
+                      "examples_per_class.png")
+    mlflow.log_figure(plots.class_histogram(train_counts, test_counts, spec.class_names),
+                      "class_histogram.png")
+    mlflow.log_figure(plots.pixel_histogram(data.x_train, mean, std), "pixel_histogram.png")
+    print(f"Measured {len(data.y_train):,} training images of {spec.title}", file=sys.stderr)
+    return mean, std
+
+
+def pixel_statistics(images) -> tuple[float, float]:
+    """Return the mean and standard deviation of all pixels, on the 0-255 scale."""
+    import numpy as np
+
+    pixels = np.asarray(images, dtype=np.float64)
+    return float(pixels.mean()), float(pixels.std())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""main: run the whole pipeline, each stage a nested run, reusing stages that already ran.
+
+get_data → explore_data → preprocess → train → package. A stage that already FINISHED
+in this experiment with the same parameters (compared after the stage's own parsing,
+so "0.001" equals "1e-3"), the same upstream runs and the same code version is reused,
+not run again. The parent run records every stage's run ID and which were reused.
+
+$ mlflow run . --env-manager local -P source=../shared/data/mnist
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail
+
+import download
+import explore
+import package_model
+import preprocess
+import train
+
+PROJECT_DIR = Path(__file__).resolve().parent
+STAGES = {
+    "get_data": download,
+    "explore_data": explore,
+    "preprocess": preprocess,
+    "train": train,
+    "package": package_model,
+}
+
+
+def build_parser() -> Parser:
+    train_defaults = train.build_parser()
+    parser = Parser(prog="main.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist", help="mnist or fashion")
+    parser.add_argument("--source", default="official", help="as for get_data: 'official', a folder or a base URL")
+    parser.add_argument("--allow_unverified", type=boolean, default=False)
+    for name in ("batch_size", "epochs", "lr", "nr_conv_1", "seed"):
+        action = next(a for a in train_defaults._actions if a.dest == name)
+        parser.add_argument(f"--{name}", type=action.type, default=action.default, help=action.help)
+    parser.add_argument("--output_dir", default="model", help="where package saves the served model")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import mlflow
+    from mlflow.exceptions import ExecutionException
+
+    from mnist_pipeline.datasets import dataset_spec
+
+    try:
+        dataset_spec(args.dataset)
+    except ValueError as error:
+        return fail(parser.prog, error)
+    started = time.perf_counter()
+    try:
+        with mlflow.start_run() as parent:
+            mlflow.set_tags({"stage": "main", "dataset": args.dataset})
+            pipeline = Pipeline(parent.info.experiment_id)
+            data_run = pipeline.stage("get_data", dataset=args.dataset, source=args.source,
+                                      allow_unverified=args.allow_unverified,
+                                      outdir=f"data/{args.dataset}")
+            explore_run = pipeline.stage("explore_data", data_run=data_run)
+            preprocess_run = pipeline.stage("preprocess", data_run=data_run, explore_run=explore_run)
+            train_run = pipeline.stage(
+                "train", preprocess_run=preprocess_run, batch_size=args.batch_size,
+                epochs=args.epochs, lr=args.lr, nr_conv_1=args.nr_conv_1, seed=args.seed,
+            )
+            pipeline.stage("package", train_run=train_run, output_dir=args.output_dir)
+            pipeline.log_summary()
+            accuracy = mlflow.get_run(train_run).data.metrics.get("accuracy")
+            if accuracy is not None:
+                mlflow.log_metric("accuracy", accuracy)
+    except (ExecutionException, *USER_ERRORS) as error:
+        return fail(parser.prog, error)
+    seconds = time.perf_counter() - started
+    print(pipeline.report(parent.info.run_id, seconds, args.output_dir))
+    return 0
+
+
+class Pipeline:
+    """Runs stages as nested MLflow project runs, or reuses finished ones."""
+
+    def __init__(self, experiment_id: str):
+        self.experiment_id = experiment_id
+        self.stages: list[dict] = []
+
+    def stage(self, entry_point: str, **parameters) -> str:
+        """Return the run ID of `entry_point` with `parameters`, reused or freshly run."""
+        import mlflow
+
+        from mnist_pipeline import runs
+        from mnist_pipeline.cli import canonical_params
+
+        module = STAGES[entry_point]
+        parser = module.build_parser()
+        wanted = canonical_params(parser, {k: _as_text(v) for k, v in parameters.items()})
+        version = runs.code_version(module.__file__)
+        found = runs.find_reusable_run(entry_point, parser, wanted, version, self.experiment_id)
+        if found is not None and self._still_valid(entry_point, found, parameters):
+            run_id, reused = found.info.run_id, True
+            print(f"[main] {entry_point}: reusing finished run {run_id}", file=sys.stderr)
+        else:
+            print(f"[main] {entry_point}: starting", file=sys.stderr)
+            submitted = mlflow.projects.run(
+                uri=str(PROJECT_DIR),
+                entry_point=entry_point,
+                parameters={k: _as_text(v) for k, v in parameters.items()},
+                env_manager="local",
+                experiment_id=self.experiment_id,
+                synchronous=True,
+            )
+            run_id, reused = submitted.run_id, False
+        self.stages.append({"stage": entry_point, "run_id": run_id, "reused": reused})
+        return run_id
+
+    @staticmethod
+    def _still_valid(entry_point: str, run, parameters: dict) -> bool:
+        """A package run is only reused while the model it saved is still on disk."""
+        if entry_point != "package":
+            return True
+        return package_model.saved_model_matches(parameters["output_dir"], run)
+
+    def log_summary(self) -> None:
+        import mlflow
+
+        reused = [stage["stage"] for stage in self.stages if stage["reused"]]
+        mlflow.set_tags({f"{stage['stage']}_run": stage["run_id"] for stage in self.stages})
+        mlflow.set_tag("reused_stages", ",".join(reused) if reused else "none")
+        mlflow.log_dict({"stages": self.stages}, "pipeline.json")
+
+    def report(self, run_id: str, seconds: float, output_dir: str) -> str:
+        lines = [f"Pipeline run {run_id} finished in {seconds:.1f} s:"]
+        for stage in self.stages:
+            how = "reused" if stage["reused"] else "ran"
+            lines.append(f"  {stage['stage']:<13} {how:<7} {stage['run_id']}")
+        lines += [
+            "Next:",
+            "  mlflow ui                                   # compare the runs at http://localhost:5000",
+            f"  mlflow models serve -m {output_dir} --env-manager local -p 5000",
+            "  python png_to_pandas.py my_digit.png        # then the curl command it prints",
+        ]
+        return "\n".join(lines)
+
+
+def _as_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

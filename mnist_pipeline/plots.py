@@ -1,0 +1,106 @@
+"""Pictures logged with the runs: example grids, class histograms, confusion matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def examples_grid(images: np.ndarray, labels: np.ndarray, class_names, per_class: int = 10):
+    """Return a figure with `per_class` training images of each class, one class per row."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        len(class_names), per_class, figsize=(per_class * 0.8, len(class_names) * 0.85)
+    )
+    for row, name in enumerate(class_names):
+        chosen = np.flatnonzero(labels == row)[:per_class]
+        for column in range(per_class):
+            axis = axes[row, column]
+            axis.axis("off")
+            if column < len(chosen):
+                axis.imshow(images[chosen[column]], cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(name, fontsize=8, loc="left")
+    figure.suptitle("Examples per class")
+    figure.tight_layout()
+    return figure
+
+
+def class_histogram(train_counts: np.ndarray, test_counts: np.ndarray, class_names):
+    """Return a bar chart of how many training and test images each class has."""
+    plt = _pyplot()
+    positions = np.arange(len(class_names))
+    figure, axis = plt.subplots(figsize=(8, 4))
+    axis.bar(positions - 0.2, train_counts, width=0.4, label="train")
+    axis.bar(positions + 0.2, test_counts, width=0.4, label="test")
+    axis.set_xticks(positions, class_names, rotation=30, ha="right")
+    axis.set_ylabel("images")
+    axis.set_title("Images per class")
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def pixel_histogram(images: np.ndarray, mean: float, std: float):
+    """Return a histogram of the training pixels, with the mean and one std marked."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    counts = np.bincount(images.ravel(), minlength=256)
+    axis.bar(np.arange(256), counts, width=1.0)
+    axis.set_yscale("log")
+    axis.axvline(mean, color="red", label=f"mean {mean:.2f}")
+    axis.axvspan(max(0, mean - std), min(255, mean + std), color="red", alpha=0.1,
+                 label=f"± std {std:.2f}")
+    axis.set_xlabel("pixel value")
+    axis.set_ylabel("pixels (log)")
+    axis.set_title("Pixel values of the training set")
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix(matrix: np.ndarray, class_names, title: str = "Confusion matrix (test set)"):
+    """Return a heat map of `matrix[true, predicted]` with the counts written in."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 6))
+    shown = axis.imshow(np.log1p(matrix), cmap="Blues")
+    positions = np.arange(len(class_names))
+    axis.set_xticks(positions, class_names, rotation=45, ha="right")
+    axis.set_yticks(positions, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    threshold = np.log1p(matrix).max() / 2
+    for true in positions:
+        for predicted in positions:
+            value = matrix[true, predicted]
+            axis.text(predicted, true, str(value), ha="center", va="center", fontsize=7,
+                      color="white" if np.log1p(value) > threshold else "black")
+    axis.set_title(title)
+    figure.colorbar(shown, ax=axis, label="log(1 + count)")
+    figure.tight_layout()
+    return figure
+
+
+def metric_against_params(table, metric: str, params: list[str]):
+    """Return one scatter plot per searched hyperparameter: `metric` against its values."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, max(1, len(params)), figsize=(4 * max(1, len(params)), 3.5),
+                                squeeze=False)
+    finished = table[table[metric].notna()]
+    for axis, param in zip(axes[0], params):
+        axis.scatter(finished[param].astype(float), finished[metric], color="tab:blue")
+        axis.set_xlabel(param)
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        if param == "lr":
+            axis.set_xscale("log")
+    figure.suptitle(f"{metric} by trial")
+    figure.tight_layout()
+    return figure

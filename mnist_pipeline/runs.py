@@ -1,0 +1,245 @@
+"""Finding runs: by ID, by a path inside ./mlruns, as the latest of a stage, or to reuse."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+STAGE_TAG = "stage"
+CODE_VERSION_TAG = "code_version"
+PACKAGE_DIR = Path(__file__).resolve().parent
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
+
+
+def code_version(script: str | Path) -> str:
+    """Return a short hash of `script` and of every module of this package.
+
+    A stage whose code changed has a new code version, so its old runs are not reused.
+    """
+    digest = hashlib.sha256()
+    for path in [Path(script).resolve(), *sorted(PACKAGE_DIR.glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def get_run(run_id: str, stage: str) -> Run:
+    """Return the FINISHED run `run_id` of `stage`, or raise ValueError saying what it is."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise ValueError(
+            f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}"
+        ) from None
+    actual = run.data.tags.get(STAGE_TAG)
+    if actual != stage:
+        kind = f"a {actual} run" if actual else "not a pipeline run"
+        raise ValueError(f"run {run_id} is {kind}, expected a {stage} run")
+    if run.info.status != "FINISHED":
+        raise ValueError(f"{stage} run {run_id} is {run.info.status}, expected FINISHED")
+    return run
+
+
+def run_id_from_path(path: str | Path) -> str:
+    """Return the run behind a path into ./mlruns: run artifacts or an MLflow 3 logged model.
+
+    `./mlruns/<exp>/<run id>/artifacts/...` names the run directly;
+    `./mlruns/<exp>/models/<model id>/artifacts` names a logged model, whose source run
+    is looked up. Raises ValueError for a path that is neither.
+    """
+    parts = Path(path).resolve().parts
+    for index, part in enumerate(parts):
+        if _MODEL_ID.match(part) and index > 0 and parts[index - 1] == "models":
+            try:
+                return mlflow.get_logged_model(part).source_run_id
+            except MlflowException:
+                raise ValueError(f"{path}: logged model {part} is not in this store") from None
+        if _RUN_ID.match(part) and index + 1 < len(parts) and parts[index + 1] == "artifacts":
+            return part
+    raise ValueError(
+        f"{path}: not a path into ./mlruns "
+        "(expected mlruns/<experiment>/<run id>/artifacts or mlruns/<experiment>/models/<model id>/artifacts)"
+    )
+
+
+def experiment_ids() -> list[str]:
+    return [e.experiment_id for e in MlflowClient().search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+
+
+def finished_runs(stage: str, extra_filter: str = "", experiment_ids_: list[str] | None = None,
+                  max_results: int = 1000) -> list[Run]:
+    """Return FINISHED runs of `stage`, newest first."""
+    query = f"tags.{STAGE_TAG} = '{stage}' and attributes.status = 'FINISHED'"
+    if extra_filter:
+        query += f" and {extra_filter}"
+    return mlflow.search_runs(
+        experiment_ids=experiment_ids_ or experiment_ids(),
+        filter_string=query,
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+        output_format="list",
+    )
+
+
+def latest_run(stage: str, dataset: str | None = None, lineage: dict[str, str] | None = None) -> Run:
+    """Return the newest FINISHED run of `stage`, of `dataset` and with the given lineage tags.
+
+    Raises ValueError when there is none, naming the stage to run first.
+    """
+    conditions = []
+    if dataset:
+        conditions.append(f"tags.dataset = '{dataset}'")
+    for tag, value in (lineage or {}).items():
+        conditions.append(f"tags.{tag} = '{value}'")
+    found = finished_runs(stage, " and ".join(conditions), max_results=1)
+    if not found:
+        which = f" of dataset {dataset!r}" if dataset else ""
+        raise ValueError(
+            f"no finished {stage} run{which} in {mlflow.get_tracking_uri()}; "
+            f"run `mlflow run . -e {stage}` first or name one"
+        )
+    return found[0]
+
+
+def find_reusable_run(stage: str, parser: argparse.ArgumentParser, wanted: dict[str, str],
+                      version: str, experiment_id: str) -> Run | None:
+    """Return the newest FINISHED run of `stage` with the same code and the same parameters.
+
+    Parameters are compared after both sides went through the stage's own parser, so
+    "0.001" matches "1e-3" and "16" matches "16", never a string against an int.
+    """
+    from mnist_pipeline.cli import canonical_params
+
+    candidates = finished_runs(
+        stage, f"tags.{CODE_VERSION_TAG} = '{version}'", experiment_ids_=[experiment_id]
+    )
+    for run in candidates:
+        try:
+            if canonical_params(parser, run.data.params) == wanted:
+                return run
+        except SystemExit:
+            continue  # a run whose parameters no longer parse cannot be reused
+    return None
+
+
+def artifact_dir(run_id: str, artifact_path: str = "") -> Path:
+    """Return a local folder holding the run's artifacts at `artifact_path`.
+
+    With a local artifact store that is the folder itself; a remote store's artifacts
+    are downloaded first.
+    """
+    root = MlflowClient().get_run(run_id).info.artifact_uri
+    parsed = urllib.parse.urlparse(root)
+    if parsed.scheme in ("", "file"):
+        local = Path(urllib.request.url2pathname(parsed.path)) / artifact_path
+        if local.exists():
+            return local
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path))
+
+
+def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, str | None, str]:
+    """Return (folder of the four IDX files, get_data run ID or None, dataset name).
+
+    `data_run` names a get_data run; `in_data` a folder of IDX files (the workshop's
+    way), traced back to the get_data run that wrote it when there is one; with
+    neither, the newest finished get_data run of `dataset` is taken.
+    """
+    from mnist_pipeline.datasets import dataset_spec, read_idx_sha256
+
+    if data_run and in_data:
+        raise ValueError("give either data_run or in_data, not both")
+    if in_data:
+        folder = Path(in_data)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"in_data {in_data}: no such folder")
+        digest = read_idx_sha256(folder / "train-images-idx3-ubyte.gz")
+        found = finished_runs("get_data", f"tags.`sha256.train-images-idx3-ubyte` = '{digest}'",
+                              max_results=1)
+        if found:
+            return folder, found[0].info.run_id, found[0].data.tags.get("dataset", dataset)
+        dataset_spec(dataset)
+        return folder, None, dataset
+    run = get_run(data_run, "get_data") if data_run else latest_run("get_data", dataset_spec(dataset).name)
+    return artifact_dir(run.info.run_id, "data"), run.info.run_id, run.data.tags["dataset"]
+
+
+PROJECT_DIR = PACKAGE_DIR.parent
+
+
+def logged_model_uri(run: Run, name: str = "model") -> str:
+    """Return `models:/<model id>` of the model named `name` that `run` logged."""
+    found = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'",
+        output_format="list",
+    )
+    if not found:
+        raise ValueError(f"run {run.info.run_id} logged no model named {name!r}")
+    return f"models:/{found[0].model_id}"
+
+
+def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
+    """Return the FINISHED train run with the highest test accuracy.
+
+    Within the children of `parent_run` (a train_batch run) when given, else within
+    `experiment` (a name or an ID), else within the active run's experiment.
+    """
+    client = MlflowClient()
+    if parent_run:
+        parent = client.get_run(parent_run) if _RUN_ID.match(parent_run) else None
+        if parent is None:
+            raise ValueError(f"parent_run {parent_run!r} is not a run ID")
+        experiment_ids_ = [parent.info.experiment_id]
+        extra = f"tags.mlflow.parentRunId = '{parent_run}'"
+        where = f"under run {parent_run}"
+    else:
+        experiment_ids_ = [_experiment_id(experiment)]
+        extra = ""
+        where = f"in experiment {experiment or experiment_ids_[0]!r}"
+    query = f"tags.{STAGE_TAG} = 'train' and attributes.status = 'FINISHED'"
+    if extra:
+        query += f" and {extra}"
+    found = mlflow.search_runs(
+        experiment_ids=experiment_ids_, filter_string=query,
+        order_by=["metrics.accuracy DESC", "attributes.start_time DESC"],
+        max_results=1, output_format="list",
+    )
+    if not found or "accuracy" not in found[0].data.metrics:
+        raise ValueError(f"train_run=best: no finished train run with an accuracy {where}")
+    return found[0]
+
+
+def _experiment_id(experiment: str) -> str:
+    if not experiment:
+        active = mlflow.active_run()
+        return active.info.experiment_id if active else "0"
+    client = MlflowClient()
+    by_name = client.get_experiment_by_name(experiment)
+    if by_name is not None:
+        return by_name.experiment_id
+    try:
+        return client.get_experiment(experiment).experiment_id
+    except MlflowException:
+        raise ValueError(f"experiment {experiment!r} does not exist (by name or ID)") from None
+
+
+def describe_version(name: str, version: str, train_run: str, accuracy: float | None,
+                     champion: bool) -> None:
+    """Record on a registered model version why it exists; move `champion` to it if asked."""
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "train_run", train_run)
+    if accuracy is not None:
+        client.set_model_version_tag(name, version, "accuracy", f"{accuracy:.4f}")
+    if champion:
+        client.set_model_version_tag(name, version, "champion_reason",
+                                     f"highest test accuracy ({accuracy:.4f}) of the train runs compared")
+        client.set_registered_model_alias(name, "champion", version)

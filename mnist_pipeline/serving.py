@@ -1,0 +1,148 @@
+"""Turning what a client sends to the scoring server into pixels, and answers into records.
+
+Accepted, in any of MLflow's request formats (dataframe_split, dataframe_records,
+inputs, instances):
+
+1. a frame of 28 columns: every 28 rows are one image (the workshop's format);
+2. a frame of 784 columns: one image per row;
+3. tensors of shape (28, 28), (n, 28, 28), (n, 28, 28, 1) or (n, 784);
+4. a column `image` of base64-encoded PNG or JPEG files, one per row.
+
+Pixels are on the 0-255 scale, white ink on black as in MNIST. Anything else raises
+ValueError with a one-line message saying what was expected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+
+from mnist_pipeline.transform import TransformSpec, image_to_pixels
+
+MAX_IMAGES_PER_REQUEST = 10_000
+MAX_FILES_PER_REQUEST = 100
+IMAGE_COLUMN = "image"
+SIDE = 28
+PIXELS = SIDE * SIDE
+
+
+def pixels_from_request(model_input, spec: TransformSpec) -> np.ndarray:
+    """Return float32 pixels (n, 28, 28) on the 0-255 scale from a scoring request."""
+    import pandas as pd
+
+    if isinstance(model_input, dict):
+        if IMAGE_COLUMN in model_input:
+            return _decode_files(list(np.ravel(model_input[IMAGE_COLUMN])), spec)
+        if len(model_input) == 1:
+            return pixels_from_request(next(iter(model_input.values())), spec)
+        raise ValueError(f"expected one tensor or an {IMAGE_COLUMN!r} input, got {sorted(model_input)}")
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN in model_input.columns:
+            if len(model_input.columns) != 1:
+                raise ValueError(f"expected only the column {IMAGE_COLUMN!r} beside image files")
+            return _decode_files(model_input[IMAGE_COLUMN].tolist(), spec)
+        return _pixels_from_table(model_input)
+    if isinstance(model_input, (list, np.ndarray)):
+        return _pixels_from_tensor(np.asarray(model_input))
+    raise ValueError(f"expected a frame or a tensor of pixels, got {type(model_input).__name__}")
+
+
+def _pixels_from_table(frame) -> np.ndarray:
+    rows, columns = frame.shape
+    if rows == 0:
+        raise ValueError("empty batch: send at least one image")
+    values = _as_numbers(frame.to_numpy())
+    if columns == PIXELS:
+        images = values.reshape(rows, SIDE, SIDE)
+    elif columns == SIDE and rows % SIDE == 0:
+        images = values.reshape(rows // SIDE, SIDE, SIDE)
+    else:
+        raise ValueError(
+            f"expected 28 columns with 28 rows per image, or 784 columns with one row per "
+            f"image; got {rows} rows x {columns} columns"
+        )
+    return _checked(images)
+
+
+def _pixels_from_tensor(tensor: np.ndarray) -> np.ndarray:
+    if tensor.size == 0:
+        raise ValueError("empty batch: send at least one image")
+    if tensor.dtype.kind in "OSU" and tensor.ndim == 1:
+        raise ValueError(f"expected pixels, or image files in a column named {IMAGE_COLUMN!r}")
+    values = _as_numbers(tensor)
+    shape = values.shape
+    if shape == (SIDE, SIDE):
+        images = values[np.newaxis]
+    elif values.ndim == 3 and shape[1:] == (SIDE, SIDE):
+        images = values
+    elif values.ndim == 4 and shape[1:] == (SIDE, SIDE, 1):
+        images = values[..., 0]
+    elif values.ndim == 2 and shape[1] == PIXELS:
+        images = values.reshape(-1, SIDE, SIDE)
+    else:
+        raise ValueError(
+            f"expected a tensor of shape (28, 28), (n, 28, 28), (n, 28, 28, 1) or (n, 784); "
+            f"got {shape}"
+        )
+    return _checked(images)
+
+
+def _as_numbers(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float32, copy=False)
+    try:
+        return values.astype(np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("pixels must be numbers from 0 to 255") from None
+
+
+def _checked(images: np.ndarray) -> np.ndarray:
+    if len(images) > MAX_IMAGES_PER_REQUEST:
+        raise ValueError(
+            f"{len(images):,} images in one request; at most {MAX_IMAGES_PER_REQUEST:,} are accepted"
+        )
+    if not np.isfinite(images).all():
+        raise ValueError("pixels must be finite numbers from 0 to 255 (got NaN or infinity)")
+    if images.min() < 0 or images.max() > 255:
+        raise ValueError(
+            f"pixels must be from 0 to 255; got values from {images.min():g} to {images.max():g}"
+        )
+    return images
+
+
+def _decode_files(encoded: list, spec: TransformSpec) -> np.ndarray:
+    if not encoded:
+        raise ValueError("empty batch: send at least one image")
+    if len(encoded) > MAX_FILES_PER_REQUEST:
+        raise ValueError(
+            f"{len(encoded):,} image files in one request; at most {MAX_FILES_PER_REQUEST} are accepted"
+        )
+    images = []
+    for number, item in enumerate(encoded, start=1):
+        if isinstance(item, str):
+            item = item.encode("ascii", errors="replace")
+        if not isinstance(item, bytes):
+            raise ValueError(f"image {number}: expected a base64 string, got {type(item).__name__}")
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"image {number}: not valid base64") from None
+        try:
+            images.append(image_to_pixels(data, spec.image_style))
+        except ValueError as error:
+            raise ValueError(f"image {number}: {error}") from None
+    return np.stack(images).astype(np.float32)
+
+
+def answer(probabilities: np.ndarray, class_names) -> "object":
+    """Return a frame with one record per image: label, class_name, probability."""
+    import pandas as pd
+
+    labels = probabilities.argmax(axis=1)
+    return pd.DataFrame({
+        "label": labels.astype(np.int64),
+        "class_name": [class_names[label] for label in labels],
+        "probability": probabilities[np.arange(len(labels)), labels].astype(np.float64),
+    })

@@ -1,0 +1,194 @@
+"""package: bundle a trained CNN with its preprocessing into a pyfunc model, saved to ./model.
+
+Reads a train run (`--train_run`, or `best`: the finished train run with the highest
+test accuracy in `--experiment` or under `--parent_run`), or the workshop's
+`--model_dir` (a train run's logged model under ./mlruns). Follows the lineage back
+to the preprocess run's `transform.json`, logs the model from code (served_model.py)
+to this run, registers a new version of the model named after the dataset, and saves
+the same model to `--output_dir`, replacing what was there in one move.
+
+$ mlflow run . -e package --env-manager local -P train_run=<train run id>
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, stage_run
+
+SERVED_MODEL_CODE = "mnist_pipeline/served_model.py"
+CHAMPION = "champion"
+# What the served model imports; their installed versions are pinned in the model.
+# Each entry lists the distributions that provide the package, the usual one first.
+SERVING_PACKAGES = (("mlflow",), ("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",),
+                    ("pandas",), ("opencv-python-headless", "opencv-python"), ("pillow",))
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="package_model.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--train_run", default="", help="a train run ID, or 'best'")
+    parser.add_argument("--model_dir", default="", help="or a train run's logged model under ./mlruns")
+    parser.add_argument("--dataset", default="mnist", help="mnist or fashion, to find the newest train run")
+    parser.add_argument("--experiment", default="", help="with train_run=best: an experiment name or ID")
+    parser.add_argument("--parent_run", default="", help="with train_run=best: a train_batch run ID")
+    parser.add_argument("--output_dir", default="model", help="where the served model is saved")
+    parser.add_argument("--register", type=boolean, default=True,
+                        help="register a new version of the model named after the dataset")
+    parser.add_argument("--champion", type=boolean, default=False,
+                        help="move the alias 'champion' to the new version (implied by train_run=best)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with stage_run("package", parser, args, __file__) as run:
+            summary = package(args)
+    except USER_ERRORS as error:
+        return fail(parser.prog, error)
+    print(f"package run {run.info.run_id}: {summary}")
+    print(f"Serve it with: mlflow models serve -m {args.output_dir} --env-manager local -p 5000")
+    return 0
+
+
+def resolve_train_run(args):
+    from mnist_pipeline import runs
+
+    if args.train_run and args.model_dir:
+        raise ValueError("give either train_run or model_dir, not both")
+    if args.train_run == "best":
+        return runs.best_train_run(args.experiment, args.parent_run)
+    if args.model_dir:
+        return runs.get_run(runs.run_id_from_path(args.model_dir), "train")
+    if args.train_run:
+        return runs.get_run(args.train_run, "train")
+    return runs.latest_run("train", args.dataset)
+
+
+def package(args) -> str:
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from mnist_pipeline import runs
+    from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec
+
+    train_run = resolve_train_run(args)
+    train_run_id = train_run.info.run_id
+    accuracy = train_run.data.metrics.get("accuracy")
+    preprocess_run = train_run.data.tags.get("preprocess_run")
+    if not preprocess_run:
+        raise ValueError(f"train run {train_run_id} does not name its preprocess run")
+    preprocess_dir = runs.artifact_dir(preprocess_run)
+    transform_path = preprocess_dir / TRANSFORM_FILE
+    spec = TransformSpec.load(transform_path)
+    keras_model_uri = args.model_dir or runs.logged_model_uri(train_run)
+    champion = args.champion or args.train_run == "best"
+    mlflow.set_tags({"dataset": spec.dataset, "train_run": train_run_id,
+                     "preprocess_run": preprocess_run})
+    if args.train_run == "best":
+        print(f"Best train run: {train_run_id} (test accuracy {accuracy:.4f})", file=sys.stderr)
+
+    with np.load(preprocess_dir / "arrays" / "test.npz") as test_arrays:
+        first_test_image = test_arrays["x"][0, :, :, 0]
+    pixels = np.clip(np.rint(first_test_image * spec.std + spec.mean), 0, 255).astype(np.uint8)
+    input_example = pd.DataFrame(pixels, columns=[str(column) for column in range(28)])
+    # The model takes several request formats (see mnist_pipeline/serving.py), so only
+    # the answer has a fixed schema; an input schema would refuse all but one of them.
+    signature = ModelSignature(outputs=Schema([
+        ColSpec("long", "label"), ColSpec("string", "class_name"), ColSpec("double", "probability"),
+    ]))
+
+    with tempfile.TemporaryDirectory() as staging:
+        keras_path = Path(staging) / "model.keras"
+        mlflow.tensorflow.load_model(keras_model_uri).save(keras_path)
+        model_info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(runs.PROJECT_DIR / SERVED_MODEL_CODE),
+            artifacts={"keras_model": str(keras_path), "transform": str(transform_path)},
+            code_paths=[str(runs.PACKAGE_DIR)],
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=serving_requirements(),
+            registered_model_name=spec.dataset if args.register else None,
+            tags={"train_run": train_run_id},
+        )
+    mlflow.set_tag("model_uuid", model_info.model_uuid)
+    if accuracy is not None:
+        mlflow.log_metric("accuracy", accuracy)
+    replace_directory(model_info.model_uri, Path(args.output_dir))
+
+    summary = f"saved {args.output_dir}/ from train run {train_run_id}"
+    version = model_info.registered_model_version
+    if args.register and version is not None:
+        runs.describe_version(spec.dataset, version, train_run_id, accuracy, champion)
+        summary += f"; registered {spec.dataset} version {version}"
+        if champion:
+            summary += f" as models:/{spec.dataset}@{CHAMPION}"
+    return summary
+
+
+def serving_requirements() -> list[str]:
+    """Return `name==version` of each installed distribution the served model imports."""
+    import importlib.metadata
+
+    pinned = []
+    for alternatives in SERVING_PACKAGES:
+        for name in alternatives:
+            try:
+                pinned.append(f"{name}=={importlib.metadata.version(name)}")
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return pinned
+
+
+def replace_directory(model_uri: str, output_dir) -> None:
+    """Download the logged model and put it at `output_dir`, never leaving it half-written.
+
+    The model is downloaded beside `output_dir`, then swapped in with two renames; an
+    interrupted download leaves the old model untouched.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    output_dir = Path(output_dir).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.new-"))
+    try:
+        downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(staging)))
+        retired = None
+        if output_dir.exists():
+            retired = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old-"))
+            output_dir.rename(retired / output_dir.name)
+        downloaded.rename(output_dir)
+        if retired is not None:
+            shutil.rmtree(retired)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def saved_model_matches(output_dir: str, package_run) -> bool:
+    """True when `output_dir` holds the model that `package_run` saved."""
+    from pathlib import Path
+
+    import yaml
+
+    mlmodel = Path(output_dir) / "MLmodel"
+    if not mlmodel.exists():
+        return False
+    saved = yaml.safe_load(mlmodel.read_text()).get("model_uuid")
+    return saved is not None and saved == package_run.data.tags.get("model_uuid")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
