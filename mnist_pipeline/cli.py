@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from typing import Iterator
 
@@ -44,9 +45,21 @@ def canonical_params(parser: argparse.ArgumentParser, values: dict[str, str]) ->
     argv = []
     for action in parser._actions:
         if action.dest in values and action.option_strings:
-            argv += [action.option_strings[0], str(values[action.dest])]
+            argv += [action.option_strings[0], _unquoted(str(values[action.dest]))]
     namespace = parser.parse_args(argv)
     return {name: _canonical(value) for name, value in vars(namespace).items()}
+
+
+def _unquoted(text: str) -> str:
+    """Undo the shell quoting that `mlflow run` leaves on logged values ('' for empty)."""
+    if text[:1] in ("'", '"'):
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            return text
+        if len(words) <= 1:
+            return words[0] if words else ""
+    return text
 
 
 def _canonical(value) -> str:
