@@ -1,0 +1,81 @@
+"""png_to_pandas: turn drawings into a scoring request (example.json) and print the curl.
+
+Reads PNG or JPEG files of any size, as a paint program saves them. By default each
+becomes the workshop's 28x28 frame of 0-255 pixels (white on black, cropped, fitted
+and centred as the served model does it; several files stack as 28-row blocks). With
+`--format base64` the files are sent as they are, for the model to convert.
+
+$ python png_to_pandas.py my_digit.png
+$ curl -d @example.json -H 'Content-Type: application/json' localhost:5000/invocations
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mnist_pipeline.cli import Parser, fail
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="png_to_pandas.py", description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files")
+    parser.add_argument("--format", choices=("frame", "base64"), default="frame",
+                        help="frame: 28x28 pixel frames (the workshop's); base64: the files themselves")
+    parser.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist",
+                        help="how a picture is fitted into 28x28: as a digit or as a Fashion item")
+    parser.add_argument("--output", "-o", default="example.json", help="a file, or - for stdout")
+    parser.add_argument("--port", type=int, default=5000, help="the port in the printed curl command")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        request = build_request(args.images, args.format, args.dataset)
+    except (ValueError, OSError) as error:
+        return fail(parser.prog, error)
+    import json
+
+    text = json.dumps(request)
+    if args.output == "-":
+        print(text)
+        hint = sys.stderr
+    else:
+        output = Path(args.output)
+        partial = output.with_name(output.name + ".part")
+        partial.write_text(text)
+        partial.replace(output)
+        hint = sys.stdout
+        print(f"Wrote {len(args.images)} image(s) to {output} ({args.format} format)", file=hint)
+    source = "@-" if args.output == "-" else f"@{args.output}"
+    print(f"curl -d {source} -H 'Content-Type: application/json' localhost:{args.port}/invocations",
+          file=hint)
+    return 0
+
+
+def build_request(paths: list[Path], request_format: str, dataset: str) -> dict:
+    """Return the JSON request body for `paths` in the scoring server's current format."""
+    import base64
+
+    import numpy as np
+
+    from mnist_pipeline.transform import image_to_pixels
+
+    style = "digit" if dataset == "mnist" else "object"
+    if request_format == "base64":
+        records = [{"image": base64.b64encode(path.read_bytes()).decode("ascii")} for path in paths]
+        return {"dataframe_records": records}
+    frames = []
+    for path in paths:
+        try:
+            frames.append(image_to_pixels(path.read_bytes(), style))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    rows = np.concatenate(frames).astype(int).tolist()
+    return {"dataframe_split": {"columns": [str(column) for column in range(28)], "data": rows}}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Each entry point through `mlflow run . -e ... --env-manager local`, on the tiny dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_TRAINING
+
+
+def test_get_data_logs_files_checksums_and_datasets(store, tiny_data):
+    outdir = store.root / "data" / "tiny"
+    store.mlflow_run("get_data", source=tiny_data, allow_unverified="true", outdir=outdir)
+    run = store.last_run("get_data")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dataset"] == "mnist"
+    assert run.data.tags["verified"] == "false"
+    assert len(run.data.tags["sha256.train-images-idx3-ubyte"]) == 64
+    assert run.data.metrics["train_count"] == 600
+    assert run.data.metrics["test_count"] == 200
+    client = store.client()
+    logged = {item.path for item in client.list_artifacts(run.info.run_id, "data")}
+    assert logged == {f"data/{name}" for name in (
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    assert sorted(path.name for path in outdir.iterdir()) == sorted(p.split("/")[1] for p in logged)
+    contexts = {dataset_input.tags[0].value for dataset_input in run.inputs.dataset_inputs}
+    assert contexts == {"train", "test"}
+
+
+def test_get_data_refuses_unofficial_mirror_and_fails_the_run(store, tiny_data):
+    result = store.mlflow_run("get_data", check=False, source=tiny_data,
+                              outdir=store.root / "data" / "refused")
+    assert result.returncode != 0
+    assert "allow_unverified=true" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert store.last_run("get_data").info.status == "FAILED"
+    # Nothing half-written: the refused files never reached the output folder.
+    assert not list((store.root / "data" / "refused").glob("*.gz"))
+
+
+def test_get_data_unknown_dataset_lists_choices(store):
+    result = store.mlflow_run("get_data", check=False, dataset="cifar")
+    assert result.returncode != 0
+    assert "unknown dataset 'cifar'; choose one of: fashion, mnist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_explore_logs_mean_std_counts_and_pictures(pipeline):
+    store = pipeline["store"]
+    run = store.last_run("explore_data")
+    assert run.data.tags["data_run"] == pipeline["data_run"]
+    from mnist_pipeline.datasets import load_folder
+
+    data = load_folder(store.root / "data" / "mnist")
+    assert run.data.metrics["mean"] == pytest.approx(data.x_train.mean(), rel=1e-6)
+    assert run.data.metrics["std"] == pytest.approx(data.x_train.std(), rel=1e-6)
+    assert run.data.metrics["train_count_3"] == 60
+    artifacts = {item.path for item in store.client().list_artifacts(run.info.run_id)}
+    assert {"examples_per_class.png", "class_histogram.png", "pixel_histogram.png",
+            "class_counts.json"} <= artifacts
+
+
+def test_preprocess_uses_explore_statistics_and_writes_the_transform(pipeline):
+    store = pipeline["store"]
+    run = store.last_run("preprocess")
+    explore = store.last_run("explore_data")
+    assert run.data.tags["explore_run"] == explore.info.run_id
+    from mnist_pipeline import runs
+    from mnist_pipeline.transform import TransformSpec
+
+    store.client()
+    folder = runs.artifact_dir(run.info.run_id)
+    spec = TransformSpec.load(folder / "transform.json")
+    assert spec.mean == pytest.approx(explore.data.metrics["mean"])
+    assert spec.std == pytest.approx(explore.data.metrics["std"])
+    assert spec.class_names == tuple("0123456789")
+    with np.load(folder / "arrays" / "train.npz") as arrays:
+        assert arrays["x"].shape == (600, 28, 28, 1) and arrays["x"].dtype == np.float32
+        assert abs(float(arrays["x"].mean())) < 1e-3  # normalised by its own mean and std
+        assert arrays["y"].shape == (600,)
+
+
+def test_train_logs_curves_test_metrics_confusion_and_model(pipeline):
+    store = pipeline["store"]
+    run = store.client().get_run(pipeline["train_run"])
+    assert run.info.status == "FINISHED"
+    client = store.client()
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert len(history) == int(TINY_TRAINING["epochs"]), name
+    assert run.data.metrics["accuracy"] > 0.8  # the glyphs are easy
+    assert run.data.params["nr_conv_1"] == TINY_TRAINING["nr_conv_1"]
+    assert run.data.tags["preprocess_run"] == pipeline["preprocess_run"]
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert "confusion_matrix.png" in artifacts
+    import mlflow
+
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    assert [model.name for model in models] == ["model"]
+    info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
+    assert info.signature is not None and info.saved_input_example_info is not None
+
+
+def test_train_same_seed_same_result(pipeline):
+    store = pipeline["store"]
+    params = {"preprocess_run": pipeline["preprocess_run"], **TINY_TRAINING, "epochs": "2"}
+    store.mlflow_run("train", **params)
+    first = store.last_run("train")
+    store.mlflow_run("train", **params)
+    second = store.last_run("train")
+    assert first.info.run_id != second.info.run_id
+    assert first.data.metrics["accuracy"] == second.data.metrics["accuracy"]
+    assert first.data.metrics["loss"] == second.data.metrics["loss"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"epochs": "many"}, "argument --epochs: expected a whole number, got 'many'"),
+        ({"lr": "fast"}, "argument --lr: expected a number, got 'fast'"),
+        ({"preprocess_run": "0" * 32}, f"run '{'0' * 32}' does not exist"),
+    ],
+)
+def test_train_bad_input_is_one_line_and_a_failed_run(pipeline, params, message):
+    store = pipeline["store"]
+    result = store.mlflow_run("train", check=False, **params)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    failed = store.runs()[0]
+    assert failed.info.status == "FAILED"
+
+
+def test_a_run_of_the_wrong_stage_is_refused(pipeline):
+    store = pipeline["store"]
+    result = store.mlflow_run("train", check=False, preprocess_run=pipeline["data_run"])
+    assert result.returncode != 0
+    assert f"run {pipeline['data_run']} is a get_data run, expected a preprocess run" in result.stderr
+
+
+def test_preprocess_refuses_non_positive_std(pipeline):
+    store = pipeline["store"]
+    result = store.mlflow_run("preprocess", check=False, data_run=pipeline["data_run"], std="0")
+    assert result.returncode != 0
+    assert "std must be greater than 0, got 0.0" in result.stderr
+    assert store.runs()[0].info.status == "FAILED"
+
+
+def test_workshop_commands_with_paths_and_aliases(store, tiny_data):
+    """The workshop's own parameter names: type, outdir, in_data, input_dir, model_dir."""
+    outdir = store.root / "data" / "mnist-workshop"
+    store.mlflow_run("get_data", type="mnist", outdir=outdir, source=tiny_data,
+                     allow_unverified="true", experiment="workshop")
+    data_run = store.last_run("get_data")
+    store.mlflow_run("explore_data", in_data=outdir, experiment="workshop")
+    explore = store.last_run("explore_data")
+    # A folder written by a get_data run resolves to that run.
+    assert explore.data.tags["data_run"] == data_run.info.run_id
+    store.mlflow_run("preprocess", in_data=outdir, mean="33.3", std="78.5", experiment="workshop")
+    preprocess = store.last_run("preprocess")
+    assert preprocess.data.tags["mean_std_from"] == "parameters"
+    input_dir = (store.root / "mlruns" / preprocess.info.experiment_id
+                 / preprocess.info.run_id / "artifacts")
+    assert input_dir.is_dir()
+    store.mlflow_run("train", input_dir=input_dir, epochs="1", nr_conv_1="4", experiment="workshop")
+    train = store.last_run("train")
+    assert train.data.tags["preprocess_run"] == preprocess.info.run_id
+    model_dir = next((store.root / "mlruns" / train.info.experiment_id / "models").glob("m-*/artifacts"))
+    store.mlflow_run("package", model_dir=model_dir, output_dir=store.root / "model",
+                     experiment="workshop")
+    package = store.last_run("package")
+    assert package.data.tags["train_run"] == train.info.run_id
+    assert (store.root / "model" / "MLmodel").exists()
+
+
+def test_checksums_are_recorded_as_artifact(pipeline):
+    store = pipeline["store"]
+    from mnist_pipeline import runs
+
+    store.client()
+    checksums = json.loads((runs.artifact_dir(pipeline["data_run"]) / "checksums.json").read_text())
+    assert checksums["verified"] is False
+    assert {entry["name"] for entry in checksums["files"]} >= {"train-images-idx3-ubyte.gz"}
