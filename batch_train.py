@@ -16,8 +16,13 @@ import sys
 
 from mnist_pipeline.cli import USER_ERRORS, Parser, fail, stage_run
 
-HYPERPARAMETER_DEFAULTS = {"batch_size": "128", "epochs": "5", "lr": "0.002",
-                           "nr_conv_1": "8,16,24,32", "seed": "42"}
+HYPERPARAMETER_DEFAULTS = {
+    "batch_size": "128",
+    "epochs": "5",
+    "lr": "0.002",
+    "nr_conv_1": "8,16,24,32",
+    "seed": "42",
+}
 
 
 def positive_int(text: str) -> int:
@@ -32,14 +37,25 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> Parser:
     parser = Parser(prog="batch_train.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--preprocess_run", default="", help="a preprocess run ID (default: the newest)")
-    parser.add_argument("--dataset", default="mnist", help="mnist or fashion, to find the newest preprocess run")
+    parser.add_argument(
+        "--preprocess_run", default="", help="a preprocess run ID (default: the newest)"
+    )
+    parser.add_argument(
+        "--dataset", default="mnist", help="mnist or fashion, to find the newest preprocess run"
+    )
     for name, default in HYPERPARAMETER_DEFAULTS.items():
-        parser.add_argument(f"--{name}", default=default, help="a value, a list a,b,c, or a range lo:hi")
-    parser.add_argument("--strategy", default="auto",
-                        help="grid, random or tpe (auto: grid for lists, tpe when there is a range)")
+        parser.add_argument(
+            f"--{name}", default=default, help="a value, a list a,b,c, or a range lo:hi"
+        )
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        help="grid, random or tpe (auto: grid for lists, tpe when there is a range)",
+    )
     parser.add_argument("--trials", type=positive_int, default=8, help="trials for random and tpe")
-    parser.add_argument("--workers", type=positive_int, default=1, help="trials run at the same time")
+    parser.add_argument(
+        "--workers", type=positive_int, default=1, help="trials run at the same time"
+    )
     return parser
 
 
@@ -50,12 +66,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if unknown:
         name = unknown[0].lstrip("-").split("=")[0]
-        return fail(parser.prog, ValueError(
-            f"unknown hyperparameter {name!r}; choose from {', '.join(HYPERPARAMETERS)}"))
+        return fail(
+            parser.prog,
+            ValueError(
+                f"unknown hyperparameter {name!r}; choose from {', '.join(HYPERPARAMETERS)}"
+            ),
+        )
     try:
         choices = [parse_choice(name, getattr(args, name)) for name in HYPERPARAMETERS]
-        plan = TrialPlan(choices, args.strategy, args.trials, seed=int(choices[-1].values[0])
-                         if choices[-1].values else 0)
+        plan = TrialPlan(
+            choices,
+            args.strategy,
+            args.trials,
+            seed=int(choices[-1].values[0]) if choices[-1].values else 0,
+        )
         with stage_run("train_batch", parser, args, __file__) as run:
             summary = run_batch(args, plan)
     except USER_ERRORS as error:
@@ -79,13 +103,26 @@ def run_batch(args, plan) -> str:
     else:
         preprocess = runs.latest_run("preprocess", args.dataset)
     parent = mlflow.active_run()
-    mlflow.set_tags({"dataset": preprocess.data.tags.get("dataset", args.dataset),
-                     "preprocess_run": preprocess.info.run_id, "strategy": plan.strategy})
-    print(f"[train_batch] {plan.total} trials ({plan.strategy}), {args.workers} at a time, "
-          f"on preprocess run {preprocess.info.run_id}", file=sys.stderr)
+    mlflow.set_tags(
+        {
+            "dataset": preprocess.data.tags.get("dataset", args.dataset),
+            "preprocess_run": preprocess.info.run_id,
+            "strategy": plan.strategy,
+        }
+    )
+    print(
+        f"[train_batch] {plan.total} trials ({plan.strategy}), {args.workers} at a time, "
+        f"on preprocess run {preprocess.info.run_id}",
+        file=sys.stderr,
+    )
 
-    runner = TrialRunner(parent.info.run_id, parent.info.experiment_id, preprocess.info.run_id,
-                         workers=args.workers, total=plan.total)
+    runner = TrialRunner(
+        parent.info.run_id,
+        parent.info.experiment_id,
+        preprocess.info.run_id,
+        workers=args.workers,
+        total=plan.total,
+    )
     started = time.perf_counter()
 
     def worker() -> None:
@@ -104,19 +141,24 @@ def run_batch(args, plan) -> str:
     failed = len(table) - len(finished)
     mlflow.log_table(table, "trials.json")
     mlflow.log_text(table.to_csv(index=False), "trials.csv")
-    mlflow.log_metrics({"trials_finished": len(finished), "trials_failed": failed,
-                        "batch_seconds": seconds})
+    mlflow.log_metrics(
+        {"trials_finished": len(finished), "trials_failed": failed, "batch_seconds": seconds}
+    )
     if plan.searched and len(finished):
-        mlflow.log_figure(plots.metric_against_params(table, "accuracy", plan.searched),
-                          "accuracy_by_hyperparameter.png")
+        mlflow.log_figure(
+            plots.metric_against_params(table, "accuracy", plan.searched),
+            "accuracy_by_hyperparameter.png",
+        )
     if finished.empty:
         raise ValueError(f"all {len(table)} trials failed; see the child runs' logs")
     best = finished.loc[finished["accuracy"].idxmax()]
     mlflow.log_metric("best_accuracy", float(best["accuracy"]))
     mlflow.set_tag("best_run_id", best["run_id"])
-    summary = (f"{len(finished)} of {len(table)} trials finished in {seconds:.0f} s"
-               + (f", {failed} FAILED" if failed else "")
-               + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}")
+    summary = (
+        f"{len(finished)} of {len(table)} trials finished in {seconds:.0f} s"
+        + (f", {failed} FAILED" if failed else "")
+        + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}"
+    )
     print(table.to_string(index=False), file=sys.stderr)
     return summary
 

@@ -24,14 +24,19 @@ def build_parser() -> Parser:
     parser.add_argument("--dataset", default="mnist", help="mnist or fashion")
     parser.add_argument("--type", default="", help="the workshop's name for --dataset")
     parser.add_argument(
-        "--source", default="official",
+        "--source",
+        default="official",
         help="'official' (the official mirrors), a folder, or a base URL of the four .gz files",
     )
     parser.add_argument(
-        "--allow_unverified", type=boolean, default=False,
+        "--allow_unverified",
+        type=boolean,
+        default=False,
         help="accept files whose checksums differ from the official ones",
     )
-    parser.add_argument("--outdir", default="", help="where the files also land (default ./data/<dataset>/)")
+    parser.add_argument(
+        "--outdir", default="", help="where the files also land (default ./data/<dataset>/)"
+    )
     return parser
 
 
@@ -47,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     verified = all(file.verified for file in fetched)
-    print(f"get_data run {run.info.run_id}: {spec.title}, "
-          f"{'verified against the official checksums' if verified else 'UNVERIFIED mirror (allowed)'}")
+    print(
+        f"get_data run {run.info.run_id}: {spec.title}, "
+        f"{'verified against the official checksums' if verified else 'UNVERIFIED mirror (allowed)'}"
+    )
     return 0
 
 
@@ -74,28 +81,36 @@ def fetch_and_log(spec, args) -> list:
         for bar in bars:
             bar.close()
     size = sum(file.size_bytes for file in fetched)
-    print(f"Fetched {len(fetched)} files ({size / 1e6:.1f} MB uncompressed) "
-          f"from {args.source} in {time.perf_counter() - started:.1f} s into {outdir}/",
-          file=sys.stderr)
+    print(
+        f"Fetched {len(fetched)} files ({size / 1e6:.1f} MB uncompressed) "
+        f"from {args.source} in {time.perf_counter() - started:.1f} s into {outdir}/",
+        file=sys.stderr,
+    )
 
     dataset = load_folder(outdir)
     mlflow.log_artifacts(str(outdir), DATA_ARTIFACTS)
     verified = all(file.verified for file in fetched)
-    mlflow.set_tags({
-        "verified": str(verified).lower(),
-        "source": args.source,
-        **{f"sha256.{file.name.removesuffix('.gz')}": file.sha256 for file in fetched},
-    })
+    mlflow.set_tags(
+        {
+            "verified": str(verified).lower(),
+            "source": args.source,
+            **{f"sha256.{file.name.removesuffix('.gz')}": file.sha256 for file in fetched},
+        }
+    )
     mlflow.log_metrics({"train_count": len(dataset.y_train), "test_count": len(dataset.y_test)})
     mlflow.log_dict(
-        {"dataset": spec.name, "verified": verified,
-         "files": [file.__dict__ for file in fetched]},
+        {"dataset": spec.name, "verified": verified, "files": [file.__dict__ for file in fetched]},
         "checksums.json",
     )
-    for split, images, labels in (("train", dataset.x_train, dataset.y_train),
-                                  ("test", dataset.x_test, dataset.y_test)):
-        source = next(f.source for f in fetched if f.name.startswith(
-            "train-images" if split == "train" else "t10k-images"))
+    for split, images, labels in (
+        ("train", dataset.x_train, dataset.y_train),
+        ("test", dataset.x_test, dataset.y_test),
+    ):
+        source = next(
+            f.source
+            for f in fetched
+            if f.name.startswith("train-images" if split == "train" else "t10k-images")
+        )
         with warnings.catch_warnings():
             # A local path matches two of MLflow's source types; either is right here.
             warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)

@@ -19,7 +19,9 @@ def build_parser() -> Parser:
     parser = Parser(prog="explore.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data_run", default="", help="a get_data run ID")
     parser.add_argument("--in_data", default="", help="or a folder of the four IDX files")
-    parser.add_argument("--dataset", default="mnist", help="mnist or fashion, to find the newest get_data run")
+    parser.add_argument(
+        "--dataset", default="mnist", help="mnist or fashion, to find the newest get_data run"
+    )
     return parser
 
 
@@ -45,24 +47,40 @@ def explore(args) -> tuple[float, float]:
 
     folder, data_run, dataset_name = runs.resolve_data(args.data_run, args.in_data, args.dataset)
     spec = dataset_spec(dataset_name)
-    mlflow.set_tags({"dataset": spec.name, **({"data_run": data_run} if data_run else {}),
-                     **({"in_data": args.in_data} if args.in_data else {})})
+    mlflow.set_tags(
+        {
+            "dataset": spec.name,
+            **({"data_run": data_run} if data_run else {}),
+            **({"in_data": args.in_data} if args.in_data else {}),
+        }
+    )
     data = load_folder(folder)
     mean, std = pixel_statistics(data.x_train)
     train_counts = np.bincount(data.y_train, minlength=len(spec.class_names))
     test_counts = np.bincount(data.y_test, minlength=len(spec.class_names))
-    mlflow.log_metrics({"mean": mean, "std": std, "train_count": len(data.y_train),
-                        "test_count": len(data.y_test)})
-    mlflow.log_metrics({f"train_count_{label}": int(count) for label, count in enumerate(train_counts)})
+    mlflow.log_metrics(
+        {"mean": mean, "std": std, "train_count": len(data.y_train), "test_count": len(data.y_test)}
+    )
+    mlflow.log_metrics(
+        {f"train_count_{label}": int(count) for label, count in enumerate(train_counts)}
+    )
     mlflow.log_table(
-        pd.DataFrame({"label": range(len(spec.class_names)), "class_name": spec.class_names,
-                      "train": train_counts, "test": test_counts}),
+        pd.DataFrame(
+            {
+                "label": range(len(spec.class_names)),
+                "class_name": spec.class_names,
+                "train": train_counts,
+                "test": test_counts,
+            }
+        ),
         "class_counts.json",
     )
-    mlflow.log_figure(plots.examples_grid(data.x_train, data.y_train, spec.class_names),
-                      "examples_per_class.png")
-    mlflow.log_figure(plots.class_histogram(train_counts, test_counts, spec.class_names),
-                      "class_histogram.png")
+    mlflow.log_figure(
+        plots.examples_grid(data.x_train, data.y_train, spec.class_names), "examples_per_class.png"
+    )
+    mlflow.log_figure(
+        plots.class_histogram(train_counts, test_counts, spec.class_names), "class_histogram.png"
+    )
     mlflow.log_figure(plots.pixel_histogram(data.x_train, mean, std), "pixel_histogram.png")
     print(f"Measured {len(data.y_train):,} training images of {spec.title}", file=sys.stderr)
     return mean, std

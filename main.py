@@ -14,13 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail
-
 import download
 import explore
 import package_model
 import preprocess
 import train
+from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail
 
 PROJECT_DIR = Path(__file__).resolve().parent
 STAGES = {
@@ -36,12 +35,16 @@ def build_parser() -> Parser:
     train_defaults = train.build_parser()
     parser = Parser(prog="main.py", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", help="mnist or fashion")
-    parser.add_argument("--source", default="official", help="as for get_data: 'official', a folder or a base URL")
+    parser.add_argument(
+        "--source", default="official", help="as for get_data: 'official', a folder or a base URL"
+    )
     parser.add_argument("--allow_unverified", type=boolean, default=False)
     for name in ("batch_size", "epochs", "lr", "nr_conv_1", "seed"):
         action = next(a for a in train_defaults._actions if a.dest == name)
         parser.add_argument(f"--{name}", type=action.type, default=action.default, help=action.help)
-    parser.add_argument("--output_dir", default="model", help="where package saves the served model")
+    parser.add_argument(
+        "--output_dir", default="model", help="where package saves the served model"
+    )
     return parser
 
 
@@ -62,14 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         with mlflow.start_run() as parent:
             mlflow.set_tags({"stage": "main", "dataset": args.dataset})
             pipeline = Pipeline(parent.info.experiment_id)
-            data_run = pipeline.stage("get_data", dataset=args.dataset, source=args.source,
-                                      allow_unverified=args.allow_unverified,
-                                      outdir=f"data/{args.dataset}")
+            data_run = pipeline.stage(
+                "get_data",
+                dataset=args.dataset,
+                source=args.source,
+                allow_unverified=args.allow_unverified,
+                outdir=f"data/{args.dataset}",
+            )
             explore_run = pipeline.stage("explore_data", data_run=data_run)
-            preprocess_run = pipeline.stage("preprocess", data_run=data_run, explore_run=explore_run)
+            preprocess_run = pipeline.stage(
+                "preprocess", data_run=data_run, explore_run=explore_run
+            )
             train_run = pipeline.stage(
-                "train", preprocess_run=preprocess_run, batch_size=args.batch_size,
-                epochs=args.epochs, lr=args.lr, nr_conv_1=args.nr_conv_1, seed=args.seed,
+                "train",
+                preprocess_run=preprocess_run,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                lr=args.lr,
+                nr_conv_1=args.nr_conv_1,
+                seed=args.seed,
             )
             pipeline.stage("package", train_run=train_run, output_dir=args.output_dir)
             pipeline.log_summary()

@@ -20,22 +20,45 @@ SERVED_MODEL_CODE = "mnist_pipeline/served_model.py"
 CHAMPION = "champion"
 # What the served model imports; their installed versions are pinned in the model.
 # Each entry lists the distributions that provide the package, the usual one first.
-SERVING_PACKAGES = (("mlflow",), ("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",),
-                    ("pandas",), ("opencv-python-headless", "opencv-python"), ("pillow",))
+SERVING_PACKAGES = (
+    ("mlflow",),
+    ("tensorflow-cpu", "tensorflow"),
+    ("keras",),
+    ("numpy",),
+    ("pandas",),
+    ("opencv-python-headless", "opencv-python"),
+    ("pillow",),
+)
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="package_model.py", description=__doc__.splitlines()[0])
     parser.add_argument("--train_run", default="", help="a train run ID, or 'best'")
-    parser.add_argument("--model_dir", default="", help="or a train run's logged model under ./mlruns")
-    parser.add_argument("--dataset", default="mnist", help="mnist or fashion, to find the newest train run")
-    parser.add_argument("--experiment", default="", help="with train_run=best: an experiment name or ID")
-    parser.add_argument("--parent_run", default="", help="with train_run=best: a train_batch run ID")
+    parser.add_argument(
+        "--model_dir", default="", help="or a train run's logged model under ./mlruns"
+    )
+    parser.add_argument(
+        "--dataset", default="mnist", help="mnist or fashion, to find the newest train run"
+    )
+    parser.add_argument(
+        "--experiment", default="", help="with train_run=best: an experiment name or ID"
+    )
+    parser.add_argument(
+        "--parent_run", default="", help="with train_run=best: a train_batch run ID"
+    )
     parser.add_argument("--output_dir", default="model", help="where the served model is saved")
-    parser.add_argument("--register", type=boolean, default=True,
-                        help="register a new version of the model named after the dataset")
-    parser.add_argument("--champion", type=boolean, default=False,
-                        help="move the alias 'champion' to the new version (implied by train_run=best)")
+    parser.add_argument(
+        "--register",
+        type=boolean,
+        default=True,
+        help="register a new version of the model named after the dataset",
+    )
+    parser.add_argument(
+        "--champion",
+        type=boolean,
+        default=False,
+        help="move the alias 'champion' to the new version (implied by train_run=best)",
+    )
     return parser
 
 
@@ -90,8 +113,9 @@ def package(args) -> str:
     spec = TransformSpec.load(transform_path)
     keras_model_uri = args.model_dir or runs.logged_model_uri(train_run)
     champion = args.champion or args.train_run == "best"
-    mlflow.set_tags({"dataset": spec.dataset, "train_run": train_run_id,
-                     "preprocess_run": preprocess_run})
+    mlflow.set_tags(
+        {"dataset": spec.dataset, "train_run": train_run_id, "preprocess_run": preprocess_run}
+    )
     if args.train_run == "best":
         print(f"Best train run: {train_run_id} (test accuracy {accuracy:.4f})", file=sys.stderr)
 
@@ -101,9 +125,15 @@ def package(args) -> str:
     input_example = pd.DataFrame(pixels, columns=[str(column) for column in range(28)])
     # The model takes several request formats (see mnist_pipeline/serving.py), so only
     # the answer has a fixed schema; an input schema would refuse all but one of them.
-    signature = ModelSignature(outputs=Schema([
-        ColSpec("long", "label"), ColSpec("string", "class_name"), ColSpec("double", "probability"),
-    ]))
+    signature = ModelSignature(
+        outputs=Schema(
+            [
+                ColSpec("long", "label"),
+                ColSpec("string", "class_name"),
+                ColSpec("double", "probability"),
+            ]
+        )
+    )
 
     with tempfile.TemporaryDirectory() as staging:
         keras_path = Path(staging) / "model.keras"
@@ -168,7 +198,9 @@ def replace_directory(model_uri: str, output_dir) -> None:
         downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(staging)))
         retired = None
         if output_dir.exists():
-            retired = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old-"))
+            retired = Path(
+                tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old-")
+            )
             output_dir.rename(retired / output_dir.name)
         downloaded.rename(output_dir)
         if retired is not None:

@@ -20,12 +20,22 @@ from mnist_pipeline.cli import Parser, fail
 def build_parser() -> Parser:
     parser = Parser(prog="png_to_pandas.py", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files")
-    parser.add_argument("--format", choices=("frame", "base64"), default="frame",
-                        help="frame: 28x28 pixel frames (the workshop's); base64: the files themselves")
-    parser.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist",
-                        help="how a picture is fitted into 28x28: as a digit or as a Fashion item")
+    parser.add_argument(
+        "--format",
+        choices=("frame", "base64"),
+        default="frame",
+        help="frame: 28x28 pixel frames (the workshop's); base64: the files themselves",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("mnist", "fashion"),
+        default="mnist",
+        help="how a picture is fitted into 28x28: as a digit or as a Fashion item",
+    )
     parser.add_argument("--output", "-o", default="example.json", help="a file, or - for stdout")
-    parser.add_argument("--port", type=int, default=5000, help="the port in the printed curl command")
+    parser.add_argument(
+        "--port", type=int, default=5000, help="the port in the printed curl command"
+    )
     return parser
 
 
@@ -50,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = sys.stdout
         print(f"Wrote {len(args.images)} image(s) to {output} ({args.format} format)", file=hint)
     source = "@-" if args.output == "-" else f"@{args.output}"
-    print(f"curl -d {source} -H 'Content-Type: application/json' localhost:{args.port}/invocations",
-          file=hint)
+    print(
+        f"curl -d {source} -H 'Content-Type: application/json' localhost:{args.port}/invocations",
+        file=hint,
+    )
     return 0
 
 

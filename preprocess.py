@@ -33,9 +33,15 @@ def build_parser() -> Parser:
     parser = Parser(prog="preprocess.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data_run", default="", help="a get_data run ID")
     parser.add_argument("--in_data", default="", help="or a folder of the four IDX files")
-    parser.add_argument("--dataset", default="mnist", help="mnist or fashion, to find the newest get_data run")
-    parser.add_argument("--explore_run", default="", help="the explore_data run whose mean and std to use")
-    parser.add_argument("--mean", type=optional_float, default=None, help="pixel mean (0-255 scale)")
+    parser.add_argument(
+        "--dataset", default="mnist", help="mnist or fashion, to find the newest get_data run"
+    )
+    parser.add_argument(
+        "--explore_run", default="", help="the explore_data run whose mean and std to use"
+    )
+    parser.add_argument(
+        "--mean", type=optional_float, default=None, help="pixel mean (0-255 scale)"
+    )
     parser.add_argument("--std", type=optional_float, default=None, help="pixel standard deviation")
     return parser
 
@@ -50,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             spec, megabytes = preprocess(args)
     except USER_ERRORS as error:
         return fail(parser.prog, error)
-    print(f"preprocess run {run.info.run_id}: (pixel - {spec.mean:.3f}) / {spec.std:.3f}, "
-          f"artifacts {megabytes:.1f} MB")
+    print(
+        f"preprocess run {run.info.run_id}: (pixel - {spec.mean:.3f}) / {spec.std:.3f}, "
+        f"artifacts {megabytes:.1f} MB"
+    )
     return 0
 
 
@@ -71,8 +79,11 @@ def preprocess(args):
     started = time.perf_counter()
     folder, data_run, dataset_name = runs.resolve_data(args.data_run, args.in_data, args.dataset)
     dataset = dataset_spec(dataset_name)
-    tags = {"dataset": dataset.name, **({"data_run": data_run} if data_run else {}),
-            **({"in_data": args.in_data} if args.in_data else {})}
+    tags = {
+        "dataset": dataset.name,
+        **({"data_run": data_run} if data_run else {}),
+        **({"in_data": args.in_data} if args.in_data else {}),
+    }
     data = load_folder(folder)
 
     mean, std = args.mean, args.std
@@ -88,23 +99,38 @@ def preprocess(args):
     mlflow.set_tags(tags)
 
     spec = TransformSpec(
-        dataset=dataset.name, mean=float(mean), std=float(std), class_names=dataset.class_names,
+        dataset=dataset.name,
+        mean=float(mean),
+        std=float(std),
+        class_names=dataset.class_names,
         image_style="digit" if dataset.name == "mnist" else "object",
     )
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         (staging / ARRAYS).mkdir()
-        np.savez_compressed(staging / ARRAYS / "train.npz", x=normalize(data.x_train, spec), y=data.y_train)
-        np.savez_compressed(staging / ARRAYS / "test.npz", x=normalize(data.x_test, spec), y=data.y_test)
+        np.savez_compressed(
+            staging / ARRAYS / "train.npz", x=normalize(data.x_train, spec), y=data.y_train
+        )
+        np.savez_compressed(
+            staging / ARRAYS / "test.npz", x=normalize(data.x_test, spec), y=data.y_test
+        )
         spec.save(staging / TRANSFORM_FILE)
         megabytes = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file()) / 1e6
         mlflow.log_artifacts(str(staging))
     seconds = time.perf_counter() - started
-    mlflow.log_metrics({"mean": spec.mean, "std": spec.std, "artifact_megabytes": megabytes,
-                        "preprocess_seconds": seconds})
+    mlflow.log_metrics(
+        {
+            "mean": spec.mean,
+            "std": spec.std,
+            "artifact_megabytes": megabytes,
+            "preprocess_seconds": seconds,
+        }
+    )
     images = len(data.y_train) + len(data.y_test)
-    print(f"Normalised {images:,} images in {seconds:.1f} s; artifacts {megabytes:.1f} MB",
-          file=sys.stderr)
+    print(
+        f"Normalised {images:,} images in {seconds:.1f} s; artifacts {megabytes:.1f} MB",
+        file=sys.stderr,
+    )
     return spec, megabytes
 
 

@@ -41,12 +41,18 @@ def positive_float(text: str) -> float:
 def build_parser() -> Parser:
     parser = Parser(prog="train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--preprocess_run", default="", help="a preprocess run ID")
-    parser.add_argument("--input_dir", default="", help="or ./mlruns/<exp>/<run id>/artifacts of one")
-    parser.add_argument("--dataset", default="mnist", help="mnist or fashion, to find the newest preprocess run")
+    parser.add_argument(
+        "--input_dir", default="", help="or ./mlruns/<exp>/<run id>/artifacts of one"
+    )
+    parser.add_argument(
+        "--dataset", default="mnist", help="mnist or fashion, to find the newest preprocess run"
+    )
     parser.add_argument("--batch_size", type=positive_int, default=128)
     parser.add_argument("--epochs", type=positive_int, default=5)
     parser.add_argument("--lr", type=positive_float, default=0.002, help="peak learning rate")
-    parser.add_argument("--nr_conv_1", type=positive_int, default=16, help="filters of the first convolution")
+    parser.add_argument(
+        "--nr_conv_1", type=positive_int, default=16, help="filters of the first convolution"
+    )
     parser.add_argument("--seed", type=int, default=42)
     return parser
 
@@ -59,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             accuracy, seconds = train(args)
     except USER_ERRORS as error:
         return fail(parser.prog, error)
-    print(f"train run {run.info.run_id}: test accuracy {accuracy:.4f} after {seconds:.1f} s of training")
+    print(
+        f"train run {run.info.run_id}: test accuracy {accuracy:.4f} after {seconds:.1f} s of training"
+    )
     return 0
 
 
@@ -101,10 +109,14 @@ def train(args) -> tuple[float, float]:
     validation_size = max(1, int(len(y_all) * VALIDATION_FRACTION))
     x_train, y_train = x_all[:-validation_size], y_all[:-validation_size]
     x_val, y_val = x_all[-validation_size:], y_all[-validation_size:]
-    mlflow.log_input(mlflow.data.from_numpy(x_train, targets=y_train, name=f"{spec.dataset}-train"),
-                     context="training")
-    mlflow.log_input(mlflow.data.from_numpy(x_test, targets=y_test, name=f"{spec.dataset}-test"),
-                     context="evaluation")
+    mlflow.log_input(
+        mlflow.data.from_numpy(x_train, targets=y_train, name=f"{spec.dataset}-train"),
+        context="training",
+    )
+    mlflow.log_input(
+        mlflow.data.from_numpy(x_test, targets=y_test, name=f"{spec.dataset}-test"),
+        context="evaluation",
+    )
 
     # The same seed and the same data give the same weights, on the CPU at least.
     keras.utils.set_random_seed(args.seed)
@@ -115,7 +127,8 @@ def train(args) -> tuple[float, float]:
 
     started = time.perf_counter()
     model.fit(
-        x_train, y_train,
+        x_train,
+        y_train,
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(x_val, y_val),

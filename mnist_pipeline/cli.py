@@ -7,7 +7,7 @@ import contextlib
 import os
 import shlex
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 # TensorFlow's start-up chatter about missing GPUs is noise on a CPU machine.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,8 +78,9 @@ def fail(prog: str, error: BaseException) -> int:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, parser: argparse.ArgumentParser, args: argparse.Namespace,
-              script: str) -> Iterator["object"]:
+def stage_run(
+    stage: str, parser: argparse.ArgumentParser, args: argparse.Namespace, script: str
+) -> Iterator[object]:
     """Start (or join, under `mlflow run`) the run of `stage`, tagged and with its params.
 
     The run ends FAILED if the body raises, FINISHED otherwise.

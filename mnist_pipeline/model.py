@@ -66,8 +66,11 @@ def epoch_logger():
     class EpochLogger(MlflowCallback):
         def on_epoch_end(self, epoch, logs=None):
             if logs:
-                named = {name if name.startswith("val_") else f"train_{name}": float(value)
-                         for name, value in logs.items() if name != "learning_rate"}
+                named = {
+                    name if name.startswith("val_") else f"train_{name}": float(value)
+                    for name, value in logs.items()
+                    if name != "learning_rate"
+                }
                 mlflow.log_metrics(named, step=epoch)
 
         def on_test_end(self, logs=None):

@@ -56,8 +56,9 @@ def pixel_histogram(images: np.ndarray, mean: float, std: float):
     axis.bar(np.arange(256), counts, width=1.0)
     axis.set_yscale("log")
     axis.axvline(mean, color="red", label=f"mean {mean:.2f}")
-    axis.axvspan(max(0, mean - std), min(255, mean + std), color="red", alpha=0.1,
-                 label=f"± std {std:.2f}")
+    axis.axvspan(
+        max(0, mean - std), min(255, mean + std), color="red", alpha=0.1, label=f"± std {std:.2f}"
+    )
     axis.set_xlabel("pixel value")
     axis.set_ylabel("pixels (log)")
     axis.set_title("Pixel values of the training set")
@@ -80,8 +81,15 @@ def confusion_matrix(matrix: np.ndarray, class_names, title: str = "Confusion ma
     for true in positions:
         for predicted in positions:
             value = matrix[true, predicted]
-            axis.text(predicted, true, str(value), ha="center", va="center", fontsize=7,
-                      color="white" if np.log1p(value) > threshold else "black")
+            axis.text(
+                predicted,
+                true,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if np.log1p(value) > threshold else "black",
+            )
     axis.set_title(title)
     figure.colorbar(shown, ax=axis, label="log(1 + count)")
     figure.tight_layout()
@@ -91,10 +99,11 @@ def confusion_matrix(matrix: np.ndarray, class_names, title: str = "Confusion ma
 def metric_against_params(table, metric: str, params: list[str]):
     """Return one scatter plot per searched hyperparameter: `metric` against its values."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, max(1, len(params)), figsize=(4 * max(1, len(params)), 3.5),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, max(1, len(params)), figsize=(4 * max(1, len(params)), 3.5), squeeze=False
+    )
     finished = table[table[metric].notna()]
-    for axis, param in zip(axes[0], params):
+    for axis, param in zip(axes[0], params, strict=False):
         axis.scatter(finished[param].astype(float), finished[metric], color="tab:blue")
         axis.set_xlabel(param)
         axis.set_ylabel(metric)

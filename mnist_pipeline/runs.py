@@ -37,9 +37,7 @@ def get_run(run_id: str, stage: str) -> Run:
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
-        raise ValueError(
-            f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}"
-        ) from None
+        raise ValueError(f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}") from None
     actual = run.data.tags.get(STAGE_TAG)
     if actual != stage:
         kind = f"a {actual} run" if actual else "not a pipeline run"
@@ -72,11 +70,17 @@ def run_id_from_path(path: str | Path) -> str:
 
 
 def experiment_ids() -> list[str]:
-    return [e.experiment_id for e in MlflowClient().search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    return [
+        e.experiment_id for e in MlflowClient().search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    ]
 
 
-def finished_runs(stage: str, extra_filter: str = "", experiment_ids_: list[str] | None = None,
-                  max_results: int = 1000) -> list[Run]:
+def finished_runs(
+    stage: str,
+    extra_filter: str = "",
+    experiment_ids_: list[str] | None = None,
+    max_results: int = 1000,
+) -> list[Run]:
     """Return FINISHED runs of `stage`, newest first."""
     query = f"tags.{STAGE_TAG} = '{stage}' and attributes.status = 'FINISHED'"
     if extra_filter:
@@ -90,7 +94,9 @@ def finished_runs(stage: str, extra_filter: str = "", experiment_ids_: list[str]
     )
 
 
-def latest_run(stage: str, dataset: str | None = None, lineage: dict[str, str] | None = None) -> Run:
+def latest_run(
+    stage: str, dataset: str | None = None, lineage: dict[str, str] | None = None
+) -> Run:
     """Return the newest FINISHED run of `stage`, of `dataset` and with the given lineage tags.
 
     Raises ValueError when there is none, naming the stage to run first.
@@ -110,8 +116,13 @@ def latest_run(stage: str, dataset: str | None = None, lineage: dict[str, str] |
     return found[0]
 
 
-def find_reusable_run(stage: str, parser: argparse.ArgumentParser, wanted: dict[str, str],
-                      version: str, experiment_id: str) -> Run | None:
+def find_reusable_run(
+    stage: str,
+    parser: argparse.ArgumentParser,
+    wanted: dict[str, str],
+    version: str,
+    experiment_id: str,
+) -> Run | None:
     """Return the newest FINISHED run of `stage` with the same code and the same parameters.
 
     Parameters are compared after both sides went through the stage's own parser, so
@@ -162,13 +173,18 @@ def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, str |
         if not folder.is_dir():
             raise FileNotFoundError(f"in_data {in_data}: no such folder")
         digest = read_idx_sha256(folder / "train-images-idx3-ubyte.gz")
-        found = finished_runs("get_data", f"tags.`sha256.train-images-idx3-ubyte` = '{digest}'",
-                              max_results=1)
+        found = finished_runs(
+            "get_data", f"tags.`sha256.train-images-idx3-ubyte` = '{digest}'", max_results=1
+        )
         if found:
             return folder, found[0].info.run_id, found[0].data.tags.get("dataset", dataset)
         dataset_spec(dataset)
         return folder, None, dataset
-    run = get_run(data_run, "get_data") if data_run else latest_run("get_data", dataset_spec(dataset).name)
+    run = (
+        get_run(data_run, "get_data")
+        if data_run
+        else latest_run("get_data", dataset_spec(dataset).name)
+    )
     return artifact_dir(run.info.run_id, "data"), run.info.run_id, run.data.tags["dataset"]
 
 
@@ -209,9 +225,11 @@ def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
     if extra:
         query += f" and {extra}"
     found = mlflow.search_runs(
-        experiment_ids=experiment_ids_, filter_string=query,
+        experiment_ids=experiment_ids_,
+        filter_string=query,
         order_by=["metrics.accuracy DESC", "attributes.start_time DESC"],
-        max_results=1, output_format="list",
+        max_results=1,
+        output_format="list",
     )
     if not found or "accuracy" not in found[0].data.metrics:
         raise ValueError(f"train_run=best: no finished train run with an accuracy {where}")
@@ -232,14 +250,19 @@ def _experiment_id(experiment: str) -> str:
         raise ValueError(f"experiment {experiment!r} does not exist (by name or ID)") from None
 
 
-def describe_version(name: str, version: str, train_run: str, accuracy: float | None,
-                     champion: bool) -> None:
+def describe_version(
+    name: str, version: str, train_run: str, accuracy: float | None, champion: bool
+) -> None:
     """Record on a registered model version why it exists; move `champion` to it if asked."""
     client = MlflowClient()
     client.set_model_version_tag(name, version, "train_run", train_run)
     if accuracy is not None:
         client.set_model_version_tag(name, version, "accuracy", f"{accuracy:.4f}")
     if champion:
-        client.set_model_version_tag(name, version, "champion_reason",
-                                     f"highest test accuracy ({accuracy:.4f}) of the train runs compared")
+        client.set_model_version_tag(
+            name,
+            version,
+            "champion_reason",
+            f"highest test accuracy ({accuracy:.4f}) of the train runs compared",
+        )
         client.set_registered_model_alias(name, "champion", version)

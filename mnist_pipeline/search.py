@@ -64,12 +64,16 @@ class TrialPlan:
 
     def __init__(self, choices: list[Choice], strategy: str, trials: int, seed: int = 0):
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
         ranges = [choice.name for choice in choices if choice.is_range]
         if strategy == "auto":
             strategy = "tpe" if ranges else "grid"
         if strategy == "grid" and ranges:
-            raise ValueError(f"strategy grid cannot search ranges ({', '.join(ranges)}); use random or tpe")
+            raise ValueError(
+                f"strategy grid cannot search ranges ({', '.join(ranges)}); use random or tpe"
+            )
         if trials < 1:
             raise ValueError(f"trials must be at least 1, got {trials}")
         self.choices = choices
@@ -78,15 +82,20 @@ class TrialPlan:
         self._lock = threading.Lock()
         if strategy == "grid":
             grid = itertools.product(*(choice.values for choice in choices))
-            self._grid = [dict(zip((c.name for c in choices), point)) for point in grid]
+            self._grid = [
+                dict(zip((c.name for c in choices), point, strict=True)) for point in grid
+            ]
             self.total = len(self._grid)
             self._study = None
         else:
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            sampler = (optuna.samplers.RandomSampler(seed=seed) if strategy == "random"
-                       else optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, trials)))
+            sampler = (
+                optuna.samplers.RandomSampler(seed=seed)
+                if strategy == "random"
+                else optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, trials))
+            )
             self._study = optuna.create_study(direction="maximize", sampler=sampler)
             self.total = trials
         self._handed_out = 0

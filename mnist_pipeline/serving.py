@@ -37,7 +37,9 @@ def pixels_from_request(model_input, spec: TransformSpec) -> np.ndarray:
             return _decode_files(list(np.ravel(model_input[IMAGE_COLUMN])), spec)
         if len(model_input) == 1:
             return pixels_from_request(next(iter(model_input.values())), spec)
-        raise ValueError(f"expected one tensor or an {IMAGE_COLUMN!r} input, got {sorted(model_input)}")
+        raise ValueError(
+            f"expected one tensor or an {IMAGE_COLUMN!r} input, got {sorted(model_input)}"
+        )
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN in model_input.columns:
             if len(model_input.columns) != 1:
@@ -136,13 +138,15 @@ def _decode_files(encoded: list, spec: TransformSpec) -> np.ndarray:
     return np.stack(images).astype(np.float32)
 
 
-def answer(probabilities: np.ndarray, class_names) -> "object":
+def answer(probabilities: np.ndarray, class_names) -> object:
     """Return a frame with one record per image: label, class_name, probability."""
     import pandas as pd
 
     labels = probabilities.argmax(axis=1)
-    return pd.DataFrame({
-        "label": labels.astype(np.int64),
-        "class_name": [class_names[label] for label in labels],
-        "probability": probabilities[np.arange(len(labels)), labels].astype(np.float64),
-    })
+    return pd.DataFrame(
+        {
+            "label": labels.astype(np.int64),
+            "class_name": [class_names[label] for label in labels],
+            "probability": probabilities[np.arange(len(labels)), labels].astype(np.float64),
+        }
+    )

@@ -53,7 +53,7 @@ class TransformSpec:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TransformSpec":
+    def load(cls, path: str | os.PathLike) -> TransformSpec:
         try:
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:

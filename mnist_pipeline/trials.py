@@ -23,8 +23,9 @@ class TrialRunner:
     nesting is never left to it. Each process gets an equal share of the CPU cores.
     """
 
-    def __init__(self, parent_run_id: str, experiment_id: str, preprocess_run: str,
-                 workers: int, total: int):
+    def __init__(
+        self, parent_run_id: str, experiment_id: str, preprocess_run: str, workers: int, total: int
+    ):
         self.client = MlflowClient()
         self.parent_run_id = parent_run_id
         self.experiment_id = experiment_id
@@ -41,12 +42,19 @@ class TrialRunner:
             number = self._count
         child = self.client.create_run(
             self.experiment_id,
-            tags={"mlflow.parentRunId": self.parent_run_id, "trial": str(number),
-                  "mlflow.runName": f"trial-{number}"},
+            tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                "trial": str(number),
+                "mlflow.runName": f"trial-{number}",
+            },
         )
         run_id = child.info.run_id
-        command = [sys.executable, str(PROJECT_DIR / "train.py"),
-                   "--preprocess_run", self.preprocess_run]
+        command = [
+            sys.executable,
+            str(PROJECT_DIR / "train.py"),
+            "--preprocess_run",
+            self.preprocess_run,
+        ]
         for name, value in params.items():
             command += [f"--{name}", str(value)]
         environment = {
@@ -59,8 +67,9 @@ class TrialRunner:
         }
         started = time.perf_counter()
         with tempfile.TemporaryFile(mode="w+") as log:
-            returncode = subprocess.call(command, cwd=PROJECT_DIR, env=environment,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            returncode = subprocess.call(
+                command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT
+            )
             log.seek(0)
             output = log.read()
         seconds = time.perf_counter() - started
@@ -76,15 +85,26 @@ class TrialRunner:
         else:
             reason, status = "", "FINISHED"
             accuracy = run.data.metrics.get("accuracy")
-        result = {"trial": number, "run_id": run_id, "status": status, **params,
-                  "accuracy": accuracy, "seconds": round(seconds, 1), "error": reason}
+        result = {
+            "trial": number,
+            "run_id": run_id,
+            "status": status,
+            **params,
+            "accuracy": accuracy,
+            "seconds": round(seconds, 1),
+            "error": reason,
+        }
         with self._lock:
             self.results.append(result)
             done = len(self.results)
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         outcome = f"accuracy {accuracy:.4f}" if accuracy is not None else f"FAILED: {reason}"
-        print(f"[train_batch] trial {number} ({done}/{self.total} done) {shown}: {outcome} "
-              f"in {seconds:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"[train_batch] trial {number} ({done}/{self.total} done) {shown}: {outcome} "
+            f"in {seconds:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         return result
 
     @staticmethod

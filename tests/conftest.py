@@ -33,13 +33,15 @@ def render_digit(digit: int, rng: np.random.Generator, canvas: int = 64) -> np.n
     scale = rng.uniform(1.2, 1.8)
     thickness = int(rng.integers(2, 5))
     origin = (int(rng.integers(4, 20)), int(rng.integers(42, 58)))
-    cv2.putText(image, str(digit), origin, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness,
-                cv2.LINE_AA)
+    cv2.putText(
+        image, str(digit), origin, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA
+    )
     return image
 
 
-def write_tiny_dataset(folder: Path, train_per_class: int = 60, test_per_class: int = 20,
-                       seed: int = 0) -> Path:
+def write_tiny_dataset(
+    folder: Path, train_per_class: int = 60, test_per_class: int = 20, seed: int = 0
+) -> Path:
     """Write the four IDX files of a small digit dataset that a small CNN can learn.
 
     The digits are OpenCV glyphs at random sizes and places, fitted into 28x28 by the
@@ -55,10 +57,12 @@ def write_tiny_dataset(folder: Path, train_per_class: int = 60, test_per_class: 
     for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
         labels = np.tile(np.arange(10, dtype=np.uint8), per_class)
         rng.shuffle(labels)
-        images = np.stack([
-            image_to_pixels(cv2.imencode(".png", render_digit(int(label), rng))[1].tobytes())
-            for label in labels
-        ])
+        images = np.stack(
+            [
+                image_to_pixels(cv2.imencode(".png", render_digit(int(label), rng))[1].tobytes())
+                for label in labels
+            ]
+        )
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
@@ -80,10 +84,17 @@ class Store:
     def uri(self) -> str:
         return self.env["MLFLOW_TRACKING_URI"]
 
-    def run(self, command: list[str], check: bool = True, timeout: float = 600,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(command, cwd=cwd or self.root, env=self.env, text=True,
-                                capture_output=True, timeout=timeout)
+    def run(
+        self, command: list[str], check: bool = True, timeout: float = 600, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            command,
+            cwd=cwd or self.root,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(command)} exited {result.returncode}\n"
@@ -91,8 +102,9 @@ class Store:
             )
         return result
 
-    def mlflow_run(self, entry_point: str, check: bool = True, experiment: str | None = None,
-                   **params) -> subprocess.CompletedProcess:
+    def mlflow_run(
+        self, entry_point: str, check: bool = True, experiment: str | None = None, **params
+    ) -> subprocess.CompletedProcess:
         command = ["mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
         for name, value in params.items():
             command += ["-P", f"{name}={value}"]
@@ -116,8 +128,12 @@ class Store:
         if experiment_ids is None:
             experiment_ids = [e.experiment_id for e in client.search_experiments()]
         query = f"tags.stage = '{stage}'" if stage else ""
-        return mlflow.search_runs(experiment_ids=experiment_ids, filter_string=query,
-                                  order_by=["attributes.start_time DESC"], output_format="list")
+        return mlflow.search_runs(
+            experiment_ids=experiment_ids,
+            filter_string=query,
+            order_by=["attributes.start_time DESC"],
+            output_format="list",
+        )
 
     def last_run(self, stage: str):
         found = self.runs(stage)
@@ -128,17 +144,24 @@ class Store:
 def make_store(root: Path) -> Store:
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update({
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": str(REPO),
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "GIT_PYTHON_REFRESH": "quiet",
-    })
+    env.update(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONPATH": str(REPO),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "GIT_PYTHON_REFRESH": "quiet",
+        }
+    )
     # Create the database before any parallel writer, from this folder, so that the
     # Default experiment keeps its artifacts in <root>/mlruns.
-    subprocess.run([sys.executable, "-c", "import mlflow; mlflow.search_experiments()"],
-                   cwd=root, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", "import mlflow; mlflow.search_experiments()"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return Store(root, env)
 
 
@@ -151,8 +174,9 @@ def store(tmp_path) -> Store:
 def pipeline(tmp_path_factory, tiny_data):
     """One tiny pipeline run by hand, stage by stage, shared by the tests that read it."""
     shared = make_store(tmp_path_factory.mktemp("pipeline") / "store")
-    shared.mlflow_run("get_data", source=tiny_data, allow_unverified="true",
-                      outdir=shared.root / "data" / "mnist")
+    shared.mlflow_run(
+        "get_data", source=tiny_data, allow_unverified="true", outdir=shared.root / "data" / "mnist"
+    )
     data_run = shared.last_run("get_data").info.run_id
     shared.mlflow_run("explore_data", data_run=data_run)
     shared.mlflow_run("preprocess", data_run=data_run)

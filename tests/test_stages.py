@@ -21,17 +21,24 @@ def test_get_data_logs_files_checksums_and_datasets(store, tiny_data):
     assert run.data.metrics["test_count"] == 200
     client = store.client()
     logged = {item.path for item in client.list_artifacts(run.info.run_id, "data")}
-    assert logged == {f"data/{name}" for name in (
-        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    assert logged == {
+        f"data/{name}"
+        for name in (
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        )
+    }
     assert sorted(path.name for path in outdir.iterdir()) == sorted(p.split("/")[1] for p in logged)
     contexts = {dataset_input.tags[0].value for dataset_input in run.inputs.dataset_inputs}
     assert contexts == {"train", "test"}
 
 
 def test_get_data_refuses_unofficial_mirror_and_fails_the_run(store, tiny_data):
-    result = store.mlflow_run("get_data", check=False, source=tiny_data,
-                              outdir=store.root / "data" / "refused")
+    result = store.mlflow_run(
+        "get_data", check=False, source=tiny_data, outdir=store.root / "data" / "refused"
+    )
     assert result.returncode != 0
     assert "allow_unverified=true" in result.stderr
     assert "Traceback" not in result.stderr
@@ -58,8 +65,12 @@ def test_explore_logs_mean_std_counts_and_pictures(pipeline):
     assert run.data.metrics["std"] == pytest.approx(data.x_train.std(), rel=1e-6)
     assert run.data.metrics["train_count_3"] == 60
     artifacts = {item.path for item in store.client().list_artifacts(run.info.run_id)}
-    assert {"examples_per_class.png", "class_histogram.png", "pixel_histogram.png",
-            "class_counts.json"} <= artifacts
+    assert {
+        "examples_per_class.png",
+        "class_histogram.png",
+        "pixel_histogram.png",
+        "class_counts.json",
+    } <= artifacts
 
 
 def test_preprocess_uses_explore_statistics_and_writes_the_transform(pipeline):
@@ -99,7 +110,9 @@ def test_train_logs_curves_test_metrics_confusion_and_model(pipeline):
 
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )
     assert [model.name for model in models] == ["model"]
     info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
     assert info.signature is not None and info.saved_input_example_info is not None
@@ -139,7 +152,9 @@ def test_a_run_of_the_wrong_stage_is_refused(pipeline):
     store = pipeline["store"]
     result = store.mlflow_run("train", check=False, preprocess_run=pipeline["data_run"])
     assert result.returncode != 0
-    assert f"run {pipeline['data_run']} is a get_data run, expected a preprocess run" in result.stderr
+    assert (
+        f"run {pipeline['data_run']} is a get_data run, expected a preprocess run" in result.stderr
+    )
 
 
 def test_preprocess_refuses_non_positive_std(pipeline):
@@ -153,8 +168,14 @@ def test_preprocess_refuses_non_positive_std(pipeline):
 def test_workshop_commands_with_paths_and_aliases(store, tiny_data):
     """The workshop's own parameter names: type, outdir, in_data, input_dir, model_dir."""
     outdir = store.root / "data" / "mnist-workshop"
-    store.mlflow_run("get_data", type="mnist", outdir=outdir, source=tiny_data,
-                     allow_unverified="true", experiment="workshop")
+    store.mlflow_run(
+        "get_data",
+        type="mnist",
+        outdir=outdir,
+        source=tiny_data,
+        allow_unverified="true",
+        experiment="workshop",
+    )
     data_run = store.last_run("get_data")
     store.mlflow_run("explore_data", in_data=outdir, experiment="workshop")
     explore = store.last_run("explore_data")
@@ -163,15 +184,19 @@ def test_workshop_commands_with_paths_and_aliases(store, tiny_data):
     store.mlflow_run("preprocess", in_data=outdir, mean="33.3", std="78.5", experiment="workshop")
     preprocess = store.last_run("preprocess")
     assert preprocess.data.tags["mean_std_from"] == "parameters"
-    input_dir = (store.root / "mlruns" / preprocess.info.experiment_id
-                 / preprocess.info.run_id / "artifacts")
+    input_dir = (
+        store.root / "mlruns" / preprocess.info.experiment_id / preprocess.info.run_id / "artifacts"
+    )
     assert input_dir.is_dir()
     store.mlflow_run("train", input_dir=input_dir, epochs="1", nr_conv_1="4", experiment="workshop")
     train = store.last_run("train")
     assert train.data.tags["preprocess_run"] == preprocess.info.run_id
-    model_dir = next((store.root / "mlruns" / train.info.experiment_id / "models").glob("m-*/artifacts"))
-    store.mlflow_run("package", model_dir=model_dir, output_dir=store.root / "model",
-                     experiment="workshop")
+    model_dir = next(
+        (store.root / "mlruns" / train.info.experiment_id / "models").glob("m-*/artifacts")
+    )
+    store.mlflow_run(
+        "package", model_dir=model_dir, output_dir=store.root / "model", experiment="workshop"
+    )
     package = store.last_run("package")
     assert package.data.tags["train_run"] == train.info.run_id
     assert (store.root / "model" / "MLmodel").exists()
