@@ -28,4 +28,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf mlruns mlflow.db model data example.json
+	rm -rf mlruns mlflow.db model data example.json my-image-dockerfile

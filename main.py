@@ -43,6 +43,9 @@ def build_parser() -> Parser:
         action = next(a for a in train_defaults._actions if a.dest == name)
         parser.add_argument(f"--{name}", type=action.type, default=action.default, help=action.help)
     parser.add_argument(
+        "--data_dir", default="data", help="get_data leaves the files in <data_dir>/<dataset>/"
+    )
+    parser.add_argument(
         "--output_dir", default="model", help="where package saves the served model"
     )
     return parser
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 dataset=args.dataset,
                 source=args.source,
                 allow_unverified=args.allow_unverified,
-                outdir=f"data/{args.dataset}",
+                outdir=f"{args.data_dir}/{args.dataset}",
             )
             explore_run = pipeline.stage("explore_data", data_run=data_run)
             preprocess_run = pipeline.stage(

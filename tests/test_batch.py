@@ -1,0 +1,163 @@
+"""train_batch: trials as nested runs in parallel processes; the best one packaged and served."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+
+def children_of(store, parent):
+    import mlflow
+
+    store.client()
+    return mlflow.search_runs(
+        experiment_ids=[parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        output_format="list",
+    )
+
+
+@pytest.fixture(scope="module")
+def batch(pipeline):
+    """A grid of four trials, two at a time, one value of which makes two trials fail."""
+    store = pipeline["store"]
+    result = store.mlflow_run(
+        "train_batch",
+        experiment="conv1",
+        preprocess_run=pipeline["preprocess_run"],
+        nr_conv_1="4,8",
+        batch_size="32,0",
+        epochs="3",
+        lr="0.004",
+        workers="2",
+    )
+    parent = store.last_run("train_batch")
+    return {"store": store, "parent": parent, "children": children_of(store, parent),
+            "output": result}
+
+
+def test_every_trial_is_a_nested_child_with_its_metrics(batch):
+    children = batch["children"]
+    assert len(children) == 4
+    finished = [run for run in children if run.info.status == "FINISHED"]
+    assert sorted(run.data.params["nr_conv_1"] for run in finished) == ["4", "8"]
+    client = batch["store"].client()
+    for run in finished:
+        assert run.data.tags["stage"] == "train"
+        assert {"accuracy", "loss", "train_loss", "val_accuracy"} <= set(run.data.metrics)
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
+
+
+def test_a_failed_trial_ends_failed_and_the_batch_carries_on(batch):
+    failed = [run for run in batch["children"] if run.info.status == "FAILED"]
+    assert len(failed) == 2
+    assert batch["parent"].info.status == "FINISHED"
+    assert batch["parent"].data.metrics["trials_failed"] == 2
+    assert "2 FAILED" in batch["output"].stdout
+
+
+def test_parent_names_the_best_trial_and_logs_a_summary(batch):
+    parent, children = batch["parent"], batch["children"]
+    finished = [run for run in children if run.info.status == "FINISHED"]
+    best = max(finished, key=lambda run: run.data.metrics["accuracy"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_accuracy"] == best.data.metrics["accuracy"]
+    artifacts = {item.path for item in batch["store"].client().list_artifacts(parent.info.run_id)}
+    assert {"trials.json", "trials.csv", "accuracy_by_hyperparameter.png"} <= artifacts
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_package_best_moves_champion_and_the_alias_serves_it(batch):
+    store, parent = batch["store"], batch["parent"]
+    result = store.mlflow_run(
+        "package", experiment="conv1", train_run="best", output_dir=store.root / "best-model"
+    )
+    best_run = parent.data.tags["best_run_id"]
+    assert f"Best train run: {best_run}" in result.stderr
+    client = store.client()
+    version = client.get_model_version_by_alias("mnist", "champion")
+    assert version.tags["train_run"] == best_run
+    assert version.tags["accuracy"] == f"{parent.data.metrics['best_accuracy']:.4f}"
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", "models:/mnist@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=store.root, env=store.env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "the server died"
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(1)
+        payload = json.dumps({"inputs": [[[0.0] * 28] * 28]}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=payload,
+            headers={"Content-Type": "application/json"},
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        assert set(answer["predictions"][0]) == {"label", "class_name", "probability"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_tpe_search_over_ranges(pipeline):
+    store = pipeline["store"]
+    store.mlflow_run(
+        "train_batch", experiment="search", preprocess_run=pipeline["preprocess_run"],
+        strategy="tpe", trials="3", lr="0.001:0.01", nr_conv_1="4:8", epochs="1", workers="2",
+    )
+    parent = store.last_run("train_batch")
+    children = children_of(store, parent)
+    assert len(children) == 3
+    for run in children:
+        assert 0.001 <= float(run.data.params["lr"]) <= 0.01
+        assert 4 <= int(run.data.params["nr_conv_1"]) <= 8
+    assert parent.data.tags["strategy"] == "tpe"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"nr_conv_1": ","}, "nr_conv_1: empty value in list ','"),
+        ({"lr": "0.1:0.01"}, "lr: range '0.1:0.01' needs low < high"),
+        ({"lr": "1:2:3"}, "lr: malformed range '1:2:3', expected low:high"),
+        ({"workers": "0"}, "argument --workers: expected at least 1, got 0"),
+        ({"dropout": "0.5"}, "unknown hyperparameter 'dropout'; choose from batch_size"),
+        ({"strategy": "grid", "lr": "0.001:0.01"}, "strategy grid cannot search ranges (lr)"),
+    ],
+)
+def test_batch_bad_input_is_one_line(pipeline, params, message):
+    store = pipeline["store"]
+    result = store.mlflow_run("train_batch", check=False, experiment="bad",
+                              preprocess_run=pipeline["preprocess_run"], **params)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_package_best_without_train_runs_is_one_line(pipeline):
+    store = pipeline["store"]
+    result = store.mlflow_run("package", check=False, experiment="empty", train_run="best")
+    assert result.returncode != 0
+    assert "train_run=best: no finished train run with an accuracy in experiment" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,132 @@
+"""IDX files and fetching: structure checks, checksums, atomic writes, retries, offline."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import shutil
+import socket
+import struct
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import MIRROR
+
+from mnist_pipeline import datasets
+from mnist_pipeline.datasets import DownloadError, fetch_dataset, load_folder, read_idx
+
+
+def test_read_idx_round_trip(tmp_path):
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    datasets.write_idx(tmp_path / "images.gz", images)
+    np.testing.assert_array_equal(read_idx(tmp_path / "images.gz"), images)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (struct.pack(">IIII", 0x00000804, 1, 28, 28) + bytes(784), "bad IDX magic 0x00000804"),
+        (struct.pack(">IIII", 0x00000803, 2, 28, 28) + bytes(784),
+         "800 bytes, expected 1584 for 2 items"),
+        (struct.pack(">IIII", 0x00000803, 1, 32, 32) + bytes(1024),
+         "images are 32x32, expected 28x28"),
+        (b"\x1f\x8b" + b"not really gzip", "cannot read"),
+    ],
+)
+def test_read_idx_refuses_malformed_files(tmp_path, content, message):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(content if content[:2] == b"\x1f\x8b" else gzip.compress(content))
+    with pytest.raises(ValueError) as error:
+        read_idx(path)
+    assert message in str(error.value)
+    assert str(error.value).startswith("train-images-idx3-ubyte.gz: ")
+
+
+def test_load_folder_refuses_swapped_files(tmp_path, tiny_data):
+    for path in tiny_data.glob("*.gz"):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copy(tiny_data / "train-labels-idx1-ubyte.gz", tmp_path / "train-images-idx3-ubyte.gz")
+    with pytest.raises(ValueError, match="holds labels, expected images"):
+        load_folder(tmp_path)
+
+
+def test_unverified_files_are_refused_and_nothing_is_written(tmp_path, tiny_data):
+    destination = tmp_path / "out"
+    with pytest.raises(ValueError, match="differs from the official file .* allow_unverified=true"):
+        fetch_dataset(datasets.DATASETS["mnist"], str(tiny_data), destination)
+    assert list(destination.iterdir()) == []
+    fetched = fetch_dataset(datasets.DATASETS["mnist"], str(tiny_data), destination,
+                            allow_unverified=True)
+    assert [file.verified for file in fetched] == [False] * 4
+    assert sorted(p.name for p in destination.iterdir()) == sorted(p.name for p in tiny_data.iterdir())
+
+
+class FlakyServer(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, answering 503 to the first request for each file."""
+
+    failed: set = set()
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        if self.path not in self.failed:
+            self.failed.add(self.path)
+            self.send_error(503, "try again")
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_retries_transient_errors_and_shows_progress(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(datasets, "_wait_seconds", lambda: 0)
+    handler = lambda *args, **kwargs: FlakyServer(*args, directory=str(tiny_data), **kwargs)  # noqa: E731
+    FlakyServer.failed = set()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    progressed = []
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        fetched = fetch_dataset(datasets.DATASETS["mnist"], url, tmp_path, allow_unverified=True,
+                                progress=lambda name, total: progressed.append)
+    finally:
+        server.shutdown()
+    assert [file.source for file in fetched][0] == url + "train-images-idx3-ubyte.gz"
+    assert len(FlakyServer.failed) == 4  # every file failed once, then arrived
+    assert sum(progressed) == sum((tiny_data / f.name).stat().st_size for f in fetched)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_offline_download_fails_in_one_line_naming_the_source_switch(tmp_path, monkeypatch):
+    unreachable = f"http://127.0.0.1:{closed_port()}/"
+    spec = replace(datasets.DATASETS["mnist"], mirrors=(unreachable,))
+    with pytest.raises(DownloadError) as error:
+        fetch_dataset(spec, datasets.OFFICIAL, tmp_path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "every official mirror failed" in message and "-P source=" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="no local mirror of MNIST")
+def test_the_mnist_mirror_matches_the_official_checksums(tmp_path):
+    fetched = fetch_dataset(datasets.DATASETS["mnist"], str(MIRROR / "mnist"), tmp_path)
+    assert all(file.verified for file in fetched)
+    assert [file.count for file in fetched] == [60000, 60000, 10000, 10000]
+
+
+@pytest.mark.skipif(not (MIRROR / "fashion").is_dir(), reason="no local mirror of Fashion-MNIST")
+def test_the_fashion_mirror_is_refused_unless_allowed(tmp_path):
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: content differs"):
+        fetch_dataset(datasets.DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path)
+    fetched = fetch_dataset(datasets.DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path,
+                            allow_unverified=True)
+    # The labels are the official files; the rebuilt images are not.
+    assert [file.verified for file in fetched] == [False, True, False, True]
+    assert fetched[0].sha256 == "38f293c4a3881af2a3950da2d9954219bc9c3be886ca598c16807d354b06895e"

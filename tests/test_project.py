@@ -1,0 +1,74 @@
+"""The project's own consistency: MLproject against the scripts, conda against pip, README."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO
+
+from mnist_pipeline.cli import canonical_params
+
+MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
+ENTRY_POINTS = MLPROJECT["entry_points"]
+README = (REPO / "README.md").read_text()
+
+
+def script_of(entry_point: str) -> str:
+    return re.search(r"python (\w+)\.py", ENTRY_POINTS[entry_point]["command"]).group(1)
+
+
+@pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
+def test_mlproject_defaults_equal_the_script_defaults(entry_point):
+    parser = importlib.import_module(script_of(entry_point)).build_parser()
+    declared = {name: str(spec["default"]) for name, spec in
+                ENTRY_POINTS[entry_point]["parameters"].items()}
+    arguments = {action.dest for action in parser._actions if action.option_strings} - {"help"}
+    assert set(declared) == arguments, "MLproject and the script declare different parameters"
+    assert canonical_params(parser, declared) == canonical_params(parser, {})
+    for name in declared:
+        assert f"--{name} {{{name}}}" in ENTRY_POINTS[entry_point]["command"]
+
+
+def test_conda_yaml_mirrors_requirements():
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip_section = next(item["pip"] for item in conda["dependencies"] if isinstance(item, dict))
+    requirements = [
+        line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert pip_section == requirements
+    assert "python=3.11" in conda["dependencies"]
+
+
+def test_scripts_answer_help_without_importing_tensorflow():
+    for script in ("download", "explore", "preprocess", "train", "batch_train", "package_model",
+                   "png_to_pandas", "main"):
+        probe = (f"import sys; import {script}; {script}.build_parser(); "
+                 "print('tensorflow' in sys.modules)")
+        result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                                text=True, check=True)
+        assert result.stdout.strip() == "False", script
+        help_text = subprocess.run([sys.executable, f"{script}.py", "--help"], cwd=REPO,
+                                   capture_output=True, text=True, check=True).stdout
+        assert "usage:" in help_text
+
+
+def test_readme_names_existing_files_and_entry_points():
+    for name in set(re.findall(r"\b([\w/]+\.(?:py|md))\b", README)):
+        if "/" in name or name in {"README.md"}:
+            continue
+        assert list(REPO.rglob(name)), f"README names {name}, which does not exist"
+    for entry_point in re.findall(r"-e (\w+)", README):
+        assert entry_point in ENTRY_POINTS, f"README runs unknown entry point {entry_point}"
+    assert "0/" in README
+
+
+def test_ci_runs_the_readme_test_command():
+    test_command = re.search(r"^make test$", README, re.MULTILINE)
+    assert test_command, "README gives `make test` as the test command"
+    assert "make test" in (REPO / ".ci" / "run").read_text()
