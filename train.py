@@ -95,13 +95,22 @@ def train(args) -> tuple[float, float]:
     from mlflow.models import infer_signature
 
     from mnist_pipeline import plots, runs
+    from mnist_pipeline.datasets import sha256_of_file
     from mnist_pipeline.model import build_cnn, compile_cnn, confusion_counts, epoch_logger
     from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec
 
     preprocess_run = resolve_preprocess_run(args)
     artifacts = runs.artifact_dir(preprocess_run)
     spec = TransformSpec.load(artifacts / TRANSFORM_FILE)
-    mlflow.set_tags({"dataset": spec.dataset, "preprocess_run": preprocess_run})
+    mlflow.set_tags(
+        {
+            "dataset": spec.dataset,
+            "preprocess_run": preprocess_run,
+            # With the seed and the code version, the bytes trained on make the run repeatable.
+            "sha256.train.npz": sha256_of_file(artifacts / "arrays" / "train.npz"),
+            "sha256.test.npz": sha256_of_file(artifacts / "arrays" / "test.npz"),
+        }
+    )
     with np.load(artifacts / "arrays" / "train.npz") as train_arrays:
         x_all, y_all = train_arrays["x"], train_arrays["y"]
     with np.load(artifacts / "arrays" / "test.npz") as test_arrays:
