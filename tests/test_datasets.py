@@ -28,10 +28,14 @@ def test_read_idx_round_trip(tmp_path):
     ("content", "message"),
     [
         (struct.pack(">IIII", 0x00000804, 1, 28, 28) + bytes(784), "bad IDX magic 0x00000804"),
-        (struct.pack(">IIII", 0x00000803, 2, 28, 28) + bytes(784),
-         "800 bytes, expected 1584 for 2 items"),
-        (struct.pack(">IIII", 0x00000803, 1, 32, 32) + bytes(1024),
-         "images are 32x32, expected 28x28"),
+        (
+            struct.pack(">IIII", 0x00000803, 2, 28, 28) + bytes(784),
+            "800 bytes, expected 1584 for 2 items",
+        ),
+        (
+            struct.pack(">IIII", 0x00000803, 1, 32, 32) + bytes(1024),
+            "images are 32x32, expected 28x28",
+        ),
         (b"\x1f\x8b" + b"not really gzip", "cannot read"),
     ],
 )
@@ -57,10 +61,13 @@ def test_unverified_files_are_refused_and_nothing_is_written(tmp_path, tiny_data
     with pytest.raises(ValueError, match="differs from the official file .* allow_unverified=true"):
         fetch_dataset(datasets.DATASETS["mnist"], str(tiny_data), destination)
     assert list(destination.iterdir()) == []
-    fetched = fetch_dataset(datasets.DATASETS["mnist"], str(tiny_data), destination,
-                            allow_unverified=True)
+    fetched = fetch_dataset(
+        datasets.DATASETS["mnist"], str(tiny_data), destination, allow_unverified=True
+    )
     assert [file.verified for file in fetched] == [False] * 4
-    assert sorted(p.name for p in destination.iterdir()) == sorted(p.name for p in tiny_data.iterdir())
+    assert sorted(p.name for p in destination.iterdir()) == sorted(
+        p.name for p in tiny_data.iterdir()
+    )
 
 
 class FlakyServer(http.server.SimpleHTTPRequestHandler):
@@ -88,8 +95,13 @@ def test_download_retries_transient_errors_and_shows_progress(tmp_path, tiny_dat
     progressed = []
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
-        fetched = fetch_dataset(datasets.DATASETS["mnist"], url, tmp_path, allow_unverified=True,
-                                progress=lambda name, total: progressed.append)
+        fetched = fetch_dataset(
+            datasets.DATASETS["mnist"],
+            url,
+            tmp_path,
+            allow_unverified=True,
+            progress=lambda name, total: progressed.append,
+        )
     finally:
         server.shutdown()
     assert [file.source for file in fetched][0] == url + "train-images-idx3-ubyte.gz"
@@ -125,8 +137,9 @@ def test_the_mnist_mirror_matches_the_official_checksums(tmp_path):
 def test_the_fashion_mirror_is_refused_unless_allowed(tmp_path):
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: content differs"):
         fetch_dataset(datasets.DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path)
-    fetched = fetch_dataset(datasets.DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path,
-                            allow_unverified=True)
+    fetched = fetch_dataset(
+        datasets.DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path, allow_unverified=True
+    )
     # The labels are the official files; the rebuilt images are not.
     assert [file.verified for file in fetched] == [False, True, False, True]
     assert fetched[0].sha256 == "38f293c4a3881af2a3950da2d9954219bc9c3be886ca598c16807d354b06895e"

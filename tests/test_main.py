@@ -63,7 +63,9 @@ def test_main_runs_nested_stages_then_reuses_them(store, tiny_data):
 def test_main_rejects_unknown_dataset_in_one_line(store):
     result = store.mlflow_run("main", check=False, dataset="emnist")
     assert result.returncode != 0
-    assert "main.py: error: unknown dataset 'emnist'; choose one of: fashion, mnist" in result.stderr
+    assert (
+        "main.py: error: unknown dataset 'emnist'; choose one of: fashion, mnist" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     # The dataset is checked before the parent run starts stages: no stage run exists.
     assert store.runs("get_data") == []

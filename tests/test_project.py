@@ -25,8 +25,9 @@ def script_of(entry_point: str) -> str:
 @pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
 def test_mlproject_defaults_equal_the_script_defaults(entry_point):
     parser = importlib.import_module(script_of(entry_point)).build_parser()
-    declared = {name: str(spec["default"]) for name, spec in
-                ENTRY_POINTS[entry_point]["parameters"].items()}
+    declared = {
+        name: str(spec["default"]) for name, spec in ENTRY_POINTS[entry_point]["parameters"].items()
+    }
     arguments = {action.dest for action in parser._actions if action.option_strings} - {"help"}
     assert set(declared) == arguments, "MLproject and the script declare different parameters"
     assert canonical_params(parser, declared) == canonical_params(parser, {})
@@ -38,7 +39,8 @@ def test_conda_yaml_mirrors_requirements():
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     pip_section = next(item["pip"] for item in conda["dependencies"] if isinstance(item, dict))
     requirements = [
-        line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+        line.strip()
+        for line in (REPO / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert pip_section == requirements
@@ -46,15 +48,31 @@ def test_conda_yaml_mirrors_requirements():
 
 
 def test_scripts_answer_help_without_importing_tensorflow():
-    for script in ("download", "explore", "preprocess", "train", "batch_train", "package_model",
-                   "png_to_pandas", "main"):
-        probe = (f"import sys; import {script}; {script}.build_parser(); "
-                 "print('tensorflow' in sys.modules)")
-        result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                                text=True, check=True)
+    for script in (
+        "download",
+        "explore",
+        "preprocess",
+        "train",
+        "batch_train",
+        "package_model",
+        "png_to_pandas",
+        "main",
+    ):
+        probe = (
+            f"import sys; import {script}; {script}.build_parser(); "
+            "print('tensorflow' in sys.modules)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+        )
         assert result.stdout.strip() == "False", script
-        help_text = subprocess.run([sys.executable, f"{script}.py", "--help"], cwd=REPO,
-                                   capture_output=True, text=True, check=True).stdout
+        help_text = subprocess.run(
+            [sys.executable, f"{script}.py", "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "usage:" in help_text
 
 

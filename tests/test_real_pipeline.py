@@ -28,15 +28,20 @@ STAGES = ["get_data", "explore_data", "preprocess", "train", "package"]
 
 def test_main_on_mnist_nests_reuses_and_learns(tmp_path):
     store = make_store(tmp_path / "store")
-    params = {"source": MIRROR / "mnist", "epochs": "1", "data_dir": store.root / "data",
-              "output_dir": store.root / "model"}
+    params = {
+        "source": MIRROR / "mnist",
+        "epochs": "1",
+        "data_dir": store.root / "data",
+        "output_dir": store.root / "model",
+    }
     store.mlflow_run("main", **params)
     parent = store.last_run("main")
     import mlflow
 
     store.client()
     children = mlflow.search_runs(
-        experiment_ids=["0"], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        experiment_ids=["0"],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         output_format="list",
     )
     assert sorted(run.data.tags["stage"] for run in children) == sorted(STAGES)
@@ -57,8 +62,13 @@ def test_main_on_mnist_nests_reuses_and_learns(tmp_path):
 def copy_of_the_project(tmp_path):
     """The working tree as a user has it after cloning, with ../shared beside it."""
     project = tmp_path / "project"
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in tracked:
         if (REPO / name).is_file():
             (project / name).parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +80,7 @@ def copy_of_the_project(tmp_path):
 def readme_block(heading: str) -> list[str]:
     """The command lines of the first bash block after `heading` in README.md."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index(heading):]
+    section = text[text.index(heading) :]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     return [line for line in block.splitlines() if line.strip()]
 
@@ -87,8 +97,11 @@ def test_readme_stage_by_stage_commands_as_written(tmp_path):
     env = {**store.env}
     env.pop("MLFLOW_TRACKING_URI")  # the README relies on MLflow's default store
     store.env = env
-    placeholders = {"get_data": "<get_data run id>", "preprocess": "<preprocess run id>",
-                    "train": "<train run id>"}
+    placeholders = {
+        "get_data": "<get_data run id>",
+        "preprocess": "<preprocess run id>",
+        "train": "<train run id>",
+    }
     commands = readme_block("## The pipeline, stage by stage")
     assert commands[-1] == "mlflow ui"
     for line in commands[:-1]:
@@ -99,9 +112,14 @@ def test_readme_stage_by_stage_commands_as_written(tmp_path):
     assert (project / "mlflow.db").exists() and (project / "model" / "MLmodel").exists()
 
     port = free_port()
-    ui = subprocess.Popen(["bash", "-c", f"mlflow ui --port {port}"], cwd=project, env=env,
-                          start_new_session=True, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen(
+        ["bash", "-c", f"mlflow ui --port {port}"],
+        cwd=project,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -119,11 +137,19 @@ def test_readme_stage_by_stage_commands_as_written(tmp_path):
 
 def last_run_id(project, stage: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-c",
-         "import mlflow, sys; from mnist_pipeline import runs; "
-         f"print(runs.finished_runs('{stage}', max_results=1)[0].info.run_id)"],
-        cwd=project, capture_output=True, text=True, check=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-             "PYTHONPATH": str(project)},
+        [
+            sys.executable,
+            "-c",
+            "import mlflow, sys; from mnist_pipeline import runs; "
+            f"print(runs.finished_runs('{stage}', max_results=1)[0].info.run_id)",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+            "PYTHONPATH": str(project),
+        },
     )
     return result.stdout.strip().splitlines()[-1]

@@ -217,8 +217,13 @@ def test_get_data_missing_file_is_one_line(store, tiny_data, tmp_path):
     partial.mkdir()
     for path in tiny_data.glob("train-*"):
         (partial / path.name).write_bytes(path.read_bytes())
-    result = store.mlflow_run("get_data", check=False, source=partial, allow_unverified="true",
-                              outdir=store.root / "data" / "partial")
+    result = store.mlflow_run(
+        "get_data",
+        check=False,
+        source=partial,
+        allow_unverified="true",
+        outdir=store.root / "data" / "partial",
+    )
     assert result.returncode != 0
     assert "t10k-images-idx3-ubyte.gz: file missing from source folder" in result.stderr
     assert "Traceback" not in result.stderr
@@ -231,8 +236,13 @@ def test_get_data_corrupt_file_is_one_line(store, tiny_data, tmp_path):
     for path in tiny_data.glob("*.gz"):
         (corrupt / path.name).write_bytes(path.read_bytes())
     (corrupt / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
-    result = store.mlflow_run("get_data", check=False, source=corrupt, allow_unverified="true",
-                              outdir=store.root / "data" / "corrupt")
+    result = store.mlflow_run(
+        "get_data",
+        check=False,
+        source=corrupt,
+        allow_unverified="true",
+        outdir=store.root / "data" / "corrupt",
+    )
     assert result.returncode != 0
     assert "t10k-labels-idx1-ubyte.gz: corrupt gzip data" in result.stderr
     assert "Traceback" not in result.stderr
