@@ -42,23 +42,25 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        request = build_request(args.images, args.format, args.dataset)
-    except (ValueError, OSError) as error:
-        return fail(parser.prog, error)
     import json
 
-    text = json.dumps(request)
+    try:
+        text = json.dumps(build_request(args.images, args.format, args.dataset))
+        if args.output != "-":
+            output = Path(args.output)
+            partial = output.with_name(output.name + ".part")
+            partial.write_text(text)
+            partial.replace(output)
+    except (ValueError, OSError) as error:
+        return fail(parser.prog, error)
     if args.output == "-":
         print(text)
         hint = sys.stderr
     else:
-        output = Path(args.output)
-        partial = output.with_name(output.name + ".part")
-        partial.write_text(text)
-        partial.replace(output)
         hint = sys.stdout
-        print(f"Wrote {len(args.images)} image(s) to {output} ({args.format} format)", file=hint)
+        print(
+            f"Wrote {len(args.images)} image(s) to {args.output} ({args.format} format)", file=hint
+        )
     source = "@-" if args.output == "-" else f"@{args.output}"
     print(
         f"curl -d {source} -H 'Content-Type: application/json' localhost:{args.port}/invocations",

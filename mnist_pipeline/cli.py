@@ -35,6 +35,30 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 ("16", or "16.0" as MLflow may pass it)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {int(number)}")
+    return int(number)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number greater than 0."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {number}")
+    return number
+
+
 def canonical_params(parser: argparse.ArgumentParser, values: dict[str, str]) -> dict[str, str]:
     """Return every argument of `parser` as its canonical string, given raw string values.
 

@@ -128,7 +128,8 @@ def _decode_files(encoded: list, spec: TransformSpec) -> np.ndarray:
         if not isinstance(item, bytes):
             raise ValueError(f"image {number}: expected a base64 string, got {type(item).__name__}")
         try:
-            data = base64.b64decode(item, validate=True)
+            # Line breaks are allowed, as `base64` and Python's encodebytes write them.
+            data = base64.b64decode(b"".join(item.split()), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError(f"image {number}: not valid base64") from None
         try:

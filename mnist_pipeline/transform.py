@@ -21,7 +21,8 @@ TRANSFORM_FILE = "transform.json"
 # The largest picture we agree to decode: 25 megapixels is a photo from a good phone.
 # Anything larger is refused from its header, before a single pixel is decompressed.
 MAX_IMAGE_PIXELS = 25_000_000
-ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG")
+# MPO is how Pillow names a camera's JPEG that carries a preview picture.
+ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG", "MPO")
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,16 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     """
     import cv2
 
-    width, height = _declared_size(data)
+    image_format, (width, height) = _declared_format_and_size(data)
     if width * height > MAX_IMAGE_PIXELS:
         raise ValueError(
             f"image declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} accepted"
         )
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    # A PNG may carry transparency, which only IMREAD_UNCHANGED keeps. A JPEG has none,
+    # but a phone's photo is stored sideways with an EXIF orientation that only
+    # IMREAD_COLOR applies.
+    flags = cv2.IMREAD_UNCHANGED if image_format == "PNG" else cv2.IMREAD_COLOR
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if decoded is None:
         raise ValueError("image data is damaged and cannot be decoded")
     gray = _to_gray(decoded)
@@ -94,14 +99,18 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     return _fit_like_fashion(ink)
 
 
-def _declared_size(data: bytes) -> tuple[int, int]:
-    """Read width and height from the file's header without decoding any pixel."""
+def _declared_format_and_size(data: bytes) -> tuple[str, tuple[int, int]]:
+    """Read the format, width and height from the file's header without decoding any pixel."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format, size = image.format, image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"image declares more pixels than the {MAX_IMAGE_PIXELS:,} accepted"
+        ) from None
+    except UnidentifiedImageError:
         if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"\xff\xd8":
             raise ValueError("image header is damaged or declares an impossible size") from None
         raise ValueError("bytes are not a PNG or JPEG image") from None
@@ -109,7 +118,7 @@ def _declared_size(data: bytes) -> tuple[int, int]:
         raise ValueError(f"image header cannot be read ({error})") from None
     if image_format not in ACCEPTED_IMAGE_FORMATS:
         raise ValueError(f"image is {image_format}, expected PNG or JPEG")
-    return size
+    return image_format, size
 
 
 def _to_gray(decoded: np.ndarray) -> np.ndarray:
@@ -173,25 +182,29 @@ def _fit_like_mnist(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink, fit into 20x20, centre by centre of mass in 28x28 (as LeCun did)."""
     import cv2
 
-    digit = _resize_to_fit(_bounding_box(ink), 20)
-    canvas = np.zeros(IMAGE_SHAPE, dtype=np.float32)
-    height, width = digit.shape
-    top, left = (28 - height) // 2, (28 - width) // 2
-    canvas[top : top + height, left : left + width] = digit
+    canvas = _centred(_resize_to_fit(_bounding_box(ink), 20))
     moments = cv2.moments(canvas)
     if moments["m00"] > 0:
         shift_x = 14.0 - moments["m10"] / moments["m00"]
         shift_y = 14.0 - moments["m01"] / moments["m00"]
         matrix = np.float32([[1, 0, shift_x], [0, 1, shift_y]])
         canvas = cv2.warpAffine(canvas, matrix, IMAGE_SHAPE[::-1], flags=cv2.INTER_LINEAR)
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return _as_pixels(canvas)
 
 
 def _fit_like_fashion(ink: np.ndarray) -> np.ndarray:
     """Crop to the object, fit its longer side to 28 and pad the other, centred."""
-    item = _resize_to_fit(_bounding_box(ink), 28)
+    return _as_pixels(_centred(_resize_to_fit(_bounding_box(ink), 28)))
+
+
+def _centred(image: np.ndarray) -> np.ndarray:
+    """Return float32 (28, 28) with `image` (at most 28x28) pasted in the middle."""
     canvas = np.zeros(IMAGE_SHAPE, dtype=np.float32)
-    height, width = item.shape
-    top, left = (28 - height) // 2, (28 - width) // 2
-    canvas[top : top + height, left : left + width] = item
+    height, width = image.shape
+    top, left = (IMAGE_SHAPE[0] - height) // 2, (IMAGE_SHAPE[1] - width) // 2
+    canvas[top : top + height, left : left + width] = image
+    return canvas
+
+
+def _as_pixels(canvas: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
