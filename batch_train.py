@@ -11,10 +11,15 @@ $ mlflow run . -e train_batch --env-manager local -P nr_conv_1=8,16,24,32 -P epo
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from mnist_pipeline.cli import USER_ERRORS, Parser, fail, stage_run
+from mnist_pipeline.cli import (
+    USER_ERRORS,
+    Parser,
+    fail,
+    positive_int,
+    stage_run,
+)
 
 HYPERPARAMETER_DEFAULTS = {
     "batch_size": "128",
@@ -23,16 +28,6 @@ HYPERPARAMETER_DEFAULTS = {
     "nr_conv_1": "8,16,24,32",
     "seed": "42",
 }
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
 
 
 def build_parser() -> Parser:

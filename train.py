@@ -10,32 +10,18 @@ $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_con
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from mnist_pipeline.cli import USER_ERRORS, Parser, fail, stage_run
+from mnist_pipeline.cli import (
+    USER_ERRORS,
+    Parser,
+    fail,
+    positive_float,
+    positive_int,
+    stage_run,
+)
 
 VALIDATION_FRACTION = 0.1
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {value}")
-    return value
 
 
 def build_parser() -> Parser:

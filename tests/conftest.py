@@ -7,6 +7,7 @@ that folder: `mlflow run <repo> -e ... --env-manager local`, the scripts, the se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -191,3 +192,80 @@ def pipeline(tmp_path_factory, tiny_data):
         "train_run": train_run,
         "model_dir": shared.root / "model",
     }
+
+
+# ------------------------------------------------------------ servers started by tests
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(
+    url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 120
+) -> None:
+    """Wait until `url` answers 200, failing with the server's log if it dies or never does."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    # Straight to 127.0.0.1, whatever proxy the environment names.
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            shown = log.read_text() if log and log.exists() else ""
+            pytest.fail(f"{url}: the server exited with {process.returncode}\n{shown}")
+        try:
+            with direct.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    shown = log.read_text() if log and log.exists() else ""
+    pytest.fail(f"no answer from {url} after {timeout} s\n{shown}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session, and everything it started."""
+    import signal
+
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str],
+    ready_url: str,
+    cwd: Path,
+    env: dict,
+    log: Path | None = None,
+    timeout: float = 120,
+):
+    """Start a server in its own process group, wait until `ready_url` answers, stop it after."""
+    output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_until_up(ready_url, process, log, timeout)
+        yield process
+    finally:
+        stop(process)
+        if log:
+            output.close()

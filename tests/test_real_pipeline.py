@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import MIRROR, REPO, make_store
+from conftest import MIRROR, REPO, free_port, make_store, running
 
 pytestmark = [
     pytest.mark.slow,
@@ -85,12 +83,6 @@ def readme_block(heading: str) -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_readme_stage_by_stage_commands_as_written(tmp_path):
     project = copy_of_the_project(tmp_path)
     store = make_store(project)
@@ -112,27 +104,10 @@ def test_readme_stage_by_stage_commands_as_written(tmp_path):
     assert (project / "mlflow.db").exists() and (project / "model" / "MLmodel").exists()
 
     port = free_port()
-    ui = subprocess.Popen(
-        ["bash", "-c", f"mlflow ui --port {port}"],
-        cwd=project,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
-                break
-            except OSError:
-                assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
-                time.sleep(1)
-        assert b"MLflow" in page
-    finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=30)
+    ui = ["bash", "-c", f"mlflow ui --port {port}"]
+    with running(ui, f"http://127.0.0.1:{port}/", cwd=project, env=env, timeout=90):
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+        assert b"MLflow" in page or b"mlflow" in page
 
 
 def last_run_id(project, stage: str) -> str:
