@@ -12,13 +12,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +21,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from conftest import free_port, stop, wait_until_up
 from sklearn.datasets import load_iris
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +33,6 @@ COLUMN_NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 SCRIPT_TIMEOUT = 120
 SERVER_START_TIMEOUT = 90
 FENCED_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
-# A direct connection, whatever proxy the environment names: the servers are on 127.0.0.1.
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -137,41 +131,8 @@ def check_output(command: str, output: str, expected: tuple[str, str]) -> None:
         position = found + len(fragment)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def with_port(command: str, documented_port: int, port: int) -> str:
     return re.sub(rf"\b{documented_port}\b", str(port), command)
-
-
-def wait_for_ping(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with DIRECT.open(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"no answer from {url} after {timeout} s:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session, and everything it started."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
 
 
 def start_in_background(command: str, workspace: Workspace, log: Path) -> subprocess.Popen:
@@ -275,7 +236,7 @@ def test_third_serving_md_commands_work_as_written(workspace, tmp_path):
     server = start_in_background(with_port(serve_commands[0], 5000, port), workspace, log)
     outputs = {}
     try:
-        wait_for_ping(f"http://127.0.0.1:{port}/ping", server, log, SERVER_START_TIMEOUT)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log, SERVER_START_TIMEOUT)
         # Make sure the answer came from this server and not from another one on the same port.
         assert f"Uvicorn running on http://127.0.0.1:{port}" in log.read_text()
         for command, expected in commands:
@@ -372,7 +333,7 @@ def test_fourth_docker_md_builds_runs_and_answers(workspace, tmp_path):
         with_port(run, 5001, port).replace("my-image", image), workspace, log
     )
     try:
-        wait_for_ping(f"http://127.0.0.1:{port}/ping", container, log, 300)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", container, log, 300)
         answer = run_command(with_port(query, 5001, port), workspace)
         assert answer.returncode == 0, answer.stderr
         check_output(query, answer.stdout, expected)

@@ -11,14 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +23,12 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from conftest import free_port, running
 
 from mnist_pipeline import serving
 from mnist_pipeline.transform import MAX_IMAGE_PIXELS, image_to_pixels
 
 REPO = Path(__file__).resolve().parent.parent
-SERVER_START_TIMEOUT = 120
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLUMNS = [str(column) for column in range(28)]
 WIDE_COLUMNS = [str(column) for column in range(784)]
@@ -63,42 +59,6 @@ class Server:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_ping(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(
-                f"the server exited with {server.process.returncode}:\n{server.log.read_text()}"
-            )
-        try:
-            if server.session.get(f"{server.url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"no answer from {server.url}/ping after {timeout} s:\n{server.log.read_text()}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session, and everything it started."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def server(pipeline, tmp_path_factory):
     store = pipeline["store"]
@@ -112,22 +72,10 @@ def server(pipeline, tmp_path_factory):
     ]
     session = requests.Session()
     session.trust_env = False  # a direct connection, whatever proxy the environment names
-    with log.open("w") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=store.root,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running = Server(f"http://127.0.0.1:{port}", port, process, log, env, session)
-    try:
-        wait_for_ping(running, SERVER_START_TIMEOUT)
-        yield running
-    finally:
-        stop(process)
-        session.close()
+    url = f"http://127.0.0.1:{port}"
+    with running(command, f"{url}/ping", cwd=store.root, env=env, log=log) as process:
+        yield Server(url, port, process, log, env, session)
+    session.close()
 
 
 # --- pictures and payloads --------------------------------------------------------------
