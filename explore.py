@@ -43,7 +43,7 @@ def explore(args) -> tuple[float, float]:
     import pandas as pd
 
     from mnist_pipeline import plots, runs
-    from mnist_pipeline.datasets import dataset_spec, load_folder
+    from mnist_pipeline.datasets import dataset_spec, load_folder, pixel_statistics
 
     folder, data_run, dataset_name = runs.resolve_data(args.data_run, args.in_data, args.dataset)
     spec = dataset_spec(dataset_name)
@@ -84,14 +84,6 @@ def explore(args) -> tuple[float, float]:
     mlflow.log_figure(plots.pixel_histogram(data.x_train, mean, std), "pixel_histogram.png")
     print(f"Measured {len(data.y_train):,} training images of {spec.title}", file=sys.stderr)
     return mean, std
-
-
-def pixel_statistics(images) -> tuple[float, float]:
-    """Return the mean and standard deviation of all pixels, on the 0-255 scale."""
-    import numpy as np
-
-    pixels = np.asarray(images, dtype=np.float64)
-    return float(pixels.mean()), float(pixels.std())
 
 
 if __name__ == "__main__":

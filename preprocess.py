@@ -71,7 +71,6 @@ def preprocess(args):
     import mlflow
     import numpy as np
 
-    from explore import pixel_statistics
     from mnist_pipeline import runs
     from mnist_pipeline.datasets import dataset_spec, load_folder
     from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, normalize
@@ -88,7 +87,7 @@ def preprocess(args):
 
     mean, std = args.mean, args.std
     if mean is None or std is None:
-        measured_mean, measured_std, source = _mean_and_std(args, data_run, data, pixel_statistics)
+        measured_mean, measured_std, source = _mean_and_std(args, data_run, data)
         mean = measured_mean if mean is None else mean
         std = measured_std if std is None else std
         tags["mean_std_from"] = source
@@ -134,9 +133,10 @@ def preprocess(args):
     return spec, megabytes
 
 
-def _mean_and_std(args, data_run, data, pixel_statistics) -> tuple[float, float, str]:
+def _mean_and_std(args, data_run, data) -> tuple[float, float, str]:
     """Return mean, std and where they came from: the explore_data run, or measured here."""
     from mnist_pipeline import runs
+    from mnist_pipeline.datasets import pixel_statistics
 
     if args.explore_run:
         explore_run = runs.get_run(args.explore_run, "explore_data")

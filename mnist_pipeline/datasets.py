@@ -269,6 +269,12 @@ def load_folder(folder: str | os.PathLike, expect_full: bool = False) -> Dataset
     )
 
 
+def pixel_statistics(images: np.ndarray) -> tuple[float, float]:
+    """Return the mean and standard deviation of all pixels, on the 0-255 scale."""
+    pixels = np.asarray(images, dtype=np.float64)
+    return float(pixels.mean()), float(pixels.std())
+
+
 def _kind_of(array: np.ndarray) -> str:
     return "images" if array.ndim == 3 else "labels"
 

@@ -209,11 +209,8 @@ def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
     Within the children of `parent_run` (a train_batch run) when given, else within
     `experiment` (a name or an ID), else within the active run's experiment.
     """
-    client = MlflowClient()
     if parent_run:
-        parent = client.get_run(parent_run) if _RUN_ID.match(parent_run) else None
-        if parent is None:
-            raise ValueError(f"parent_run {parent_run!r} is not a run ID")
+        parent = get_run(parent_run, "train_batch")
         experiment_ids_ = [parent.info.experiment_id]
         extra = f"tags.mlflow.parentRunId = '{parent_run}'"
         where = f"under run {parent_run}"
