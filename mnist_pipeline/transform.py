@@ -185,10 +185,12 @@ def _fit_like_mnist(ink: np.ndarray) -> np.ndarray:
     canvas = _centred(_resize_to_fit(_bounding_box(ink), 20))
     moments = cv2.moments(canvas)
     if moments["m00"] > 0:
-        shift_x = 14.0 - moments["m10"] / moments["m00"]
-        shift_y = 14.0 - moments["m01"] / moments["m00"]
+        # Whole pixels: a sub-pixel shift would blur every stroke, so that an MNIST image
+        # sent as a PNG would no longer be the image the model was trained on.
+        shift_x = round(14.0 - moments["m10"] / moments["m00"])
+        shift_y = round(14.0 - moments["m01"] / moments["m00"])
         matrix = np.float32([[1, 0, shift_x], [0, 1, shift_y]])
-        canvas = cv2.warpAffine(canvas, matrix, IMAGE_SHAPE[::-1], flags=cv2.INTER_LINEAR)
+        canvas = cv2.warpAffine(canvas, matrix, IMAGE_SHAPE[::-1], flags=cv2.INTER_NEAREST)
     return _as_pixels(canvas)
 
 

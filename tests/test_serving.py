@@ -220,6 +220,11 @@ def files_of(images: np.ndarray) -> list[str]:
     return [b64(encoded(image)) for image in images]
 
 
+def raw_rows(images: np.ndarray) -> list[str]:
+    """Each image as base64 of its 784 raw bytes: the compact `pixels` column."""
+    return [b64(image.astype(np.uint8).tobytes()) for image in images]
+
+
 FORMATS = [
     pytest.param(lambda im: frame_split(im[:1]), 1, id="frame-split-one-28x28-image"),
     pytest.param(frame_split, len(DIGITS), id="frame-split-stacked-28-row-blocks"),
@@ -250,6 +255,18 @@ FORMATS = [
         lambda im: {"instances": [{"image": f} for f in files_of(im)]},
         len(DIGITS),
         id="image-files-instances",
+    ),
+    pytest.param(
+        lambda im: {"dataframe_records": [{"pixels": row} for row in raw_rows(im)]},
+        len(DIGITS),
+        id="raw-pixels-records",
+    ),
+    pytest.param(
+        lambda im: {
+            "dataframe_split": {"columns": ["pixels"], "data": [[r] for r in raw_rows(im)]}
+        },
+        len(DIGITS),
+        id="raw-pixels-split",
     ),
 ]
 
@@ -433,7 +450,7 @@ BAD_INPUTS = [
     ),
     pytest.param(
         lambda: {"dataframe_split": {"columns": ["image", "name"], "data": [["AAAA", "x"]]}},
-        "expected only the column 'image' beside image files",
+        "expected only the column 'image', no other",
         id="image-column-with-another",
     ),
     pytest.param(
@@ -564,6 +581,16 @@ BAD_INPUTS = [
         f"{serving.MAX_IMAGES_PER_REQUEST + 1:,} images in one request; "
         f"at most {serving.MAX_IMAGES_PER_REQUEST:,} are accepted",
         id="too-many-pixel-images",
+    ),
+    pytest.param(
+        lambda: {"dataframe_records": [{"pixels": b64(bytes(783))}]},
+        "image 1: 783 raw bytes, expected 784 (28 x 28)",
+        id="raw-pixels-short-row",
+    ),
+    pytest.param(
+        lambda: {"dataframe_records": [{"pixels": "not base64!"}]},
+        "image 1: not valid base64",
+        id="raw-pixels-bad-base64",
     ),
 ]
 
