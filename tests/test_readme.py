@@ -1,0 +1,176 @@
+"""The README's command blocks, run as written in a copy of the project.
+
+Only the placeholders (`<train run id>`, ...) are replaced, by the runs that the commands
+before them made, and a server's port by a free one. The blocks that train on the real
+MNIST and Fashion-MNIST are slow and need the local mirror; the batch block runs on the
+tiny generated dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import MIRROR, REPO, free_port, make_store, running, write_tiny_dataset
+
+README = (REPO / "README.md").read_text()
+needs_mirror = pytest.mark.skipif(
+    not (MIRROR / "mnist").is_dir() or not (MIRROR / "fashion").is_dir(),
+    reason="no local mirror of the datasets",
+)
+
+
+def readme_block(heading: str) -> list[str]:
+    """The command lines of the first bash block after `heading` in README.md."""
+    section = README[README.index(heading) :]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def copy_of_the_project(tmp_path: Path):
+    """The working tree as a user has it after cloning (../shared beside it), and its store.
+
+    The store is MLflow's default, ./mlflow.db in the project, as for a user.
+    """
+    project = tmp_path / "project"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, project / name)
+    if MIRROR.is_dir():
+        (tmp_path / "shared").symlink_to(MIRROR.parent)
+    store = make_store(project)
+    store.env.pop("MLFLOW_TRACKING_URI")
+    return project, store
+
+
+def query(project: Path, python: str) -> str:
+    """Print the result of a Python expression over the project's store (the default one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run(
+        [sys.executable, "-c", f"import mlflow\nfrom mnist_pipeline import runs\nprint({python})"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, "PYTHONPATH": str(project)},
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def newest(project: Path, stage: str, experiment: str | None = None) -> str:
+    where = f", experiment_ids_=['{experiment}']" if experiment else ""
+    return query(project, f"runs.finished_runs('{stage}'{where}, max_results=1)[0].info.run_id")
+
+
+def run_lines(store, project: Path, lines: list[str], replace) -> None:
+    for line in lines:
+        store.run(["bash", "-c", replace(line)], cwd=project, timeout=1200)
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_stage_by_stage_block_as_written(tmp_path):
+    project, store = copy_of_the_project(tmp_path)
+    lines = readme_block("## The pipeline, stage by stage")
+    assert lines[-1] == "mlflow ui"
+
+    def replace(line: str) -> str:
+        for stage in ("get_data", "preprocess", "train"):
+            if f"<{stage} run id>" in line:
+                line = line.replace(f"<{stage} run id>", newest(project, stage))
+        return line
+
+    run_lines(store, project, lines[:-1], replace)
+    assert (project / "mlflow.db").exists() and (project / "model" / "MLmodel").exists()
+    port = free_port()
+    ui = ["bash", "-c", f"{lines[-1]} --port {port}"]
+    with running(ui, f"http://127.0.0.1:{port}/", cwd=project, env=store.env, timeout=90):
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+        assert b"MLflow" in page or b"mlflow" in page
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_workshop_block_as_written(tmp_path):
+    project, store = copy_of_the_project(tmp_path)
+    lines = readme_block("### The workshop's own commands")
+    fashion_starts = next(n for n, line in enumerate(lines) if "experiments create" in line)
+
+    def replace(line: str) -> str:
+        if "./mlruns/0/<preprocess run id>" in line:
+            line = line.replace("<preprocess run id>", newest(project, "preprocess", "0"))
+        if "<exp id>" in line:
+            experiment = query(project, "mlflow.get_experiment_by_name('fashion').experiment_id")
+            line = line.replace("<exp id>", experiment)
+            if "<preprocess run id>" in line:
+                line = line.replace(
+                    "<preprocess run id>", newest(project, "preprocess", experiment)
+                )
+            if "<model id>" in line:
+                train_run = newest(project, "train", experiment)
+                model = query(
+                    project,
+                    "runs.logged_model_uri(mlflow.get_run("
+                    f"'{train_run}')).removeprefix('models:/')",
+                )
+                line = line.replace("<model id>", model)
+        assert "<" not in line, line
+        return line
+
+    run_lines(store, project, lines[:fashion_starts], replace)
+    mnist_train = newest(project, "train", "0")
+    run_lines(store, project, lines[fashion_starts:], replace)
+    fashion = query(project, "mlflow.get_experiment_by_name('fashion').experiment_id")
+    package = newest(project, "package", fashion)
+    tags = json.loads(
+        query(project, f"__import__('json').dumps(mlflow.get_run('{package}').data.tags)")
+    )
+    assert tags["dataset"] == "fashion"
+    spec = json.loads((project / "model" / "artifacts" / "transform.json").read_text())
+    assert (spec["mean"], spec["std"]) == (72.94, 90.021)
+    assert spec["class_names"][-1] == "Ankle boot"
+    assert mnist_train != newest(project, "train", fashion)
+
+
+def test_batch_block_as_written(tmp_path):
+    """The README's batch block, on the tiny dataset: grid, TPE, best, champion, serve."""
+    project, store = copy_of_the_project(tmp_path)
+    digits = write_tiny_dataset(tmp_path / "digits")
+    store.mlflow_run("get_data", source=digits, allow_unverified="true", outdir=tmp_path / "data")
+    store.mlflow_run("preprocess")
+    preprocess_run = newest(project, "preprocess")
+    lines = readme_block("## Hyperparameter batches")
+    serve = lines.pop()
+    assert serve == "mlflow models serve -m models:/mnist@champion --env-manager local"
+    run_lines(store, project, lines, lambda line: line.replace("<run id>", preprocess_run))
+
+    conv1 = query(project, "mlflow.get_experiment_by_name('conv1').experiment_id")
+    batches = query(project, f"len(runs.finished_runs('train_batch', experiment_ids_=['{conv1}']))")
+    assert batches == "2"
+    trials = query(project, f"len(runs.finished_runs('train', experiment_ids_=['{conv1}']))")
+    assert trials == str(4 + 12)
+    port = free_port()
+    command = ["bash", "-c", f"{serve} -p {port}"]
+    with running(command, f"http://127.0.0.1:{port}/ping", cwd=project, env=store.env):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": [[0] * 784]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        assert len(answer["predictions"]) == 1
