@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             choices,
             args.strategy,
             args.trials,
-            seed=int(choices[-1].values[0]) if choices[-1].values else 0,
+            seed=_sampler_seed(choices),
         )
         with stage_run("train_batch", parser, args, __file__) as run:
             summary = run_batch(args, plan)
@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(parser.prog, error)
     print(f"train_batch run {run.info.run_id}: {summary}")
     return 0
+
+
+def _sampler_seed(choices) -> int:
+    """The search itself is seeded by the (first) training seed, so a batch can be repeated."""
+    seed = next(choice for choice in choices if choice.name == "seed")
+    return int(seed.values[0]) if seed.values else int(seed.low)
 
 
 def run_batch(args, plan) -> str:
