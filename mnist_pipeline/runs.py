@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 STAGE_TAG = "stage"
 CODE_VERSION_TAG = "code_version"
 PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
 
@@ -80,15 +81,16 @@ def finished_runs(
     extra_filter: str = "",
     experiment_ids_: list[str] | None = None,
     max_results: int = 1000,
+    order_by: tuple[str, ...] = (),
 ) -> list[Run]:
-    """Return FINISHED runs of `stage`, newest first."""
+    """Return FINISHED runs of `stage`, sorted by `order_by`, then newest first."""
     query = f"tags.{STAGE_TAG} = '{stage}' and attributes.status = 'FINISHED'"
     if extra_filter:
         query += f" and {extra_filter}"
     return mlflow.search_runs(
         experiment_ids=experiment_ids_ or experiment_ids(),
         filter_string=query,
-        order_by=["attributes.start_time DESC"],
+        order_by=[*order_by, "attributes.start_time DESC"],
         max_results=max_results,
         output_format="list",
     )
@@ -188,9 +190,6 @@ def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, str |
     return artifact_dir(run.info.run_id, "data"), run.info.run_id, run.data.tags["dataset"]
 
 
-PROJECT_DIR = PACKAGE_DIR.parent
-
-
 def logged_model_uri(run: Run, name: str = "model") -> str:
     """Return `models:/<model id>` of the model named `name` that `run` logged."""
     found = mlflow.search_logged_models(
@@ -218,15 +217,8 @@ def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
         experiment_ids_ = [_experiment_id(experiment)]
         extra = ""
         where = f"in experiment {experiment or experiment_ids_[0]!r}"
-    query = f"tags.{STAGE_TAG} = 'train' and attributes.status = 'FINISHED'"
-    if extra:
-        query += f" and {extra}"
-    found = mlflow.search_runs(
-        experiment_ids=experiment_ids_,
-        filter_string=query,
-        order_by=["metrics.accuracy DESC", "attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
+    found = finished_runs(
+        "train", extra, experiment_ids_, max_results=1, order_by=("metrics.accuracy DESC",)
     )
     if not found or "accuracy" not in found[0].data.metrics:
         raise ValueError(f"train_run=best: no finished train run with an accuracy {where}")

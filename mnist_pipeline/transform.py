@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ class TransformSpec:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int] = IMAGE_SHAPE
     image_style: str = "digit"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not np.isfinite(self.std) or self.std <= 0:

@@ -8,11 +8,11 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from mnist_pipeline.runs import PROJECT_DIR
 
 
 class TrialRunner:
@@ -60,7 +60,7 @@ class TrialRunner:
         environment = {
             **os.environ,
             "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_TRACKING_URI": self._tracking_uri(),
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
             "TF_NUM_INTRAOP_THREADS": str(self.threads),
             "TF_NUM_INTEROP_THREADS": "1",
             "OMP_NUM_THREADS": str(self.threads),
@@ -106,12 +106,6 @@ class TrialRunner:
             flush=True,
         )
         return result
-
-    @staticmethod
-    def _tracking_uri() -> str:
-        import mlflow
-
-        return mlflow.get_tracking_uri()
 
 
 def _last_error_line(output: str) -> str:
