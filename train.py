@@ -83,6 +83,7 @@ def train(args) -> tuple[float, float]:
     from mnist_pipeline import plots, runs
     from mnist_pipeline.datasets import sha256_of_file
     from mnist_pipeline.model import build_cnn, compile_cnn, confusion_counts, epoch_logger
+    from mnist_pipeline.study import pruning_callbacks
     from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec
 
     preprocess_run = resolve_preprocess_run(args)
@@ -127,7 +128,7 @@ def train(args) -> tuple[float, float]:
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(x_val, y_val),
-        callbacks=[epoch_logger()],
+        callbacks=[epoch_logger(), *pruning_callbacks()],
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - started
