@@ -97,7 +97,7 @@ def package(args) -> str:
     import numpy as np
     import pandas as pd
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     from mnist_pipeline import runs
     from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec
@@ -132,7 +132,9 @@ def package(args) -> str:
                 ColSpec("string", "class_name"),
                 ColSpec("double", "probability"),
             ]
-        )
+        ),
+        # `"params": {"details": true}` adds the top three classes and the 28x28 image seen.
+        params=ParamSchema([ParamSpec("details", "boolean", False)]),
     )
 
     with tempfile.TemporaryDirectory() as staging:

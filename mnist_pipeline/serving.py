@@ -176,3 +176,20 @@ def answer(probabilities: np.ndarray, class_names) -> object:
             "probability": probabilities[np.arange(len(labels)), labels].astype(np.float64),
         }
     )
+
+
+def detailed_answer(probabilities: np.ndarray, class_names, pixels: np.ndarray) -> object:
+    """Return `answer` plus, per image, the three likeliest classes and the pixels classified.
+
+    `top` is a list of {class_name, probability}, likeliest first; `pixels` is the 28x28
+    image the model saw (uint8 0-255, white on black), base64-encoded like the `pixels` input.
+    """
+    frame = answer(probabilities, class_names)
+    likeliest = np.argsort(-probabilities, axis=1)[:, :3]
+    frame["top"] = [
+        [{"class_name": class_names[label], "probability": float(row[label])} for label in labels]
+        for row, labels in zip(probabilities, likeliest, strict=True)
+    ]
+    seen = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(len(frame), PIXELS)
+    frame["pixels"] = [base64.b64encode(image.tobytes()).decode("ascii") for image in seen]
+    return frame
