@@ -1,0 +1,239 @@
+"""The drawing page's server: a canvas in the browser, answered by a model that MLflow serves.
+
+The browser posts a picture (the PNG of its canvas, or a PNG or JPEG file) to `/predict`.
+This server sends it, base64-encoded in `dataframe_records`, to the one model URL it was
+started with, and hands the answer back. The browser cannot choose where a request goes, so
+this is not an open proxy. (It is needed at all because the scoring server sends no CORS
+headers.)
+
+The request asks the served model for details (`"params": {"details": true}`): the three
+likeliest classes and the 28x28 image that the model's own transform made of the picture.
+The page shows that image as it is, so there is no second copy of the preprocessing here or
+in JavaScript.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+STATIC_DIR = Path(__file__).resolve().parent / "static" / "draw"
+# A phone's photo is a few MB; nothing the page sends needs more.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_TIMEOUT = 10.0
+SERVE_HINT = "mlflow models serve -m ./model --env-manager local -p 5000"
+# Only what the page itself serves: no CDN, no inline script, nothing from elsewhere.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class ModelError(Exception):
+    """The model could not answer: `status` is the HTTP status for the page, the message one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def check_model_url(url: str) -> str:
+    """Return the served model's base URL (`http://host:port`), or raise ValueError.
+
+    A URL that ends in `/invocations` is accepted too: the page always posts there.
+    """
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"model URL must look like http://127.0.0.1:5000, got {url!r}")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"model URL must not have a query or a fragment, got {url!r}")
+    path = parsed.path.rstrip("/")
+    path = path.removesuffix("/invocations")
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
+
+
+class ModelClient:
+    """Sends pictures to the one served model at `base_url` and reads its answers."""
+
+    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT):
+        self.base_url = check_model_url(base_url)
+        self.timeout = timeout
+        # Straight to the model, whatever proxy the environment names: a workshop's
+        # model runs on this machine, and a proxy would not reach it.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @property
+    def invocations_url(self) -> str:
+        return f"{self.base_url}/invocations"
+
+    def request_body(self, image: bytes) -> str:
+        """Return the scoring request, as JSON, that asks about the picture `image`."""
+        encoded = base64.b64encode(image).decode("ascii")
+        return json.dumps({"dataframe_records": [{"image": encoded}], "params": {"details": True}})
+
+    def curl_command(self, body: str) -> str:
+        """Return the shell command that sends the request `body` to the model."""
+        return (
+            f"echo {shlex.quote(body)} | curl -s -H 'Content-Type: application/json' "
+            f"-d @- {shlex.quote(self.invocations_url)}"
+        )
+
+    def ask(self, image: bytes) -> dict:
+        """Return the model's answer about a PNG or JPEG picture, or raise ModelError.
+
+        The answer holds class_name, probability, top (the three likeliest classes),
+        pixels (base64 of the 28x28 image classified), the curl command, and model_ms.
+        """
+        body = self.request_body(image)
+        request = urllib.request.Request(
+            self.invocations_url,
+            data=body.encode("ascii"),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        started = time.perf_counter()
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            raise self._refusal(error) from None
+        except TimeoutError:
+            raise ModelError(
+                504, f"The model at {self.base_url} did not answer within {self.timeout:g} s."
+            ) from None
+        except (urllib.error.URLError, ConnectionError) as error:
+            raise self._unreachable(error) from None
+        model_ms = (time.perf_counter() - started) * 1000
+        record = _first_prediction(raw, self.base_url)
+        answer = {
+            "class_name": str(record["class_name"]),
+            "probability": float(record["probability"]),
+            "top": record.get("top")
+            or [{"class_name": record["class_name"], "probability": record["probability"]}],
+            "pixels": record.get("pixels", ""),
+            "curl": self.curl_command(body),
+            "model_ms": round(model_ms, 1),
+            "note": "",
+        }
+        if "pixels" not in record:
+            answer["note"] = (
+                "This model was packaged before the drawing page existed: package it again "
+                "to see the three likeliest classes and the 28x28 image it saw."
+            )
+        return answer
+
+    def status(self) -> tuple[bool, str]:
+        """Return whether the model server answers its /ping, and a line that says so."""
+        try:
+            with self._opener.open(f"{self.base_url}/ping", timeout=min(self.timeout, 3)) as r:
+                if r.status == 200:
+                    return True, f"Model at {self.base_url} is ready."
+        except urllib.error.HTTPError as error:
+            return False, f"The model at {self.base_url} answered its /ping with HTTP {error.code}."
+        except TimeoutError:
+            return False, f"The model at {self.base_url} did not answer its /ping in time."
+        except (urllib.error.URLError, ConnectionError) as error:
+            return False, str(self._unreachable(error))
+        return False, f"The model at {self.base_url} is not ready."
+
+    def _unreachable(self, error: Exception) -> ModelError:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError):
+            return ModelError(
+                504, f"The model at {self.base_url} did not answer within {self.timeout:g} s."
+            )
+        if isinstance(reason, ConnectionRefusedError):
+            reason = "connection refused"
+        return ModelError(
+            502,
+            f"The model at {self.base_url} is not answering ({reason}). "
+            f"Is it being served? {SERVE_HINT}",
+        )
+
+    def _refusal(self, error: urllib.error.HTTPError) -> ModelError:
+        text = error.read().decode("utf-8", errors="replace")
+        try:
+            message = str(json.loads(text).get("message", text))
+        except (json.JSONDecodeError, AttributeError):
+            message = text
+        # The scoring server puts the model's one line after its own prefix, which
+        # echoes the request: "Failed to predict data '...'. \nError: <line>".
+        message = message.rpartition("Error: ")[2] if "Error: " in message else message
+        line = message.strip().splitlines()[0] if message.strip() else f"HTTP {error.code}"
+        if error.code == 400:
+            return ModelError(400, f"The model could not read this picture: {line}")
+        return ModelError(502, f"The model at {self.base_url} answered HTTP {error.code}: {line}")
+
+
+def _first_prediction(raw: bytes, base_url: str) -> dict:
+    try:
+        record = json.loads(raw)["predictions"][0]
+        record["class_name"], record["probability"]  # noqa: B018 (both must be there)
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        raise ModelError(
+            502, f"The server at {base_url} did not answer like an MLflow model of this project."
+        ) from None
+    return record
+
+
+def create_app(model_url: str, timeout: float = DEFAULT_TIMEOUT, max_body: int = MAX_BODY_BYTES):
+    """Return the page's ASGI app: the page, its files, /model (status) and /predict."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    client = ModelClient(model_url, timeout)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=SECURITY_HEADERS)
+
+    async def page(request: Request) -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=SECURITY_HEADERS)
+
+    async def model(request: Request) -> JSONResponse:
+        ready, message = await run_in_threadpool(client.status)
+        return JSONResponse(
+            {"url": client.base_url, "ready": ready, "message": message, "max_bytes": max_body},
+            headers=SECURITY_HEADERS,
+        )
+
+    async def predict(request: Request) -> JSONResponse:
+        too_large = f"The picture is larger than the {max_body / 2**20:g} MB this page accepts."
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body:
+            return error(413, too_large)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                return error(413, too_large)
+            chunks.append(chunk)
+        image = b"".join(chunks)
+        if not image:
+            return error(400, "Nothing to classify: draw something, or choose a picture.")
+        try:
+            answer = await run_in_threadpool(client.ask, image)
+        except ModelError as refused:
+            return error(refused.status, str(refused))
+        return JSONResponse(answer, headers=SECURITY_HEADERS)
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/model", model),
+            Route("/predict", predict, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ]
+    )

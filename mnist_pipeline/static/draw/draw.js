@@ -1,0 +1,336 @@
+// The drawing page. It draws, sends pictures to its own server (/predict), and shows the
+// answer. It never transforms a picture: the 28x28 image shown is the one the served
+// model made with its own transform and sent back.
+"use strict";
+
+const DEBOUNCE_MS = 15;          // after a stroke ends, wait this long for the next one
+const WHILE_DRAWING_MS = 250;    // while a stroke goes on, ask at most this often
+const CLIENT_TIMEOUT_MS = 20000; // the page's server gives up on the model before this
+
+const pad = document.getElementById("pad");
+const context = pad.getContext("2d");
+const penWidth = document.getElementById("pen-width");
+const penWidthValue = document.getElementById("pen-width-value");
+const dropZone = document.getElementById("drop-zone");
+const fileInput = document.getElementById("file");
+const answerElement = document.getElementById("answer");
+const probabilityElement = document.getElementById("probability");
+const topList = document.getElementById("top");
+const seen = document.getElementById("seen");
+const curlElement = document.getElementById("curl");
+const copyButton = document.getElementById("copy");
+const errorElement = document.getElementById("error");
+const noteElement = document.getElementById("note");
+const timingElement = document.getElementById("timing");
+const modelStatus = document.getElementById("model-status");
+
+let maxBytes = 8 * 1024 * 1024;
+let drawing = false;
+let last = null;
+let hasInk = false;
+let strokeEnd = 0;         // performance.now() when the last stroke ended
+let lastAsked = 0;
+let debounceTimer = null;
+let inFlight = false;
+let pending = null;        // what to send once the request in flight is answered
+let sequence = 0;          // one number per request; older answers never replace newer ones
+let shownSequence = 0;
+let fullCurl = "";
+
+// For the tests and the benchmark: stroke-end-to-answer-on-screen times, in ms.
+window.drawPage = { timings: [] };
+
+function clearPad() {
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, pad.width, pad.height);
+  hasInk = false;
+}
+
+function padPoint(event) {
+  const box = pad.getBoundingClientRect();
+  return {
+    x: (event.clientX - box.left) * (pad.width / box.width),
+    y: (event.clientY - box.top) * (pad.height / box.height),
+  };
+}
+
+function line(from, to) {
+  context.strokeStyle = "#000";
+  context.lineWidth = Number(penWidth.value);
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.beginPath();
+  context.moveTo(from.x, from.y);
+  context.lineTo(to.x, to.y);
+  context.stroke();
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  if (event.button !== 0) return;
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  drawing = true;
+  last = padPoint(event);
+  line(last, last);
+  hasInk = true;
+});
+
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const points = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+  for (const point of points.length ? points : [event]) {
+    const next = padPoint(point);
+    line(last, next);
+    last = next;
+  }
+  // The answer changes as one draws, not only when the pen is lifted.
+  if (performance.now() - lastAsked > WHILE_DRAWING_MS && !inFlight) askAboutPad(false);
+});
+
+function endStroke() {
+  if (!drawing) return;
+  drawing = false;
+  strokeEnd = performance.now();
+  clearTimeout(debounceTimer);
+  debounceTimer = setTimeout(() => askAboutPad(true), DEBOUNCE_MS);
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+penWidth.addEventListener("input", () => { penWidthValue.textContent = penWidth.value; });
+
+document.getElementById("clear").addEventListener("click", () => {
+  clearPad();
+  pending = null;
+  shownSequence = ++sequence; // answers still on their way are for a picture now gone
+  showNothing();
+});
+
+function askAboutPad(afterStroke) {
+  if (!hasInk) return;
+  lastAsked = performance.now();
+  const stroke = afterStroke ? strokeEnd : 0;
+  pad.toBlob((blob) => ask(blob, stroke), "image/png");
+}
+
+// Files: chosen, or dropped on the pad.
+fileInput.addEventListener("change", () => {
+  if (fileInput.files.length) useFile(fileInput.files[0]);
+  fileInput.value = "";
+});
+for (const name of ["dragenter", "dragover"]) {
+  dropZone.addEventListener(name, (event) => {
+    event.preventDefault();
+    dropZone.classList.add("dragging");
+  });
+}
+for (const name of ["dragleave", "drop"]) {
+  dropZone.addEventListener(name, () => dropZone.classList.remove("dragging"));
+}
+dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  if (event.dataTransfer.files.length) useFile(event.dataTransfer.files[0]);
+});
+
+async function useFile(file) {
+  if (!["image/png", "image/jpeg"].includes(file.type)) {
+    showError(`${file.name} is not a PNG or JPEG picture.`);
+    return;
+  }
+  if (file.size > maxBytes) {
+    showError(`${file.name} is ${megabytes(file.size)}; this page accepts up to ${megabytes(maxBytes)}.`);
+    return;
+  }
+  // Shown on the pad only so that one sees what was sent; the file itself is sent as it is.
+  try {
+    const bitmap = await createImageBitmap(file);
+    clearPad();
+    const scale = Math.min(pad.width / bitmap.width, pad.height / bitmap.height);
+    const width = bitmap.width * scale;
+    const height = bitmap.height * scale;
+    context.drawImage(bitmap, (pad.width - width) / 2, (pad.height - height) / 2, width, height);
+    hasInk = true;
+  } catch (error) {
+    clearPad();
+  }
+  ask(file, 0);
+}
+
+// One request at a time; while one is in flight, only the newest picture waits.
+function ask(picture, stroke) {
+  if (inFlight) {
+    pending = { picture, stroke };
+    return;
+  }
+  inFlight = true;
+  const number = ++sequence;
+  send(picture)
+    .then((result) => {
+      if (number > shownSequence) {
+        shownSequence = number;
+        if (result.ok) showAnswer(result.answer, stroke); else showError(result.error);
+      }
+    })
+    .finally(() => {
+      inFlight = false;
+      if (pending) {
+        const next = pending;
+        pending = null;
+        ask(next.picture, next.stroke);
+      }
+    });
+}
+
+async function send(picture) {
+  let response;
+  try {
+    response = await fetch("/predict", {
+      method: "POST",
+      body: picture,
+      headers: { "Content-Type": picture.type || "application/octet-stream" },
+      signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS),
+    });
+  } catch (error) {
+    if (error.name === "TimeoutError") {
+      return { ok: false, error: `No answer after ${CLIENT_TIMEOUT_MS / 1000} s from this page's server.` };
+    }
+    return { ok: false, error: "This page's server is not answering: is draw.py still running?" };
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (error) {
+    body = null;
+  }
+  if (response.ok && body && body.class_name !== undefined) return { ok: true, answer: body };
+  const reason = body && body.error ? body.error : `HTTP ${response.status} from this page's server.`;
+  return { ok: false, error: reason };
+}
+
+function showAnswer(answer, stroke) {
+  errorElement.hidden = true;
+  answerElement.textContent = answer.class_name;
+  answerElement.classList.toggle("long", answer.class_name.length > 3);
+  answerElement.classList.remove("stale");
+  answerElement.dataset.seq = String(shownSequence);
+  probabilityElement.textContent = `${percent(answer.probability)} sure`;
+  topList.replaceChildren(...answer.top.map(barFor));
+  drawSeen(answer.pixels);
+  noteElement.hidden = !answer.note;
+  noteElement.textContent = answer.note || "";
+  fullCurl = answer.curl;
+  curlElement.textContent = shortened(answer.curl);
+  copyButton.disabled = false;
+  copyButton.textContent = "Copy";
+  const answered = answerElement.dataset.seq;
+  // The answer is on screen at the next frame.
+  requestAnimationFrame(() => {
+    if (!stroke) {
+      timingElement.textContent = `The model answered in ${answer.model_ms.toFixed(0)} ms.`;
+      return;
+    }
+    const elapsed = performance.now() - stroke;
+    window.drawPage.timings.push(elapsed);
+    timingElement.dataset.seq = answered;
+    timingElement.textContent =
+      `${elapsed.toFixed(0)} ms from the end of the stroke to this answer ` +
+      `(the model itself: ${answer.model_ms.toFixed(0)} ms).`;
+  });
+}
+
+function barFor(entry) {
+  const item = document.createElement("li");
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = entry.class_name;
+  name.title = entry.class_name;
+  const bar = document.createElement("span");
+  bar.className = "bar";
+  const fill = document.createElement("span");
+  fill.className = "fill";
+  fill.style.display = "block";
+  fill.style.width = `${Math.max(0.5, entry.probability * 100).toFixed(1)}%`;
+  bar.append(fill);
+  const value = document.createElement("span");
+  value.className = "percent";
+  value.textContent = percent(entry.probability);
+  item.append(name, bar, value);
+  return item;
+}
+
+// Shows the model's 28x28 image (base64 of 784 grey bytes, white ink on black) as it is.
+function drawSeen(encoded) {
+  const seenContext = seen.getContext("2d");
+  if (!encoded) {
+    seenContext.clearRect(0, 0, 28, 28);
+    return;
+  }
+  const grey = atob(encoded);
+  const image = seenContext.createImageData(28, 28);
+  for (let index = 0; index < grey.length && index < 784; index += 1) {
+    const value = grey.charCodeAt(index);
+    image.data.set([value, value, value, 255], index * 4);
+  }
+  seenContext.putImageData(image, 0, 0);
+}
+
+function showError(message) {
+  errorElement.textContent = message;
+  errorElement.hidden = false;
+  answerElement.classList.add("stale");
+}
+
+function showNothing() {
+  errorElement.hidden = true;
+  answerElement.textContent = "?";
+  answerElement.classList.remove("long", "stale");
+  probabilityElement.textContent = "Draw something to ask it.";
+  topList.replaceChildren();
+  drawSeen("");
+  noteElement.hidden = true;
+  curlElement.textContent = "Draw something first.";
+  copyButton.disabled = true;
+  fullCurl = "";
+  timingElement.textContent = "";
+}
+
+// The picture's base64 is long: show its ends, copy all of it.
+function shortened(command) {
+  return command.replace(/"image": "([^"]{60,})"/, (match, encoded) =>
+    `"image": "${encoded.slice(0, 24)}…${encoded.slice(-12)}"`);
+}
+
+copyButton.addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(fullCurl);
+    copyButton.textContent = "Copied";
+  } catch (error) {
+    curlElement.textContent = fullCurl;
+    copyButton.textContent = "Select it above";
+  }
+});
+
+function percent(probability) {
+  const value = probability * 100;
+  return `${value >= 10 || value === 0 ? value.toFixed(0) : value.toFixed(1)}%`;
+}
+
+function megabytes(bytes) {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+async function checkModel() {
+  try {
+    const response = await fetch("/model", { signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS) });
+    const status = await response.json();
+    maxBytes = status.max_bytes || maxBytes;
+    modelStatus.textContent = status.message;
+    modelStatus.classList.toggle("down", !status.ready);
+  } catch (error) {
+    modelStatus.textContent = "This page's server is not answering: is draw.py still running?";
+    modelStatus.classList.add("down");
+  }
+}
+
+clearPad();
+checkModel();
