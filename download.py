@@ -14,41 +14,42 @@ import time
 import warnings
 from pathlib import Path
 
-from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, stage_run
+from tqdm import tqdm
+
+from mnist_pipeline.catalogue import dataset_spec
+from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, defaults_of, fail, stage_run
+from mnist_pipeline.fetch import FetchedFile, fetch_dataset
+from mnist_pipeline.idx import load_folder
 
 DATA_ARTIFACTS = "data"
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="download.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", help="mnist or fashion")
+    parser.add_argument("--dataset", help="mnist or fashion")
     parser.add_argument("--type", default="", help="the workshop's name for --dataset")
     parser.add_argument(
         "--source",
-        default="official",
         help="'official' (the official mirrors), a folder, or a base URL of the four .gz files",
     )
     parser.add_argument(
         "--allow_unverified",
         type=boolean,
-        default=False,
         help="accept files whose checksums differ from the official ones",
     )
-    parser.add_argument(
-        "--outdir", default="", help="where the files also land (default ./data/<dataset>/)"
-    )
+    parser.add_argument("--outdir", help="where the files also land (default ./data/<dataset>/)")
+    parser.set_defaults(**defaults_of(fetch_and_log))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    dataset = args.type or args.dataset
     try:
-        from mnist_pipeline.datasets import dataset_spec
-
-        spec = dataset_spec(args.type or args.dataset)
+        spec = dataset_spec(dataset)
         with stage_run("get_data", parser, args, __file__) as run:
-            fetched = fetch_and_log(spec, args)
+            fetched = fetch_and_log(dataset, args.source, args.allow_unverified, args.outdir)
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     verified = all(file.verified for file in fetched)
@@ -59,13 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def fetch_and_log(spec, args) -> list:
+def fetch_and_log(
+    dataset: str = "mnist",
+    source: str = "official",
+    allow_unverified: bool = False,
+    outdir: str | Path = "",
+) -> list[FetchedFile]:
+    """Fetch `dataset` from `source` into `outdir` (default data/<dataset>), and log it.
+
+    Logs to the active MLflow run (MLflow starts one if none is active): the four files
+    under `data/`, `checksums.json`, the SHA-256 seen as tags, the counts as metrics and
+    the train and test sets as datasets. Returns what was fetched, file by file.
+    """
     import mlflow
-    from tqdm import tqdm
 
-    from mnist_pipeline.datasets import fetch_dataset, load_folder
-
-    outdir = Path(args.outdir or f"data/{spec.name}")
+    spec = dataset_spec(dataset)
+    outdir = Path(outdir or f"data/{spec.name}")
     mlflow.set_tag("dataset", spec.name)
     bars = []
 
@@ -76,37 +86,37 @@ def fetch_and_log(spec, args) -> list:
 
     started = time.perf_counter()
     try:
-        fetched = fetch_dataset(spec, args.source, outdir, args.allow_unverified, progress)
+        fetched = fetch_dataset(spec, source, outdir, allow_unverified, progress)
     finally:
         for bar in bars:
             bar.close()
     size = sum(file.size_bytes for file in fetched)
     print(
         f"Fetched {len(fetched)} files ({size / 1e6:.1f} MB uncompressed) "
-        f"from {args.source} in {time.perf_counter() - started:.1f} s into {outdir}/",
+        f"from {source} in {time.perf_counter() - started:.1f} s into {outdir}/",
         file=sys.stderr,
     )
 
-    dataset = load_folder(outdir)
+    data = load_folder(outdir, spec)
     mlflow.log_artifacts(str(outdir), DATA_ARTIFACTS)
     verified = all(file.verified for file in fetched)
     mlflow.set_tags(
         {
             "verified": str(verified).lower(),
-            "source": args.source,
+            "source": source,
             **{f"sha256.{file.name.removesuffix('.gz')}": file.sha256 for file in fetched},
         }
     )
-    mlflow.log_metrics({"train_count": len(dataset.y_train), "test_count": len(dataset.y_test)})
+    mlflow.log_metrics({"train_count": len(data.y_train), "test_count": len(data.y_test)})
     mlflow.log_dict(
         {"dataset": spec.name, "verified": verified, "files": [file.__dict__ for file in fetched]},
         "checksums.json",
     )
     for split, images, labels in (
-        ("train", dataset.x_train, dataset.y_train),
-        ("test", dataset.x_test, dataset.y_test),
+        ("train", data.x_train, data.y_train),
+        ("test", data.x_test, data.y_test),
     ):
-        source = next(
+        origin = next(
             f.source
             for f in fetched
             if f.name.startswith("train-images" if split == "train" else "t10k-images")
@@ -115,7 +125,7 @@ def fetch_and_log(spec, args) -> list:
             # A local path matches two of MLflow's source types; either is right here.
             warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
             dataset_input = mlflow.data.from_numpy(
-                images, targets=labels, source=source, name=f"{spec.name}-{split}"
+                images, targets=labels, source=origin, name=f"{spec.name}-{split}"
             )
         mlflow.log_input(dataset_input, context=split)
     return fetched

@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import sys
 
-from mnist_pipeline.cli import USER_ERRORS, Parser, fail, stage_run
+import numpy as np
+import pandas as pd
+
+from mnist_pipeline import plots
+from mnist_pipeline.catalogue import dataset_spec
+from mnist_pipeline.cli import (
+    USER_ERRORS,
+    Parser,
+    add_data_arguments,
+    arguments_for,
+    defaults_of,
+    fail,
+    stage_run,
+)
+from mnist_pipeline.idx import load_folder
+from mnist_pipeline.transform import pixel_statistics
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="explore.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--data_run", default="", help="a get_data run ID")
-    parser.add_argument("--in_data", default="", help="or a folder of the four IDX files")
-    parser.add_argument(
-        "--dataset", default="mnist", help="mnist or fashion, to find the newest get_data run"
-    )
+    add_data_arguments(parser)
+    parser.set_defaults(**defaults_of(explore))
     return parser
 
 
@@ -30,31 +42,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with stage_run("explore_data", parser, args, __file__) as run:
-            mean, std = explore(args)
+            mean, std = explore(**arguments_for(explore, args))
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     print(f"explore_data run {run.info.run_id}: mean {mean:.3f}, std {std:.3f}")
     return 0
 
 
-def explore(args) -> tuple[float, float]:
+def explore(data_run: str = "", in_data: str = "", dataset: str = "mnist") -> tuple[float, float]:
+    """Measure and draw a get_data run's files (or a folder's); return the pixel mean and std.
+
+    Logs to the active MLflow run (MLflow starts one if none is active).
+    """
     import mlflow
-    import numpy as np
-    import pandas as pd
 
-    from mnist_pipeline import plots, runs
-    from mnist_pipeline.datasets import dataset_spec, load_folder, pixel_statistics
+    from mnist_pipeline import runs
 
-    folder, data_run, dataset_name = runs.resolve_data(args.data_run, args.in_data, args.dataset)
+    folder, data_run, dataset_name = runs.resolve_data(data_run, in_data, dataset)
     spec = dataset_spec(dataset_name)
     mlflow.set_tags(
         {
             "dataset": spec.name,
             **({"data_run": data_run} if data_run else {}),
-            **({"in_data": args.in_data} if args.in_data else {}),
+            **({"in_data": in_data} if in_data else {}),
         }
     )
-    data = load_folder(folder)
+    data = load_folder(folder, spec)
     mean, std = pixel_statistics(data.x_train)
     train_counts = np.bincount(data.y_train, minlength=len(spec.class_names))
     test_counts = np.bincount(data.y_test, minlength=len(spec.class_names))

@@ -10,6 +10,8 @@ $ mlflow run . --env-manager local -P source=../shared/data/mnist
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,9 @@ import explore
 import package_model
 import preprocess
 import train
-from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail
+from mnist_pipeline.catalogue import dataset_spec
+from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, param_text
+from mnist_pipeline.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent
 STAGES = {
@@ -32,16 +36,13 @@ STAGES = {
 
 
 def build_parser() -> Parser:
-    train_defaults = train.build_parser()
     parser = Parser(prog="main.py", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", help="mnist or fashion")
     parser.add_argument(
         "--source", default="official", help="as for get_data: 'official', a folder or a base URL"
     )
     parser.add_argument("--allow_unverified", type=boolean, default=False)
-    for name in ("batch_size", "epochs", "lr", "nr_conv_1", "seed"):
-        action = next(a for a in train_defaults._actions if a.dest == name)
-        parser.add_argument(f"--{name}", type=action.type, default=action.default, help=action.help)
+    train.add_hyperparameters(parser)
     parser.add_argument(
         "--data_dir", default="data", help="get_data leaves the files in <data_dir>/<dataset>/"
     )
@@ -57,11 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from mlflow.exceptions import ExecutionException
 
-    from mnist_pipeline.datasets import dataset_spec
-
     try:
         dataset_spec(args.dataset)
-    except ValueError as error:
+    except UserError as error:
         return fail(parser.prog, error)
     started = time.perf_counter()
     try:
@@ -112,13 +111,12 @@ class Pipeline:
         import mlflow
 
         from mnist_pipeline import runs
-        from mnist_pipeline.cli import canonical_params
 
         module = STAGES[entry_point]
         parser = module.build_parser()
-        wanted = canonical_params(parser, {k: _as_text(v) for k, v in parameters.items()})
+        wanted = canonical_params(parser, {k: param_text(v) for k, v in parameters.items()})
         version = runs.code_version(module.__file__)
-        found = runs.find_reusable_run(entry_point, parser, wanted, version, self.experiment_id)
+        found = already_ran(entry_point, parser, wanted, version, self.experiment_id)
         if found is not None and self._still_valid(entry_point, found, parameters):
             run_id, reused = found.info.run_id, True
             print(f"[main] {entry_point}: reusing finished run {run_id}", file=sys.stderr)
@@ -127,7 +125,7 @@ class Pipeline:
             submitted = mlflow.projects.run(
                 uri=str(PROJECT_DIR),
                 entry_point=entry_point,
-                parameters={k: _as_text(v) for k, v in parameters.items()},
+                parameters={k: param_text(v) for k, v in parameters.items()},
                 env_manager="local",
                 experiment_id=self.experiment_id,
                 synchronous=True,
@@ -165,10 +163,64 @@ class Pipeline:
         return "\n".join(lines)
 
 
-def _as_text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def already_ran(
+    stage: str,
+    parser: argparse.ArgumentParser,
+    wanted: dict[str, str],
+    version: str,
+    experiment_id: str,
+):
+    """Return the newest FINISHED run of `stage` with the same code and the same parameters.
+
+    Parameters are compared after both sides went through the stage's own parser, so
+    "0.001" matches "1e-3" and "16" matches "16", never a string against an int.
+    """
+    from mnist_pipeline import runs
+
+    candidates = runs.finished_runs(
+        stage, f"tags.{runs.CODE_VERSION_TAG} = '{version}'", experiment_ids_=[experiment_id]
+    )
+    for run in candidates:
+        try:
+            if canonical_params(parser, run.data.params) == wanted:
+                return run
+        except UserError:
+            continue  # a run whose parameters no longer parse cannot be reused
+    return None
+
+
+def canonical_params(parser: argparse.ArgumentParser, values: dict[str, str]) -> dict[str, str]:
+    """Return every argument of `parser` as its canonical string, given raw string values.
+
+    "1e-3" and "0.001" both become "0.001", "16" and "16.0" for an int both fail or
+    become "16": this is what makes a run logged by hand comparable with one that the
+    pipeline is about to start. Values that are not arguments of `parser` are ignored;
+    values that it refuses raise UserError.
+    """
+    known = vars(parser.parse_args([]))
+    argv = []
+    for name, value in values.items():
+        if name in known:
+            argv.append(f"--{name}={_unquoted(str(value))}")
+    # Refused values raise argparse.ArgumentError here instead of ending the process.
+    parser.exit_on_error = False
+    try:
+        namespace = parser.parse_args(argv)
+    except argparse.ArgumentError as error:
+        raise UserError(str(error)) from None
+    return {name: param_text(value) for name, value in vars(namespace).items()}
+
+
+def _unquoted(text: str) -> str:
+    """Undo the shell quoting that `mlflow run` leaves on logged values ('' for empty)."""
+    if text[:1] in ("'", '"'):
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            return text
+        if len(words) <= 1:
+            return words[0] if words else ""
+    return text
 
 
 if __name__ == "__main__":

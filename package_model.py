@@ -12,9 +12,27 @@ $ mlflow run . -e package --env-manager local -P train_run=<train run id>
 
 from __future__ import annotations
 
+import importlib.metadata
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, stage_run
+import numpy as np
+import pandas as pd
+import yaml
+
+from mnist_pipeline.cli import (
+    USER_ERRORS,
+    Parser,
+    arguments_for,
+    boolean,
+    defaults_of,
+    fail,
+    stage_run,
+)
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 
 SERVED_MODEL_CODE = "mnist_pipeline/served_model.py"
 CHAMPION = "champion"
@@ -33,32 +51,23 @@ SERVING_PACKAGES = (
 
 def build_parser() -> Parser:
     parser = Parser(prog="package_model.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--train_run", default="", help="a train run ID, or 'best'")
-    parser.add_argument(
-        "--model_dir", default="", help="or a train run's logged model under ./mlruns"
-    )
-    parser.add_argument(
-        "--dataset", default="mnist", help="mnist or fashion, to find the newest train run"
-    )
-    parser.add_argument(
-        "--experiment", default="", help="with train_run=best: an experiment name or ID"
-    )
-    parser.add_argument(
-        "--parent_run", default="", help="with train_run=best: a train_batch run ID"
-    )
-    parser.add_argument("--output_dir", default="model", help="where the served model is saved")
+    parser.add_argument("--train_run", help="a train run ID, or 'best'")
+    parser.add_argument("--model_dir", help="or a train run's logged model under ./mlruns")
+    parser.add_argument("--dataset", help="mnist or fashion, to find the newest train run")
+    parser.add_argument("--experiment", help="with train_run=best: an experiment name or ID")
+    parser.add_argument("--parent_run", help="with train_run=best: a train_batch run ID")
+    parser.add_argument("--output_dir", help="where the served model is saved")
     parser.add_argument(
         "--register",
         type=boolean,
-        default=True,
         help="register a new version of the model named after the dataset",
     )
     parser.add_argument(
         "--champion",
         type=boolean,
-        default=False,
         help="move the alias 'champion' to the new version (implied by train_run=best)",
     )
+    parser.set_defaults(**defaults_of(package))
     return parser
 
 
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with stage_run("package", parser, args, __file__) as run:
-            summary = package(args)
+            summary = package(**arguments_for(package, args))
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     print(f"package run {run.info.run_id}: {summary}")
@@ -75,52 +84,70 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def resolve_train_run(args):
+def resolve_train_run(
+    train_run: str = "",
+    model_dir: str = "",
+    dataset: str = "mnist",
+    experiment: str = "",
+    parent_run: str = "",
+):
+    """Return the train run named by ID, by `best`, or by its logged model's path, else the newest."""
     from mnist_pipeline import runs
 
-    if args.train_run and args.model_dir:
-        raise ValueError("give either train_run or model_dir, not both")
-    if args.train_run == "best":
-        return runs.best_train_run(args.experiment, args.parent_run)
-    if args.model_dir:
-        return runs.get_run(runs.run_id_from_path(args.model_dir), "train")
-    if args.train_run:
-        return runs.get_run(args.train_run, "train")
-    return runs.latest_run("train", args.dataset)
+    if train_run and model_dir:
+        raise UserError("give either train_run or model_dir, not both")
+    if train_run == "best":
+        return runs.best_train_run(experiment, parent_run)
+    if model_dir:
+        return runs.get_run(runs.run_id_from_path(model_dir), "train")
+    if train_run:
+        return runs.get_run(train_run, "train")
+    return runs.latest_run("train", dataset)
 
 
-def package(args) -> str:
-    import tempfile
-    from pathlib import Path
+def package(
+    train_run: str = "",
+    model_dir: str = "",
+    dataset: str = "mnist",
+    experiment: str = "",
+    parent_run: str = "",
+    output_dir: str | Path = "model",
+    register: bool = True,
+    champion: bool = False,
+) -> str:
+    """Bundle a train run's model with its transform, log it, save it to `output_dir`.
 
+    The train run is `train_run` (an ID, or "best": the highest test accuracy in
+    `experiment` or under `parent_run`), the one whose logged model is at `model_dir`,
+    or the newest finished one of `dataset`. Logs to the active MLflow run (MLflow starts
+    one if none is active), registers a new version of the model named after the dataset
+    if `register`, and moves the alias `champion` to it if asked. Returns a summary line.
+    """
     import mlflow
-    import numpy as np
-    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     from mnist_pipeline import runs
-    from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec
 
-    train_run = resolve_train_run(args)
-    train_run_id = train_run.info.run_id
-    accuracy = train_run.data.metrics.get("accuracy")
-    preprocess_run = train_run.data.tags.get("preprocess_run")
+    chosen = resolve_train_run(train_run, model_dir, dataset, experiment, parent_run)
+    train_run_id = chosen.info.run_id
+    accuracy = chosen.data.metrics.get("accuracy")
+    preprocess_run = chosen.data.tags.get("preprocess_run")
     if not preprocess_run:
-        raise ValueError(f"train run {train_run_id} does not name its preprocess run")
+        raise UserError(f"train run {train_run_id} does not name its preprocess run")
     preprocess_dir = runs.artifact_dir(preprocess_run)
     transform_path = preprocess_dir / TRANSFORM_FILE
     spec = TransformSpec.load(transform_path)
-    keras_model_uri = args.model_dir or runs.logged_model_uri(train_run)
-    champion = args.champion or args.train_run == "best"
+    keras_model_uri = model_dir or runs.logged_model_uri(chosen)
+    champion = champion or train_run == "best"
     mlflow.set_tags(
         {"dataset": spec.dataset, "train_run": train_run_id, "preprocess_run": preprocess_run}
     )
-    if args.train_run == "best":
+    if train_run == "best":
         print(f"Best train run: {train_run_id} (test accuracy {accuracy:.4f})", file=sys.stderr)
 
-    with np.load(preprocess_dir / "arrays" / "test.npz") as test_arrays:
-        first_test_image = test_arrays["x"][0, :, :, 0]
+    x_test, _ = load_arrays(preprocess_dir, "test")
+    first_test_image = x_test[0, :, :, 0]
     pixels = np.clip(np.rint(first_test_image * spec.std + spec.mean), 0, 255).astype(np.uint8)
     input_example = pd.DataFrame(pixels, columns=[str(column) for column in range(28)])
     # The model takes several request formats (see mnist_pipeline/serving.py), so only
@@ -148,17 +175,17 @@ def package(args) -> str:
             signature=signature,
             input_example=input_example,
             pip_requirements=serving_requirements(),
-            registered_model_name=spec.dataset if args.register else None,
+            registered_model_name=spec.dataset if register else None,
             tags={"train_run": train_run_id},
         )
     mlflow.set_tag("model_uuid", model_info.model_uuid)
     if accuracy is not None:
         mlflow.log_metric("accuracy", accuracy)
-    replace_directory(model_info.model_uri, Path(args.output_dir))
+    replace_directory(model_info.model_uri, Path(output_dir))
 
-    summary = f"saved {args.output_dir}/ from train run {train_run_id}"
+    summary = f"saved {output_dir}/ from train run {train_run_id}"
     version = model_info.registered_model_version
-    if args.register and version is not None:
+    if register and version is not None:
         runs.describe_version(spec.dataset, version, train_run_id, accuracy, champion)
         summary += f"; registered {spec.dataset} version {version}"
         if champion:
@@ -168,8 +195,6 @@ def package(args) -> str:
 
 def serving_requirements() -> list[str]:
     """Return `name==version` of each installed distribution the served model imports."""
-    import importlib.metadata
-
     pinned = []
     for alternatives in SERVING_PACKAGES:
         for name in alternatives:
@@ -181,16 +206,12 @@ def serving_requirements() -> list[str]:
     return pinned
 
 
-def replace_directory(model_uri: str, output_dir) -> None:
+def replace_directory(model_uri: str, output_dir: str | Path) -> None:
     """Download the logged model and put it at `output_dir`, never leaving it half-written.
 
     The model is downloaded beside `output_dir`, then swapped in with two renames; an
     interrupted download leaves the old model untouched.
     """
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     import mlflow
 
     output_dir = Path(output_dir).resolve()
@@ -211,12 +232,8 @@ def replace_directory(model_uri: str, output_dir) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def saved_model_matches(output_dir: str, package_run) -> bool:
+def saved_model_matches(output_dir: str | Path, package_run) -> bool:
     """True when `output_dir` holds the model that `package_run` saved."""
-    from pathlib import Path
-
-    import yaml
-
     mlmodel = Path(output_dir) / "MLmodel"
     if not mlmodel.exists():
         return False

@@ -75,7 +75,7 @@ def build_request(paths: list[Path], request_format: str, dataset: str) -> dict:
 
     import numpy as np
 
-    from mnist_pipeline.transform import image_to_pixels
+    from mnist_pipeline.pictures import image_to_pixels
 
     style = "digit" if dataset == "mnist" else "object"
     if request_format == "base64":

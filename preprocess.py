@@ -13,10 +13,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-from mnist_pipeline.cli import USER_ERRORS, Parser, fail, stage_run
-
-ARRAYS = "arrays"
+from mnist_pipeline.catalogue import dataset_spec
+from mnist_pipeline.cli import (
+    USER_ERRORS,
+    Parser,
+    add_data_arguments,
+    arguments_for,
+    defaults_of,
+    fail,
+    stage_run,
+)
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.idx import Dataset, load_folder
+from mnist_pipeline.transform import (
+    TRANSFORM_FILE,
+    TransformSpec,
+    normalize,
+    pixel_statistics,
+    save_arrays,
+)
 
 
 def optional_float(text: str) -> float | None:
@@ -31,29 +50,20 @@ def optional_float(text: str) -> float | None:
 
 def build_parser() -> Parser:
     parser = Parser(prog="preprocess.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--data_run", default="", help="a get_data run ID")
-    parser.add_argument("--in_data", default="", help="or a folder of the four IDX files")
-    parser.add_argument(
-        "--dataset", default="mnist", help="mnist or fashion, to find the newest get_data run"
-    )
-    parser.add_argument(
-        "--explore_run", default="", help="the explore_data run whose mean and std to use"
-    )
-    parser.add_argument(
-        "--mean", type=optional_float, default=None, help="pixel mean (0-255 scale)"
-    )
-    parser.add_argument("--std", type=optional_float, default=None, help="pixel standard deviation")
+    add_data_arguments(parser)
+    parser.add_argument("--explore_run", help="the explore_data run whose mean and std to use")
+    parser.add_argument("--mean", type=optional_float, help="pixel mean (0-255 scale)")
+    parser.add_argument("--std", type=optional_float, help="pixel standard deviation")
+    parser.set_defaults(**defaults_of(preprocess))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.std is not None and not args.std > 0:
-        return fail(parser.prog, ValueError(f"std must be greater than 0, got {args.std}"))
     try:
         with stage_run("preprocess", parser, args, __file__) as run:
-            spec, megabytes = preprocess(args)
+            spec, megabytes = preprocess(**arguments_for(preprocess, args))
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     print(
@@ -63,31 +73,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def preprocess(args):
-    import tempfile
-    import time
-    from pathlib import Path
+def preprocess(
+    data_run: str = "",
+    in_data: str = "",
+    dataset: str = "mnist",
+    explore_run: str = "",
+    mean: float | None = None,
+    std: float | None = None,
+) -> tuple[TransformSpec, float]:
+    """Normalise a dataset and log the arrays and the transform; return it and the MB logged.
 
+    `mean` and `std` (0-255 scale) default to what explore_data measured on the same data.
+    Logs to the active MLflow run (MLflow starts one if none is active).
+    """
     import mlflow
-    import numpy as np
 
     from mnist_pipeline import runs
-    from mnist_pipeline.datasets import dataset_spec, load_folder
-    from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, normalize
 
+    if std is not None and not std > 0:
+        raise UserError(f"std must be greater than 0, got {std}")
     started = time.perf_counter()
-    folder, data_run, dataset_name = runs.resolve_data(args.data_run, args.in_data, args.dataset)
-    dataset = dataset_spec(dataset_name)
+    folder, data_run, dataset_name = runs.resolve_data(data_run, in_data, dataset)
+    catalogued = dataset_spec(dataset_name)
     tags = {
-        "dataset": dataset.name,
+        "dataset": catalogued.name,
         **({"data_run": data_run} if data_run else {}),
-        **({"in_data": args.in_data} if args.in_data else {}),
+        **({"in_data": in_data} if in_data else {}),
     }
-    data = load_folder(folder)
+    data = load_folder(folder, catalogued)
 
-    mean, std = args.mean, args.std
     if mean is None or std is None:
-        measured_mean, measured_std, source = _mean_and_std(args, data_run, data)
+        measured_mean, measured_std, source = _mean_and_std(explore_run, data_run, data)
         mean = measured_mean if mean is None else mean
         std = measured_std if std is None else std
         tags["mean_std_from"] = source
@@ -98,24 +114,18 @@ def preprocess(args):
     mlflow.set_tags(tags)
 
     spec = TransformSpec(
-        dataset=dataset.name,
+        dataset=catalogued.name,
         mean=float(mean),
         std=float(std),
-        class_names=dataset.class_names,
-        image_style="digit" if dataset.name == "mnist" else "object",
+        class_names=catalogued.class_names,
+        image_style="digit" if catalogued.name == "mnist" else "object",
     )
     with tempfile.TemporaryDirectory() as staging:
-        staging = Path(staging)
-        (staging / ARRAYS).mkdir()
-        np.savez_compressed(
-            staging / ARRAYS / "train.npz", x=normalize(data.x_train, spec), y=data.y_train
-        )
-        np.savez_compressed(
-            staging / ARRAYS / "test.npz", x=normalize(data.x_test, spec), y=data.y_test
-        )
-        spec.save(staging / TRANSFORM_FILE)
-        megabytes = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file()) / 1e6
-        mlflow.log_artifacts(str(staging))
+        save_arrays(staging, "train", normalize(data.x_train, spec), data.y_train)
+        save_arrays(staging, "test", normalize(data.x_test, spec), data.y_test)
+        spec.save(Path(staging) / TRANSFORM_FILE)
+        megabytes = sum(p.stat().st_size for p in Path(staging).rglob("*") if p.is_file()) / 1e6
+        mlflow.log_artifacts(staging)
     seconds = time.perf_counter() - started
     mlflow.log_metrics(
         {
@@ -133,23 +143,24 @@ def preprocess(args):
     return spec, megabytes
 
 
-def _mean_and_std(args, data_run, data) -> tuple[float, float, str]:
+def _mean_and_std(
+    explore_run: str, data_run: str | None, data: Dataset
+) -> tuple[float, float, str]:
     """Return mean, std and where they came from: the explore_data run, or measured here."""
     from mnist_pipeline import runs
-    from mnist_pipeline.datasets import pixel_statistics
 
-    if args.explore_run:
-        explore_run = runs.get_run(args.explore_run, "explore_data")
+    if explore_run:
+        found = runs.get_run(explore_run, "explore_data")
     elif data_run:
         try:
-            explore_run = runs.latest_run("explore_data", lineage={"data_run": data_run})
-        except ValueError:
-            explore_run = None
+            found = runs.latest_run("explore_data", lineage={"data_run": data_run})
+        except UserError:
+            found = None
     else:
-        explore_run = None
-    if explore_run is not None:
-        metrics = explore_run.data.metrics
-        return metrics["mean"], metrics["std"], f"explore_data run {explore_run.info.run_id}"
+        found = None
+    if found is not None:
+        metrics = found.data.metrics
+        return metrics["mean"], metrics["std"], f"explore_data run {found.info.run_id}"
     mean, std = pixel_statistics(data.x_train)
     return mean, std, "measured by preprocess (no explore_data run for this data)"
 

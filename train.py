@@ -11,35 +11,53 @@ $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_con
 from __future__ import annotations
 
 import sys
+import time
 
+import numpy as np
+
+from mnist_pipeline import plots
+from mnist_pipeline.catalogue import sha256_of_file
 from mnist_pipeline.cli import (
     USER_ERRORS,
     Parser,
+    arguments_for,
+    defaults_of,
     fail,
     positive_float,
     positive_int,
     stage_run,
 )
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.model import confusion_counts
+from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, arrays_path, load_arrays
 
 VALIDATION_FRACTION = 0.1
 
 
+def add_hyperparameters(parser: Parser) -> None:
+    """Add train's hyperparameters, with their types and defaults, to `parser` (main's too)."""
+    defaults = defaults_of(train)
+    parser.add_argument("--batch_size", type=positive_int, default=defaults["batch_size"])
+    parser.add_argument("--epochs", type=positive_int, default=defaults["epochs"])
+    parser.add_argument(
+        "--lr", type=positive_float, default=defaults["lr"], help="peak learning rate"
+    )
+    parser.add_argument(
+        "--nr_conv_1",
+        type=positive_int,
+        default=defaults["nr_conv_1"],
+        help="filters of the first convolution",
+    )
+    parser.add_argument("--seed", type=int, default=defaults["seed"])
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="train.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--preprocess_run", default="", help="a preprocess run ID")
-    parser.add_argument(
-        "--input_dir", default="", help="or ./mlruns/<exp>/<run id>/artifacts of one"
-    )
-    parser.add_argument(
-        "--dataset", default="mnist", help="mnist or fashion, to find the newest preprocess run"
-    )
-    parser.add_argument("--batch_size", type=positive_int, default=128)
-    parser.add_argument("--epochs", type=positive_int, default=5)
-    parser.add_argument("--lr", type=positive_float, default=0.002, help="peak learning rate")
-    parser.add_argument(
-        "--nr_conv_1", type=positive_int, default=16, help="filters of the first convolution"
-    )
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--preprocess_run", help="a preprocess run ID")
+    parser.add_argument("--input_dir", help="or ./mlruns/<exp>/<run id>/artifacts of one")
+    parser.add_argument("--dataset", help="mnist or fashion, to find the newest preprocess run")
+    add_hyperparameters(parser)
+    parser.set_defaults(**defaults_of(train))
     return parser
 
 
@@ -48,45 +66,62 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with stage_run("train", parser, args, __file__) as run:
-            accuracy, seconds = train(args)
+            accuracy, seconds = train(**arguments_for(train, args))
     except USER_ERRORS as error:
         return fail(parser.prog, error)
+    if accuracy is None:
+        print(f"train run {run.info.run_id}: pruned by its search after {seconds:.1f} s")
+        return 0
     print(
         f"train run {run.info.run_id}: test accuracy {accuracy:.4f} after {seconds:.1f} s of training"
     )
     return 0
 
 
-def resolve_preprocess_run(args) -> str:
+def resolve_preprocess_run(preprocess_run: str = "", input_dir: str = "", dataset: str = "") -> str:
+    """Return the ID of the preprocess run named by ID or by path, else the newest of `dataset`."""
     from mnist_pipeline import runs
 
-    if args.preprocess_run and args.input_dir:
-        raise ValueError("give either preprocess_run or input_dir, not both")
-    if args.input_dir:
-        run_id = runs.run_id_from_path(args.input_dir)
-    elif args.preprocess_run:
-        run_id = args.preprocess_run
+    if preprocess_run and input_dir:
+        raise UserError("give either preprocess_run or input_dir, not both")
+    if input_dir:
+        run_id = runs.run_id_from_path(input_dir)
+    elif preprocess_run:
+        run_id = preprocess_run
     else:
-        return runs.latest_run("preprocess", args.dataset).info.run_id
+        return runs.latest_run("preprocess", dataset).info.run_id
     return runs.get_run(run_id, "preprocess").info.run_id
 
 
-def train(args) -> tuple[float, float]:
-    import time
+def train(
+    preprocess_run: str = "",
+    input_dir: str = "",
+    dataset: str = "mnist",
+    batch_size: int = 128,
+    epochs: int = 5,
+    lr: float = 0.002,
+    nr_conv_1: int = 16,
+    seed: int = 42,
+) -> tuple[float | None, float]:
+    """Train the CNN on a preprocess run's arrays; return the test accuracy and the seconds
 
+    (the accuracy is None when the search that started this run pruned it).
+
+    The preprocess run is `preprocess_run`, the one whose artifacts are at `input_dir`,
+    or the newest finished one of `dataset`. Logs to the active MLflow run (MLflow starts
+    one if none is active): the curves per epoch, the test loss and accuracy, a confusion
+    matrix and the Keras model as 'model'.
+    """
     import keras
     import mlflow
-    import numpy as np
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from mnist_pipeline import plots, runs
-    from mnist_pipeline.datasets import sha256_of_file
-    from mnist_pipeline.model import build_cnn, compile_cnn, confusion_counts, epoch_logger
-    from mnist_pipeline.study import pruning_callbacks
-    from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec
+    from mnist_pipeline import runs
+    from mnist_pipeline.model import build_cnn, compile_cnn, epoch_logger
+    from mnist_pipeline.study import pruning_callbacks, was_pruned
 
-    preprocess_run = resolve_preprocess_run(args)
+    preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
     artifacts = runs.artifact_dir(preprocess_run)
     spec = TransformSpec.load(artifacts / TRANSFORM_FILE)
     mlflow.set_tags(
@@ -94,14 +129,12 @@ def train(args) -> tuple[float, float]:
             "dataset": spec.dataset,
             "preprocess_run": preprocess_run,
             # With the seed and the code version, the bytes trained on make the run repeatable.
-            "sha256.train.npz": sha256_of_file(artifacts / "arrays" / "train.npz"),
-            "sha256.test.npz": sha256_of_file(artifacts / "arrays" / "test.npz"),
+            "sha256.train.npz": sha256_of_file(arrays_path(artifacts, "train")),
+            "sha256.test.npz": sha256_of_file(arrays_path(artifacts, "test")),
         }
     )
-    with np.load(artifacts / "arrays" / "train.npz") as train_arrays:
-        x_all, y_all = train_arrays["x"], train_arrays["y"]
-    with np.load(artifacts / "arrays" / "test.npz") as test_arrays:
-        x_test, y_test = test_arrays["x"], test_arrays["y"]
+    x_all, y_all = load_arrays(artifacts, "train")
+    x_test, y_test = load_arrays(artifacts, "test")
     validation_size = max(1, int(len(y_all) * VALIDATION_FRACTION))
     x_train, y_train = x_all[:-validation_size], y_all[:-validation_size]
     x_val, y_val = x_all[-validation_size:], y_all[-validation_size:]
@@ -115,23 +148,29 @@ def train(args) -> tuple[float, float]:
     )
 
     # The same seed and the same data give the same weights, on the CPU at least.
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    model = build_cnn(args.nr_conv_1, num_classes=len(spec.class_names))
-    steps = args.epochs * int(np.ceil(len(y_train) / args.batch_size))
-    compile_cnn(model, args.lr, steps)
+    model = build_cnn(nr_conv_1, num_classes=len(spec.class_names))
+    steps = epochs * int(np.ceil(len(y_train) / batch_size))
+    compile_cnn(model, lr, steps)
 
+    pruning = pruning_callbacks()  # none unless a search started this run
     started = time.perf_counter()
     model.fit(
         x_train,
         y_train,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
+        batch_size=batch_size,
+        epochs=epochs,
         validation_data=(x_val, y_val),
-        callbacks=[epoch_logger(), *pruning_callbacks()],
+        callbacks=[epoch_logger(), *pruning],
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - started
+    if was_pruned(pruning):
+        # The search stopped this trial early: no test accuracy and no model, so that
+        # nothing ever picks it as the best.
+        mlflow.log_metric("train_seconds", seconds)
+        return None, seconds
     loss, accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
     mlflow.log_metrics({"loss": loss, "accuracy": accuracy, "train_seconds": seconds})
 

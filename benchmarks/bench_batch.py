@@ -37,9 +37,10 @@ EIGHT_TRIALS = "4,6,8,10,12,14,16,18"
 
 def write_subset(folder: Path, train_images: int) -> Path:
     """Write the first `train_images` training and a sixth as many test images as IDX files."""
-    from mnist_pipeline.datasets import load_folder, write_idx
+    from mnist_pipeline.catalogue import DATASETS
+    from mnist_pipeline.idx import load_folder, write_idx
 
-    data = load_folder(MIRROR / "mnist")
+    data = load_folder(MIRROR / "mnist", DATASETS["mnist"])
     test_images = max(10, train_images // 6)
     folder.mkdir(parents=True, exist_ok=True)
     write_idx(folder / "train-images-idx3-ubyte.gz", data.x_train[:train_images])

@@ -55,14 +55,15 @@ def time_uncompressed_baseline(data_folder: Path, preprocess_run: str, output: P
     """Read, normalise with the run's transform and np.save the four arrays uncompressed."""
     import numpy as np
 
-    from mnist_pipeline.datasets import load_folder
+    from mnist_pipeline.catalogue import DATASETS
+    from mnist_pipeline.idx import load_folder
     from mnist_pipeline.runs import artifact_dir
     from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, normalize
 
     spec = TransformSpec.load(artifact_dir(preprocess_run) / TRANSFORM_FILE)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data = load_folder(data_folder)
+    data = load_folder(data_folder, DATASETS["mnist"])
     np.save(output / "x_train.npy", normalize(data.x_train, spec))
     np.save(output / "y_train.npy", data.y_train)
     np.save(output / "x_test.npy", normalize(data.x_test, spec))

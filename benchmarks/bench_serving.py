@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = 50 if args.quick else args.requests
     png_images = 1000 if args.quick else args.png_images
     args.epochs = args.epochs or (1 if args.quick else 5)
-    from mnist_pipeline.datasets import read_idx
+    from mnist_pipeline.idx import read_idx
     from mnist_pipeline.runs import artifact_dir
     from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, normalize
 

@@ -1,21 +1,24 @@
-"""What every stage script shares: argument parsing, canonical parameters, the stage run."""
+"""What every stage script shares: argument types, the one-line error, the stage's run."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
-import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+from mnist_pipeline.errors import UserError
 
 # TensorFlow's start-up chatter about missing GPUs is noise on a CPU machine.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # MLflow draws a progress bar even for copying a few local files; stages print their own.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-# Errors that a user can cause and that get one line, not a traceback.
-USER_ERRORS = (ValueError, OSError)
+# Errors that a user can cause and that get one line, not a traceback. Anything else is
+# a bug: it fails loudly, with its traceback.
+USER_ERRORS = (UserError,)
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,34 +62,15 @@ def positive_float(text: str) -> float:
     return number
 
 
-def canonical_params(parser: argparse.ArgumentParser, values: dict[str, str]) -> dict[str, str]:
-    """Return every argument of `parser` as its canonical string, given raw string values.
-
-    "1e-3" and "0.001" both become "0.001", "16" and "16.0" for an int both fail or
-    become "16": this is what makes a run logged by hand comparable with one that the
-    pipeline is about to start. Values that are not arguments of `parser` are ignored.
-    """
-    argv = []
-    for action in parser._actions:
-        if action.dest in values and action.option_strings:
-            argv += [action.option_strings[0], _unquoted(str(values[action.dest]))]
-    namespace = parser.parse_args(argv)
-    return {name: _canonical(value) for name, value in vars(namespace).items()}
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add what a stage that reads a dataset takes: a get_data run, a folder, or the newest."""
+    parser.add_argument("--data_run", help="a get_data run ID")
+    parser.add_argument("--in_data", help="or a folder of the four IDX files")
+    parser.add_argument("--dataset", help="mnist or fashion, to find the newest get_data run")
 
 
-def _unquoted(text: str) -> str:
-    """Undo the shell quoting that `mlflow run` leaves on logged values ('' for empty)."""
-    if text[:1] in ("'", '"'):
-        try:
-            words = shlex.split(text)
-        except ValueError:
-            return text
-        if len(words) <= 1:
-            return words[0] if words else ""
-    return text
-
-
-def _canonical(value) -> str:
+def param_text(value) -> str:
+    """Return a parameter's value as a run logs it: MLproject's true/false, floats in full."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -94,8 +78,27 @@ def _canonical(value) -> str:
     return str(value)
 
 
+def defaults_of(function: Callable) -> dict:
+    """Return the default of every parameter of `function` that has one.
+
+    A stage's parser takes its defaults from the stage function, so that the script and
+    a notebook calling the function cannot drift apart.
+    """
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def arguments_for(function: Callable, args: argparse.Namespace) -> dict:
+    """Return the parsed arguments that `function` takes, by name."""
+    accepted = inspect.signature(function).parameters
+    return {name: value for name, value in vars(args).items() if name in accepted}
+
+
 def fail(prog: str, error: BaseException) -> int:
-    """Print a known error as one line on stderr and return the exit code."""
+    """Print a user's error as one line on stderr and return the exit code."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 1
@@ -111,13 +114,17 @@ def stage_run(
     """
     import mlflow
 
-    from mnist_pipeline import runs
+    from mnist_pipeline import naming, runs
 
     with mlflow.start_run() as run:
         mlflow.set_tags({runs.STAGE_TAG: stage, runs.CODE_VERSION_TAG: runs.code_version(script)})
-        canonical = {name: _canonical(value) for name, value in vars(args).items()}
+        canonical = {name: param_text(value) for name, value in vars(args).items()}
         # `mlflow run` has already logged the MLproject parameters as the user typed
         # them; MLflow refuses to change a logged value, so only the rest are added.
         logged = mlflow.get_run(run.info.run_id).data.params
         mlflow.log_params({k: v for k, v in canonical.items() if k not in logged})
+        # Named and described from the start, so that a run that fails reads well too,
+        # and again at the end, with its results (see naming.py).
+        naming.describe(run.info.run_id)
         yield run
+        naming.describe(run.info.run_id)

@@ -1,8 +1,7 @@
-"""Finding runs: by ID, by a path inside ./mlruns, as the latest of a stage, or to reuse."""
+"""Finding runs: by ID, by a path inside ./mlruns, as the latest of a stage, or the best."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import urllib.parse
@@ -13,6 +12,10 @@ import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from mnist_pipeline.catalogue import dataset_spec
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.idx import read_idx_sha256
 
 STAGE_TAG = "stage"
 CODE_VERSION_TAG = "code_version"
@@ -34,17 +37,17 @@ def code_version(script: str | Path) -> str:
 
 
 def get_run(run_id: str, stage: str) -> Run:
-    """Return the FINISHED run `run_id` of `stage`, or raise ValueError saying what it is."""
+    """Return the FINISHED run `run_id` of `stage`, or raise UserError saying what it is."""
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
-        raise ValueError(f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}") from None
+        raise UserError(f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}") from None
     actual = run.data.tags.get(STAGE_TAG)
     if actual != stage:
         kind = f"a {actual} run" if actual else "not a pipeline run"
-        raise ValueError(f"run {run_id} is {kind}, expected a {stage} run")
+        raise UserError(f"run {run_id} is {kind}, expected a {stage} run")
     if run.info.status != "FINISHED":
-        raise ValueError(f"{stage} run {run_id} is {run.info.status}, expected FINISHED")
+        raise UserError(f"{stage} run {run_id} is {run.info.status}, expected FINISHED")
     return run
 
 
@@ -53,7 +56,7 @@ def run_id_from_path(path: str | Path) -> str:
 
     `./mlruns/<exp>/<run id>/artifacts/...` names the run directly;
     `./mlruns/<exp>/models/<model id>/artifacts` names a logged model, whose source run
-    is looked up. Raises ValueError for a path that is neither.
+    is looked up. Raises UserError for a path that is neither.
     """
     parts = Path(path).resolve().parts
     for index, part in enumerate(parts):
@@ -61,10 +64,10 @@ def run_id_from_path(path: str | Path) -> str:
             try:
                 return mlflow.get_logged_model(part).source_run_id
             except MlflowException:
-                raise ValueError(f"{path}: logged model {part} is not in this store") from None
+                raise UserError(f"{path}: logged model {part} is not in this store") from None
         if _RUN_ID.match(part) and index + 1 < len(parts) and parts[index + 1] == "artifacts":
             return part
-    raise ValueError(
+    raise UserError(
         f"{path}: not a path into ./mlruns "
         "(expected mlruns/<experiment>/<run id>/artifacts or mlruns/<experiment>/models/<model id>/artifacts)"
     )
@@ -101,7 +104,7 @@ def latest_run(
 ) -> Run:
     """Return the newest FINISHED run of `stage`, of `dataset` and with the given lineage tags.
 
-    Raises ValueError when there is none, naming the stage to run first.
+    Raises UserError when there is none, naming the stage to run first.
     """
     conditions = []
     if dataset:
@@ -111,37 +114,11 @@ def latest_run(
     found = finished_runs(stage, " and ".join(conditions), max_results=1)
     if not found:
         which = f" of dataset {dataset!r}" if dataset else ""
-        raise ValueError(
+        raise UserError(
             f"no finished {stage} run{which} in {mlflow.get_tracking_uri()}; "
             f"run `mlflow run . -e {stage}` first or name one"
         )
     return found[0]
-
-
-def find_reusable_run(
-    stage: str,
-    parser: argparse.ArgumentParser,
-    wanted: dict[str, str],
-    version: str,
-    experiment_id: str,
-) -> Run | None:
-    """Return the newest FINISHED run of `stage` with the same code and the same parameters.
-
-    Parameters are compared after both sides went through the stage's own parser, so
-    "0.001" matches "1e-3" and "16" matches "16", never a string against an int.
-    """
-    from mnist_pipeline.cli import canonical_params
-
-    candidates = finished_runs(
-        stage, f"tags.{CODE_VERSION_TAG} = '{version}'", experiment_ids_=[experiment_id]
-    )
-    for run in candidates:
-        try:
-            if canonical_params(parser, run.data.params) == wanted:
-                return run
-        except SystemExit:
-            continue  # a run whose parameters no longer parse cannot be reused
-    return None
 
 
 def artifact_dir(run_id: str, artifact_path: str = "") -> Path:
@@ -166,14 +143,12 @@ def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, str |
     way), traced back to the get_data run that wrote it when there is one; with
     neither, the newest finished get_data run of `dataset` is taken.
     """
-    from mnist_pipeline.datasets import dataset_spec, read_idx_sha256
-
     if data_run and in_data:
-        raise ValueError("give either data_run or in_data, not both")
+        raise UserError("give either data_run or in_data, not both")
     if in_data:
         folder = Path(in_data)
         if not folder.is_dir():
-            raise FileNotFoundError(f"in_data {in_data}: no such folder")
+            raise UserError(f"in_data {in_data}: no such folder")
         digest = read_idx_sha256(folder / "train-images-idx3-ubyte.gz")
         found = finished_runs(
             "get_data", f"tags.`sha256.train-images-idx3-ubyte` = '{digest}'", max_results=1
@@ -198,7 +173,7 @@ def logged_model_uri(run: Run, name: str = "model") -> str:
         output_format="list",
     )
     if not found:
-        raise ValueError(f"run {run.info.run_id} logged no model named {name!r}")
+        raise UserError(f"run {run.info.run_id} logged no model named {name!r}")
     return f"models:/{found[0].model_id}"
 
 
@@ -221,7 +196,7 @@ def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
         "train", extra, experiment_ids_, max_results=1, order_by=("metrics.accuracy DESC",)
     )
     if not found or "accuracy" not in found[0].data.metrics:
-        raise ValueError(f"train_run=best: no finished train run with an accuracy {where}")
+        raise UserError(f"train_run=best: no finished train run with an accuracy {where}")
     return found[0]
 
 
@@ -236,7 +211,7 @@ def _experiment_id(experiment: str) -> str:
     try:
         return client.get_experiment(experiment).experiment_id
     except MlflowException:
-        raise ValueError(f"experiment {experiment!r} does not exist (by name or ID)") from None
+        raise UserError(f"experiment {experiment!r} does not exist (by name or ID)") from None
 
 
 def describe_version(

@@ -2,15 +2,17 @@
 
 package_model.py saves this file with `mlflow.pyfunc.save_model(python_model=<this file>)`,
 the Keras model and `transform.json` as artifacts, and this package as code. Whatever a
-client sends (see serving.py) becomes pixels, is normalised by transform.normalize with
-the preprocess run's mean and std, and is classified.
+client sends (see serving.py, and pictures.py for image files) becomes pixels, is
+normalised by transform.normalize with the preprocess run's mean and std, and is classified.
 """
 
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving import answer, detailed_answer, pixels_from_request
 from mnist_pipeline.transform import TransformSpec, normalize
 
@@ -18,7 +20,6 @@ from mnist_pipeline.transform import TransformSpec, normalize
 class ImageClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import keras
-        import numpy as np
         import tensorflow as tf
 
         self.spec = TransformSpec.load(context.artifacts["transform"])
@@ -34,7 +35,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         try:
             pixels = pixels_from_request(model_input, self.spec)
-        except ValueError as error:
+        except UserError as error:
             # INVALID_PARAMETER_VALUE makes the scoring server answer 400 without a traceback.
             raise MlflowException.invalid_parameter_value(str(error)) from None
         probabilities = self._forward(normalize(pixels, self.spec)).numpy()

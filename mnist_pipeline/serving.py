@@ -11,7 +11,7 @@ inputs, instances):
    compact form for large batches, since MLflow parses JSON numbers slowly.
 
 Pixels are on the 0-255 scale, white ink on black as in MNIST. Anything else raises
-ValueError with a one-line message saying what was expected.
+UserError with a one-line message saying what was expected.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import base64
 import binascii
 
 import numpy as np
+import pandas as pd
 
-from mnist_pipeline.transform import TransformSpec, image_to_pixels
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.pictures import image_to_pixels
+from mnist_pipeline.transform import TransformSpec
 
 MAX_IMAGES_PER_REQUEST = 10_000
 MAX_FILES_PER_REQUEST = 100
@@ -32,40 +35,51 @@ PIXELS = SIDE * SIDE
 
 
 def pixels_from_request(model_input, spec: TransformSpec) -> np.ndarray:
-    """Return float32 pixels (n, 28, 28) on the 0-255 scale from a scoring request."""
-    import pandas as pd
+    """Return float32 pixels (n, 28, 28) on the 0-255 scale from a scoring request.
 
+    `model_input` is what MLflow's scoring server hands the model: a DataFrame, a dict
+    of named tensors, or an array. Raises UserError for anything it cannot take.
+    """
     if isinstance(model_input, dict):
         if IMAGE_COLUMN in model_input:
             return _decode_files(list(np.ravel(model_input[IMAGE_COLUMN])), spec)
         if len(model_input) == 1:
             return pixels_from_request(next(iter(model_input.values())), spec)
-        raise ValueError(
+        raise UserError(
             f"expected one tensor or an {IMAGE_COLUMN!r} input, got {sorted(model_input)}"
         )
     if isinstance(model_input, pd.DataFrame):
         for column, decode in ((IMAGE_COLUMN, _decode_files), (RAW_COLUMN, _decode_raw)):
             if column in model_input.columns:
                 if len(model_input.columns) != 1:
-                    raise ValueError(f"expected only the column {column!r}, no other")
+                    raise UserError(f"expected only the column {column!r}, no other")
                 return decode(model_input[column].tolist(), spec)
         return _pixels_from_table(model_input)
     if isinstance(model_input, (list, np.ndarray)):
         return _pixels_from_tensor(np.asarray(model_input))
-    raise ValueError(f"expected a frame or a tensor of pixels, got {type(model_input).__name__}")
+    raise UserError(f"expected a frame or a tensor of pixels, got {type(model_input).__name__}")
+
+
+def _refuse_empty(count: int) -> None:
+    if count == 0:
+        raise UserError("empty batch: send at least one image")
+
+
+def _refuse_too_many(count: int, limit: int = MAX_IMAGES_PER_REQUEST, what: str = "images"):
+    if count > limit:
+        raise UserError(f"{count:,} {what} in one request; at most {limit:,} are accepted")
 
 
 def _pixels_from_table(frame) -> np.ndarray:
     rows, columns = frame.shape
-    if rows == 0:
-        raise ValueError("empty batch: send at least one image")
+    _refuse_empty(rows)
     values = _as_numbers(frame.to_numpy())
     if columns == PIXELS:
         images = values.reshape(rows, SIDE, SIDE)
     elif columns == SIDE and rows % SIDE == 0:
         images = values.reshape(rows // SIDE, SIDE, SIDE)
     else:
-        raise ValueError(
+        raise UserError(
             f"expected 28 columns with 28 rows per image, or 784 columns with one row per "
             f"image; got {rows} rows x {columns} columns"
         )
@@ -73,10 +87,9 @@ def _pixels_from_table(frame) -> np.ndarray:
 
 
 def _pixels_from_tensor(tensor: np.ndarray) -> np.ndarray:
-    if tensor.size == 0:
-        raise ValueError("empty batch: send at least one image")
+    _refuse_empty(tensor.size)
     if tensor.dtype.kind in "OSU" and tensor.ndim == 1:
-        raise ValueError(f"expected pixels, or image files in a column named {IMAGE_COLUMN!r}")
+        raise UserError(f"expected pixels, or image files in a column named {IMAGE_COLUMN!r}")
     values = _as_numbers(tensor)
     shape = values.shape
     if shape == (SIDE, SIDE):
@@ -88,7 +101,7 @@ def _pixels_from_tensor(tensor: np.ndarray) -> np.ndarray:
     elif values.ndim == 2 and shape[1] == PIXELS:
         images = values.reshape(-1, SIDE, SIDE)
     else:
-        raise ValueError(
+        raise UserError(
             f"expected a tensor of shape (28, 28), (n, 28, 28), (n, 28, 28, 1) or (n, 784); "
             f"got {shape}"
         )
@@ -101,36 +114,28 @@ def _as_numbers(values: np.ndarray) -> np.ndarray:
     try:
         return values.astype(np.float32)
     except (TypeError, ValueError):
-        raise ValueError("pixels must be numbers from 0 to 255") from None
+        raise UserError("pixels must be numbers from 0 to 255") from None
 
 
 def _checked(images: np.ndarray) -> np.ndarray:
-    if len(images) > MAX_IMAGES_PER_REQUEST:
-        raise ValueError(
-            f"{len(images):,} images in one request; at most {MAX_IMAGES_PER_REQUEST:,} are accepted"
-        )
+    _refuse_too_many(len(images))
     if not np.isfinite(images).all():
-        raise ValueError("pixels must be finite numbers from 0 to 255 (got NaN or infinity)")
+        raise UserError("pixels must be finite numbers from 0 to 255 (got NaN or infinity)")
     if images.min() < 0 or images.max() > 255:
-        raise ValueError(
+        raise UserError(
             f"pixels must be from 0 to 255; got values from {images.min():g} to {images.max():g}"
         )
     return images
 
 
 def _decode_raw(encoded: list, spec: TransformSpec) -> np.ndarray:
-    if not encoded:
-        raise ValueError("empty batch: send at least one image")
-    if len(encoded) > MAX_IMAGES_PER_REQUEST:
-        raise ValueError(
-            f"{len(encoded):,} images in one request; at most {MAX_IMAGES_PER_REQUEST:,} "
-            "are accepted"
-        )
+    _refuse_empty(len(encoded))
+    _refuse_too_many(len(encoded))
     images = np.empty((len(encoded), PIXELS), dtype=np.uint8)
     for number, item in enumerate(encoded, start=1):
         data = _base64(item, number)
         if len(data) != PIXELS:
-            raise ValueError(f"image {number}: {len(data)} raw bytes, expected 784 (28 x 28)")
+            raise UserError(f"image {number}: {len(data)} raw bytes, expected 784 (28 x 28)")
         images[number - 1] = np.frombuffer(data, dtype=np.uint8)
     return images.reshape(-1, SIDE, SIDE).astype(np.float32)
 
@@ -139,35 +144,29 @@ def _base64(item, number: int) -> bytes:
     if isinstance(item, str):
         item = item.encode("ascii", errors="replace")
     if not isinstance(item, bytes):
-        raise ValueError(f"image {number}: expected a base64 string, got {type(item).__name__}")
+        raise UserError(f"image {number}: expected a base64 string, got {type(item).__name__}")
     try:
         # Line breaks are allowed, as `base64` and Python's encodebytes write them.
         return base64.b64decode(b"".join(item.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError(f"image {number}: not valid base64") from None
+        raise UserError(f"image {number}: not valid base64") from None
 
 
 def _decode_files(encoded: list, spec: TransformSpec) -> np.ndarray:
-    if not encoded:
-        raise ValueError("empty batch: send at least one image")
-    if len(encoded) > MAX_FILES_PER_REQUEST:
-        raise ValueError(
-            f"{len(encoded):,} image files in one request; at most {MAX_FILES_PER_REQUEST} are accepted"
-        )
+    _refuse_empty(len(encoded))
+    _refuse_too_many(len(encoded), MAX_FILES_PER_REQUEST, "image files")
     images = []
     for number, item in enumerate(encoded, start=1):
         data = _base64(item, number)
         try:
             images.append(image_to_pixels(data, spec.image_style))
-        except ValueError as error:
-            raise ValueError(f"image {number}: {error}") from None
+        except UserError as error:
+            raise UserError(f"image {number}: {error}") from None
     return np.stack(images).astype(np.float32)
 
 
 def answer(probabilities: np.ndarray, class_names) -> object:
     """Return a frame with one record per image: label, class_name, probability."""
-    import pandas as pd
-
     labels = probabilities.argmax(axis=1)
     return pd.DataFrame(
         {

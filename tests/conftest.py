@@ -50,8 +50,8 @@ def write_tiny_dataset(
     """
     import cv2
 
-    from mnist_pipeline.datasets import write_idx
-    from mnist_pipeline.transform import image_to_pixels
+    from mnist_pipeline.idx import write_idx
+    from mnist_pipeline.pictures import image_to_pixels
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

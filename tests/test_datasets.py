@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 from conftest import MIRROR
 
-from mnist_pipeline import datasets
-from mnist_pipeline.datasets import DownloadError, fetch_dataset, load_folder, read_idx
+from mnist_pipeline.catalogue import DATASETS
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.fetch import OFFICIAL, DownloadError, Retry, fetch_dataset
+from mnist_pipeline.idx import load_folder, read_idx, write_idx
 
 
 def test_read_idx_round_trip(tmp_path):
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    datasets.write_idx(tmp_path / "images.gz", images)
+    write_idx(tmp_path / "images.gz", images)
     np.testing.assert_array_equal(read_idx(tmp_path / "images.gz"), images)
 
 
@@ -42,7 +44,7 @@ def test_read_idx_round_trip(tmp_path):
 def test_read_idx_refuses_malformed_files(tmp_path, content, message):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(content if content[:2] == b"\x1f\x8b" else gzip.compress(content))
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(UserError) as error:
         read_idx(path)
     assert message in str(error.value)
     assert str(error.value).startswith("train-images-idx3-ubyte.gz: ")
@@ -52,18 +54,16 @@ def test_load_folder_refuses_swapped_files(tmp_path, tiny_data):
     for path in tiny_data.glob("*.gz"):
         shutil.copy(path, tmp_path / path.name)
     shutil.copy(tiny_data / "train-labels-idx1-ubyte.gz", tmp_path / "train-images-idx3-ubyte.gz")
-    with pytest.raises(ValueError, match="holds labels, expected images"):
-        load_folder(tmp_path)
+    with pytest.raises(UserError, match="holds labels, expected images"):
+        load_folder(tmp_path, DATASETS["mnist"])
 
 
 def test_unverified_files_are_refused_and_nothing_is_written(tmp_path, tiny_data):
     destination = tmp_path / "out"
-    with pytest.raises(ValueError, match="differs from the official file .* allow_unverified=true"):
-        fetch_dataset(datasets.DATASETS["mnist"], str(tiny_data), destination)
+    with pytest.raises(UserError, match="differs from the official file .* allow_unverified=true"):
+        fetch_dataset(DATASETS["mnist"], str(tiny_data), destination)
     assert list(destination.iterdir()) == []
-    fetched = fetch_dataset(
-        datasets.DATASETS["mnist"], str(tiny_data), destination, allow_unverified=True
-    )
+    fetched = fetch_dataset(DATASETS["mnist"], str(tiny_data), destination, allow_unverified=True)
     assert [file.verified for file in fetched] == [False] * 4
     assert sorted(p.name for p in destination.iterdir()) == sorted(
         p.name for p in tiny_data.iterdir()
@@ -86,8 +86,7 @@ class FlakyServer(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_download_retries_transient_errors_and_shows_progress(tmp_path, tiny_data, monkeypatch):
-    monkeypatch.setattr(datasets, "_wait_seconds", lambda: 0)
+def test_download_retries_transient_errors_and_shows_progress(tmp_path, tiny_data):
     handler = lambda *args, **kwargs: FlakyServer(*args, directory=str(tiny_data), **kwargs)  # noqa: E731
     FlakyServer.failed = set()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -96,11 +95,12 @@ def test_download_retries_transient_errors_and_shows_progress(tmp_path, tiny_dat
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         fetched = fetch_dataset(
-            datasets.DATASETS["mnist"],
+            DATASETS["mnist"],
             url,
             tmp_path,
             allow_unverified=True,
             progress=lambda name, total: progressed.append,
+            retries=Retry(first_wait_seconds=0),
         )
     finally:
         server.shutdown()
@@ -115,11 +115,11 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_offline_download_fails_in_one_line_naming_the_source_switch(tmp_path, monkeypatch):
+def test_offline_download_fails_in_one_line_naming_the_source_switch(tmp_path):
     unreachable = f"http://127.0.0.1:{closed_port()}/"
-    spec = replace(datasets.DATASETS["mnist"], mirrors=(unreachable,))
+    spec = replace(DATASETS["mnist"], mirrors=(unreachable,))
     with pytest.raises(DownloadError) as error:
-        fetch_dataset(spec, datasets.OFFICIAL, tmp_path)
+        fetch_dataset(spec, OFFICIAL, tmp_path)
     message = str(error.value)
     assert "\n" not in message
     assert "every official mirror failed" in message and "-P source=" in message
@@ -128,17 +128,17 @@ def test_offline_download_fails_in_one_line_naming_the_source_switch(tmp_path, m
 
 @pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="no local mirror of MNIST")
 def test_the_mnist_mirror_matches_the_official_checksums(tmp_path):
-    fetched = fetch_dataset(datasets.DATASETS["mnist"], str(MIRROR / "mnist"), tmp_path)
+    fetched = fetch_dataset(DATASETS["mnist"], str(MIRROR / "mnist"), tmp_path)
     assert all(file.verified for file in fetched)
     assert [file.count for file in fetched] == [60000, 60000, 10000, 10000]
 
 
 @pytest.mark.skipif(not (MIRROR / "fashion").is_dir(), reason="no local mirror of Fashion-MNIST")
 def test_the_fashion_mirror_is_refused_unless_allowed(tmp_path):
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: content differs"):
-        fetch_dataset(datasets.DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path)
+    with pytest.raises(UserError, match="train-images-idx3-ubyte.gz: content differs"):
+        fetch_dataset(DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path)
     fetched = fetch_dataset(
-        datasets.DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path, allow_unverified=True
+        DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path, allow_unverified=True
     )
     # The labels are the official files; the rebuilt images are not.
     assert [file.verified for file in fetched] == [False, True, False, True]

@@ -2,7 +2,7 @@
 
 No server here (tests/test_serving.py posts the script's requests to a real one): these
 tests read what the script wrote and printed, and compare the pixels with what the served
-model computes from the same files (transform.image_to_pixels).
+model computes from the same files (pictures.image_to_pixels).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mnist_pipeline.transform import image_to_pixels
+from mnist_pipeline.pictures import image_to_pixels
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "png_to_pandas.py"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from mnist_pipeline.cli import canonical_params
+from main import canonical_params
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
 ENTRY_POINTS = MLPROJECT["entry_points"]

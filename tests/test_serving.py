@@ -26,7 +26,7 @@ import requests
 from conftest import free_port, running
 
 from mnist_pipeline import serving
-from mnist_pipeline.transform import MAX_IMAGE_PIXELS, image_to_pixels
+from mnist_pipeline.pictures import MAX_IMAGE_PIXELS, image_to_pixels
 
 REPO = Path(__file__).resolve().parent.parent
 FONT = cv2.FONT_HERSHEY_SIMPLEX

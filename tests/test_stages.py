@@ -58,9 +58,10 @@ def test_explore_logs_mean_std_counts_and_pictures(pipeline):
     store = pipeline["store"]
     run = store.last_run("explore_data")
     assert run.data.tags["data_run"] == pipeline["data_run"]
-    from mnist_pipeline.datasets import load_folder
+    from mnist_pipeline.catalogue import DATASETS
+    from mnist_pipeline.idx import load_folder
 
-    data = load_folder(store.root / "data" / "mnist")
+    data = load_folder(store.root / "data" / "mnist", DATASETS["mnist"])
     assert run.data.metrics["mean"] == pytest.approx(data.x_train.mean(), rel=1e-6)
     assert run.data.metrics["std"] == pytest.approx(data.x_train.std(), rel=1e-6)
     assert run.data.metrics["train_count_3"] == 60
