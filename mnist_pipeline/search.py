@@ -1,14 +1,16 @@
-"""Hyperparameter batches: parsing `8,16,24` and `lo:hi`, and choosing trials with Optuna."""
+"""Hyperparameter batches: parsing `8,16,24` and `lo:hi`, strategies, samplers and pruners."""
 
 from __future__ import annotations
 
 import itertools
-import threading
 from dataclasses import dataclass
+
+from mnist_pipeline.errors import UserError
 
 # The train stage's hyperparameters and their types: the names a batch may search.
 HYPERPARAMETERS = {"batch_size": int, "epochs": int, "lr": float, "nr_conv_1": int, "seed": int}
 STRATEGIES = ("auto", "grid", "random", "tpe")
+PRUNERS = ("none", "median", "hyperband")
 
 
 @dataclass(frozen=True)
@@ -24,26 +26,35 @@ class Choice:
     def is_range(self) -> bool:
         return self.low is not None
 
+    @property
+    def is_searched(self) -> bool:
+        return self.is_range or len(self.values) > 1
+
 
 def parse_choice(name: str, text: str) -> Choice:
-    """Parse `16`, `8,16,24` or `8:64` for hyperparameter `name`; raise ValueError if malformed."""
+    """Parse `16`, `8,16,24` or `8:64` for hyperparameter `name`; raise UserError if malformed."""
     if name not in HYPERPARAMETERS:
         known = ", ".join(HYPERPARAMETERS)
-        raise ValueError(f"unknown hyperparameter {name!r}; choose from {known}")
+        raise UserError(f"unknown hyperparameter {name!r}; choose from {known}")
     kind = HYPERPARAMETERS[name]
     text = str(text).strip()
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 2:
-            raise ValueError(f"{name}: malformed range {text!r}, expected low:high")
+            raise UserError(f"{name}: malformed range {text!r}, expected low:high")
         low, high = (_number(name, kind, part, text) for part in parts)
         if not low < high:
-            raise ValueError(f"{name}: range {text!r} needs low < high")
+            raise UserError(f"{name}: range {text!r} needs low < high")
         return Choice(name, low=low, high=high)
     items = [item.strip() for item in text.split(",")]
     if not text or any(item == "" for item in items):
-        raise ValueError(f"{name}: empty value in list {text!r}, expected e.g. 8,16,24")
+        raise UserError(f"{name}: empty value in list {text!r}, expected e.g. 8,16,24")
     return Choice(name, values=tuple(_number(name, kind, item, text) for item in items))
+
+
+def parse_choices(texts: dict[str, str]) -> list[Choice]:
+    """Parse every hyperparameter of train, in HYPERPARAMETERS' order."""
+    return [parse_choice(name, texts[name]) for name in HYPERPARAMETERS]
 
 
 def _number(name: str, kind: type, item: str, text: str):
@@ -51,85 +62,72 @@ def _number(name: str, kind: type, item: str, text: str):
         return kind(item)
     except ValueError:
         what = "whole numbers" if kind is int else "numbers"
-        raise ValueError(f"{name}: {item!r} in {text!r} is not a number; expected {what}") from None
+        raise UserError(f"{name}: {item!r} in {text!r} is not a number; expected {what}") from None
 
 
-class TrialPlan:
-    """Hands out trial parameters, thread-safely: every grid point, or `trials` from a sampler.
+def resolve_strategy(choices: list[Choice], strategy: str, shared: bool) -> str:
+    """Return grid, random or tpe for `strategy` (auto included), or raise UserError.
 
-    Grid: the product of all lists, in order. random/tpe: Optuna's RandomSampler or
-    TPESampler through its ask-and-tell interface, so that trials can run in parallel
-    and report back as they finish.
+    auto is a grid for lists and tpe when there is a range. A grid is a fixed list of
+    trials that one batch hands out on one machine: asking for one explicitly while a
+    study storage is `shared` is refused, and auto's grid simply does not use it.
     """
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    ranges = [choice.name for choice in choices if choice.is_range]
+    if strategy == "grid" and ranges:
+        raise UserError(
+            f"strategy grid cannot search ranges ({', '.join(ranges)}); use random or tpe"
+        )
+    if strategy == "grid" and shared:
+        raise UserError(
+            "strategy grid runs on one machine, not through a shared study storage; "
+            "use random or tpe, or unset OPTUNA_STORAGE"
+        )
+    if strategy == "auto":
+        strategy = "tpe" if ranges else "grid"
+    return strategy
 
-    def __init__(self, choices: list[Choice], strategy: str, trials: int, seed: int = 0):
-        if strategy not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
-            )
-        ranges = [choice.name for choice in choices if choice.is_range]
-        if strategy == "auto":
-            strategy = "tpe" if ranges else "grid"
-        if strategy == "grid" and ranges:
-            raise ValueError(
-                f"strategy grid cannot search ranges ({', '.join(ranges)}); use random or tpe"
-            )
-        if trials < 1:
-            raise ValueError(f"trials must be at least 1, got {trials}")
-        self.choices = choices
-        self.strategy = strategy
-        self.searched = [c.name for c in choices if c.is_range or len(c.values) > 1]
-        self._lock = threading.Lock()
-        if strategy == "grid":
-            grid = itertools.product(*(choice.values for choice in choices))
-            self._grid = [
-                dict(zip((c.name for c in choices), point, strict=True)) for point in grid
-            ]
-            self.total = len(self._grid)
-            self._study = None
-        else:
-            import optuna
 
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            sampler = (
-                optuna.samplers.RandomSampler(seed=seed)
-                if strategy == "random"
-                else optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, trials))
-            )
-            self._study = optuna.create_study(direction="maximize", sampler=sampler)
-            self.total = trials
-        self._handed_out = 0
+def grid_points(choices: list[Choice]) -> list[dict]:
+    """Every combination of the listed values, in order: the product of the lists."""
+    names = [choice.name for choice in choices]
+    return [
+        dict(zip(names, point, strict=True))
+        for point in itertools.product(*(choice.values for choice in choices))
+    ]
 
-    def next(self):
-        """Return (trial handle, parameters) or None when the plan is exhausted."""
-        with self._lock:
-            if self._handed_out >= self.total:
-                return None
-            number = self._handed_out
-            self._handed_out += 1
-            if self._study is None:
-                return number, self._grid[number]
-            trial = self._study.ask()
-            return trial, {choice.name: self._suggest(trial, choice) for choice in self.choices}
 
-    def report(self, handle, accuracy: float | None) -> None:
-        """Tell the sampler how a trial went (None: it failed)."""
-        if self._study is None:
-            return
-        import optuna
+def suggest(trial, choice: Choice):
+    """Ask an Optuna trial for a value of `choice` (lr on a log scale)."""
+    if not choice.is_range:
+        if len(choice.values) == 1:
+            return choice.values[0]
+        return trial.suggest_categorical(choice.name, list(choice.values))
+    if HYPERPARAMETERS[choice.name] is int:
+        return trial.suggest_int(choice.name, int(choice.low), int(choice.high))
+    return trial.suggest_float(choice.name, choice.low, choice.high, log=choice.name == "lr")
 
-        with self._lock:
-            if accuracy is None:
-                self._study.tell(handle, state=optuna.trial.TrialState.FAIL)
-            else:
-                self._study.tell(handle, accuracy)
 
-    @staticmethod
-    def _suggest(trial, choice: Choice):
-        if not choice.is_range:
-            if len(choice.values) == 1:
-                return choice.values[0]
-            return trial.suggest_categorical(choice.name, list(choice.values))
-        if HYPERPARAMETERS[choice.name] is int:
-            return trial.suggest_int(choice.name, int(choice.low), int(choice.high))
-        return trial.suggest_float(choice.name, choice.low, choice.high, log=choice.name == "lr")
+def make_sampler(strategy: str, seed: int | None, trials: int):
+    import optuna
+
+    if strategy == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: trials that run at the same time are told apart, not suggested twice.
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=min(4, trials), constant_liar=True
+    )
+
+
+def make_pruner(name: str):
+    """Optuna's pruner for `name`: median (after 2 finished trials) or hyperband, or none."""
+    import optuna
+
+    if name not in PRUNERS:
+        raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()

@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from mnist_pipeline import stopping
 from mnist_pipeline.runs import PROJECT_DIR
+
+HOST = socket.gethostname()
+# A trial's run carries these tags: its number in the batch, the machine and process
+# that ran it, and, for a trial that its study stopped early, `pruned`.
+TRIAL_TAG, HOST_TAG, WORKER_TAG, PRUNED_TAG, ERROR_TAG = (
+    "trial",
+    "host",
+    "worker",
+    "pruned",
+    "error",
+)
+
+
+def trial_name(number: int, total: int, params: dict, searched: list[str]) -> str:
+    """`trial 3/12 nr_conv_1=24 lr=0.0031`: what mlflow ui shows in its runs table."""
+    shown = " ".join(
+        f"{name}={params[name]:.3g}"
+        if isinstance(params[name], float)
+        else f"{name}={params[name]}"
+        for name in searched
+        if name in params
+    )
+    return f"trial {number}/{total} {shown}".strip()
 
 
 class TrialRunner:
@@ -24,7 +50,13 @@ class TrialRunner:
     """
 
     def __init__(
-        self, parent_run_id: str, experiment_id: str, preprocess_run: str, workers: int, total: int
+        self,
+        parent_run_id: str,
+        experiment_id: str,
+        preprocess_run: str,
+        workers: int,
+        total: int,
+        searched: list[str],
     ):
         self.client = MlflowClient()
         self.parent_run_id = parent_run_id
@@ -32,23 +64,49 @@ class TrialRunner:
         self.preprocess_run = preprocess_run
         self.threads = max(1, (os.cpu_count() or 1) // workers)
         self.total = total
+        self.searched = searched
         self.results: list[dict] = []
         self._lock = threading.Lock()
-        self._count = 0
+        # Trial processes now running. On SIGINT or SIGTERM they are told to stop (their
+        # runs end KILLED) and no new one starts, so that none outlives the batch.
+        self._processes: set[subprocess.Popen] = set()
+        stopping.on_stop(self.stop)
 
-    def run(self, params: dict) -> dict:
-        with self._lock:
-            self._count += 1
-            number = self._count
+    def stop(self) -> None:
+        """Send SIGTERM to every running trial process; `run` starts no new one.
+
+        Called in a signal handler, so it takes no lock that the main thread may hold.
+        """
+        for process in list(self._processes):
+            process.terminate()
+
+    def run(
+        self,
+        params: dict,
+        number: int,
+        tags: dict[str, str] | None = None,
+        environment: dict[str, str] | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> dict:
+        """Run trial `number` with `params`; return its result (status FINISHED, PRUNED or FAILED).
+
+        `environment` reaches the train process (how to report to a shared study);
+        `on_start` is told the child run's ID before the process starts.
+        """
         child = self.client.create_run(
             self.experiment_id,
+            run_name=trial_name(number, self.total, params, self.searched),
             tags={
                 "mlflow.parentRunId": self.parent_run_id,
-                "trial": str(number),
-                "mlflow.runName": f"trial-{number}",
+                TRIAL_TAG: str(number),
+                HOST_TAG: HOST,
+                WORKER_TAG: f"{HOST}:{os.getpid()}",
+                **(tags or {}),
             },
         )
         run_id = child.info.run_id
+        if on_start:
+            on_start(run_id)
         command = [
             sys.executable,
             str(PROJECT_DIR / "train.py"),
@@ -57,8 +115,9 @@ class TrialRunner:
         ]
         for name, value in params.items():
             command += [f"--{name}", str(value)]
-        environment = {
+        process_environment = {
             **os.environ,
+            **(environment or {}),
             "MLFLOW_RUN_ID": run_id,
             "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
             "TF_NUM_INTRAOP_THREADS": str(self.threads),
@@ -67,24 +126,43 @@ class TrialRunner:
         }
         started = time.perf_counter()
         with tempfile.TemporaryFile(mode="w+") as log:
-            returncode = subprocess.call(
-                command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT
-            )
+            with self._lock:
+                if stopping.stopping():
+                    self.client.set_terminated(run_id, "KILLED")
+                    raise stopping.Stopped("the batch is stopping")
+                process = subprocess.Popen(
+                    command,
+                    cwd=PROJECT_DIR,
+                    env=process_environment,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                self._processes.add(process)
+                if stopping.stopping():
+                    process.terminate()  # stop() may have looked just before the add
+            try:
+                returncode = process.wait()
+            finally:
+                with self._lock:
+                    self._processes.discard(process)
             log.seek(0)
             output = log.read()
         seconds = time.perf_counter() - started
         run = self.client.get_run(run_id)
-        if returncode != 0 or run.info.status != "FINISHED":
+        accuracy = None
+        if returncode == 0 and run.info.status == "FINISHED":
+            pruned = run.data.tags.get(PRUNED_TAG) == "true"
+            reason, status = "", "PRUNED" if pruned else "FINISHED"
+            accuracy = None if pruned else run.data.metrics.get("accuracy")
+        else:
             if run.info.status == "RUNNING":
                 # The process died before MLflow could end its run (killed, or it
                 # refused its arguments): the run must not stay RUNNING forever.
-                self.client.set_terminated(run_id, "FAILED")
+                self.client.set_terminated(run_id, "KILLED" if stopping.stopping() else "FAILED")
             self.client.log_text(run_id, output, "trial_output.txt")
             reason = _last_error_line(output)
-            status, accuracy = "FAILED", None
-        else:
-            reason, status = "", "FINISHED"
-            accuracy = run.data.metrics.get("accuracy")
+            self.client.set_tag(run_id, ERROR_TAG, reason[:500])
+            status = "FAILED"
         result = {
             "trial": number,
             "run_id": run_id,
@@ -96,11 +174,14 @@ class TrialRunner:
         }
         with self._lock:
             self.results.append(result)
-            done = len(self.results)
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
-        outcome = f"accuracy {accuracy:.4f}" if accuracy is not None else f"FAILED: {reason}"
+        outcome = {
+            "FINISHED": f"accuracy {accuracy or 0:.4f}",
+            "PRUNED": "pruned by the study",
+            "FAILED": f"FAILED: {reason}",
+        }[status]
         print(
-            f"[train_batch] trial {number} ({done}/{self.total} done) {shown}: {outcome} "
+            f"[train_batch] trial {number}/{self.total} on {HOST} {shown}: {outcome} "
             f"in {seconds:.0f} s",
             file=sys.stderr,
             flush=True,
@@ -114,3 +195,91 @@ def _last_error_line(output: str) -> str:
         if "error" in line.lower():
             return line.strip()
     return lines[-1].strip() if lines else "no output"
+
+
+def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -> str:
+    """Log the batch's summary to its parent run, from every child run, whoever ran it.
+
+    Logs `trials.csv` (and as a table), the counts, `best_accuracy`, the tag `best_run_id`
+    and a picture of accuracy against each searched value. Returns a one-line summary;
+    raises UserError if no trial finished.
+    """
+    import pandas as pd
+
+    from mnist_pipeline import plots
+    from mnist_pipeline.errors import UserError
+    from mnist_pipeline.search import HYPERPARAMETERS
+
+    client = MlflowClient()
+    children = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        output_format="list",
+    )
+    rows = []
+    for run in children:
+        status = run.info.status
+        if status == "FINISHED" and run.data.tags.get(PRUNED_TAG) == "true":
+            status = "PRUNED"
+        ended = run.info.end_time or run.info.start_time
+        rows.append(
+            {
+                "trial": int(run.data.tags.get(TRIAL_TAG, 0)),
+                "run_id": run.info.run_id,
+                "status": status,
+                **{
+                    name: kind(float(run.data.params[name]))
+                    for name, kind in HYPERPARAMETERS.items()
+                    if name in run.data.params
+                },
+                "accuracy": run.data.metrics.get("accuracy") if status == "FINISHED" else None,
+                "seconds": round((ended - run.info.start_time) / 1000, 1),
+                "host": run.data.tags.get(HOST_TAG, ""),
+                "error": run.data.tags.get(ERROR_TAG, ""),
+                "started": run.info.start_time,
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["trial", "started"]).drop(columns="started")
+    counts = table["status"].value_counts()
+    finished = table[(table["status"] == "FINISHED") & table["accuracy"].notna()]
+    parent = client.get_run(parent_run_id)
+    seconds = (time.time() * 1000 - parent.info.start_time) / 1000
+    client.log_table(parent_run_id, data=table, artifact_file="trials.json")
+    client.log_text(parent_run_id, table.to_csv(index=False), "trials.csv")
+    client.log_batch(
+        parent_run_id,
+        metrics=[
+            mlflow.entities.Metric(name, float(value), int(time.time() * 1000), 0)
+            for name, value in {
+                "trials_finished": len(finished),
+                "trials_failed": counts.get("FAILED", 0),
+                "trials_pruned": counts.get("PRUNED", 0),
+                "trials_killed": counts.get("KILLED", 0),
+                "batch_seconds": seconds,
+            }.items()
+        ],
+    )
+    if searched and len(finished):
+        client.log_figure(
+            parent_run_id,
+            plots.metric_against_params(finished, "accuracy", searched),
+            "accuracy_by_hyperparameter.png",
+        )
+    print(table.to_string(index=False), file=sys.stderr)
+    if finished.empty:
+        raise UserError(f"none of the {len(table)} trials finished; see the child runs' logs")
+    best = finished.loc[finished["accuracy"].idxmax()]
+    client.log_metric(parent_run_id, "best_accuracy", float(best["accuracy"]))
+    client.set_tag(parent_run_id, "best_run_id", best["run_id"])
+    others = [
+        f"{counts[state]} {word}"
+        for state, word in (("FAILED", "FAILED"), ("PRUNED", "pruned"), ("KILLED", "killed"))
+        if counts.get(state, 0)
+    ]
+    hosts = table["host"].nunique()
+    return (
+        f"{len(finished)} of {len(table)} trials finished in {seconds:.0f} s"
+        + (f" on {hosts} machines" if hosts > 1 else "")
+        + "".join(f", {other}" for other in others)
+        + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}"
+    )
