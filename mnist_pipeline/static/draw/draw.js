@@ -28,10 +28,12 @@ let maxBytes = 8 * 1024 * 1024;
 let drawing = false;
 let last = null;
 let hasInk = false;
+let strokeStart = 0;
 let strokeEnd = 0;         // performance.now() when the last stroke ended
 let lastAsked = 0;
 let debounceTimer = null;
 let inFlight = false;
+let inFlightController = null;
 let pending = null;        // what to send once the request in flight is answered
 let sequence = 0;          // one number per request; older answers never replace newer ones
 let shownSequence = 0;
@@ -70,6 +72,7 @@ pad.addEventListener("pointerdown", (event) => {
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
   drawing = true;
+  strokeStart = performance.now();
   last = padPoint(event);
   line(last, last);
   hasInk = true;
@@ -83,8 +86,9 @@ pad.addEventListener("pointermove", (event) => {
     line(last, next);
     last = next;
   }
-  // The answer changes as one draws, not only when the pen is lifted.
-  if (performance.now() - lastAsked > WHILE_DRAWING_MS && !inFlight) askAboutPad(false);
+  // The answer changes as one draws a long stroke, not only when the pen is lifted.
+  const quiet = performance.now() - Math.max(strokeStart, lastAsked);
+  if (quiet > WHILE_DRAWING_MS && !inFlight) askAboutPad(false);
 });
 
 function endStroke() {
@@ -156,16 +160,20 @@ async function useFile(file) {
   ask(file, 0);
 }
 
-// One request at a time; while one is in flight, only the newest picture waits.
+// One request at a time; while one is in flight, only the newest picture waits. A
+// finished stroke does not wait for the answer about a half-drawn one: that is dropped.
 function ask(picture, stroke) {
   if (inFlight) {
     pending = { picture, stroke };
+    if (stroke && inFlightController) inFlightController.abort();
     return;
   }
   inFlight = true;
+  inFlightController = new AbortController();
   const number = ++sequence;
-  send(picture)
+  send(picture, inFlightController.signal)
     .then((result) => {
+      if (result.aborted) return;
       if (number > shownSequence) {
         shownSequence = number;
         if (result.ok) showAnswer(result.answer, stroke); else showError(result.error);
@@ -173,6 +181,7 @@ function ask(picture, stroke) {
     })
     .finally(() => {
       inFlight = false;
+      inFlightController = null;
       if (pending) {
         const next = pending;
         pending = null;
@@ -181,16 +190,17 @@ function ask(picture, stroke) {
     });
 }
 
-async function send(picture) {
+async function send(picture, dropped) {
   let response;
   try {
     response = await fetch("/predict", {
       method: "POST",
       body: picture,
       headers: { "Content-Type": picture.type || "application/octet-stream" },
-      signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS),
+      signal: AbortSignal.any([dropped, AbortSignal.timeout(CLIENT_TIMEOUT_MS)]),
     });
   } catch (error) {
+    if (dropped.aborted) return { ok: false, aborted: true };
     if (error.name === "TimeoutError") {
       return { ok: false, error: `No answer after ${CLIENT_TIMEOUT_MS / 1000} s from this page's server.` };
     }
@@ -202,6 +212,7 @@ async function send(picture) {
   } catch (error) {
     body = null;
   }
+  if (dropped.aborted) return { ok: false, aborted: true };
   if (response.ok && body && body.class_name !== undefined) return { ok: true, answer: body };
   const reason = body && body.error ? body.error : `HTTP ${response.status} from this page's server.`;
   return { ok: false, error: reason };

@@ -1,0 +1,366 @@
+"""The drawing page (draw.py) in a real browser: Debian's Chromium, driven by Playwright.
+
+The tests serve the session's tiny model with `mlflow models serve`, start `draw.py` in
+front of it, and draw with mouse events as a person would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from conftest import REPO, free_port, render_digit, running
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="needs Chromium from the OS (Debian: apt-get install chromium); .ci/run installs it",
+)
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def serve_model(pipeline, tmp_path: Path):
+    port = free_port()
+    command = ["mlflow", "models", "serve", "-m", str(pipeline["model_dir"])]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    store = pipeline["store"]
+    server = running(
+        command, f"http://127.0.0.1:{port}/ping", store.root, store.env, tmp_path / "model.log"
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def serve_page(model_url: str, tmp_path: Path, env: dict, *extra: str):
+    port = free_port()
+    command = [sys.executable, str(REPO / "draw.py"), "--model-url", model_url]
+    command += ["--port", str(port), *extra]
+    server = running(command, f"http://127.0.0.1:{port}/", REPO, env, tmp_path / "page.log")
+    return server, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def model_url(pipeline, tmp_path_factory):
+    server, url = serve_model(pipeline, tmp_path_factory.mktemp("model"))
+    with server:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page_url(model_url, pipeline, tmp_path_factory):
+    server, url = serve_page(model_url, tmp_path_factory.mktemp("page"), pipeline["store"].env)
+    with server:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Chromium from the OS (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page that records the address of every request it makes."""
+    # Playwright's waits evaluate JavaScript strings, which the page's Content-Security-Policy
+    # forbids (test_no_request_leaves_127_0_0_1 checks that the policy is sent).
+    context = browser.new_context(viewport={"width": 1100, "height": 800}, bypass_csp=True)
+    opened = context.new_page()
+    opened.requested = []
+    opened.on("request", lambda request: opened.requested.append(request.url))
+    yield opened
+    context.close()
+
+
+def draw_stroke(page, points: list[tuple[float, float]]) -> None:
+    """Draw one stroke through `points`, given as fractions of the pad's width and height."""
+    box = page.locator("#pad").bounding_box()
+
+    def at(point):
+        return box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]
+
+    page.mouse.move(*at(points[0]))
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*at(point), steps=6)
+    page.mouse.up()
+
+
+SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
+ONE = [(0.5, 0.15), (0.5, 0.85)]
+
+
+def wait_for_answer(page) -> int:
+    """Wait until an answer is on screen; return its number."""
+    page.wait_for_function(
+        "Number(document.getElementById('answer').dataset.seq) > 0", timeout=30_000
+    )
+    return int(page.locator("#answer").get_attribute("data-seq"))
+
+
+def wait_for_stroke_answer(page, strokes_before: int = 0) -> int:
+    """Wait until the answer about the finished stroke (not a preview of it) is on screen."""
+    page.wait_for_function(f"window.drawPage.timings.length > {strokes_before}", timeout=30_000)
+    return int(page.locator("#answer").get_attribute("data-seq"))
+
+
+def ask_model(model_url: str, png: bytes) -> dict:
+    """The served model's own answer, with details, for a picture: no page in between."""
+    body = {
+        "dataframe_records": [{"image": base64.b64encode(png).decode()}],
+        "params": {"details": True},
+    }
+    request = urllib.request.Request(
+        f"{model_url}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with DIRECT.open(request, timeout=30) as response:
+        return json.load(response)["predictions"][0]
+
+
+def seen_pixels(page) -> np.ndarray:
+    """The grey levels of the page's 28x28 view, as the browser drew them."""
+    values = page.evaluate(
+        """() => Array.from(document.getElementById('seen').getContext('2d')
+                 .getImageData(0, 0, 28, 28).data.filter((_, index) => index % 4 === 0))"""
+    )
+    return np.array(values, dtype=np.uint8).reshape(28, 28)
+
+
+@needs_chromium
+def test_a_stroke_gets_an_answer_three_bars_the_28x28_image_and_the_curl_command(
+    page, page_url, model_url
+):
+    page.goto(page_url)
+    page.wait_for_function("document.getElementById('model-status').textContent.includes('ready')")
+    draw_stroke(page, SEVEN)
+    wait_for_stroke_answer(page)
+
+    assert page.locator("#error").is_hidden()
+    answer = page.locator("#answer").inner_text()
+    assert answer in [str(digit) for digit in range(10)]
+    assert page.locator("#top li").count() == 3
+    assert page.locator("#top li .name").first.inner_text() == answer
+    curl = page.locator("#curl").inner_text()
+    assert curl.startswith("echo ") and f"{model_url}/invocations" in curl
+    assert '"params": {"details": true}' in curl
+
+    # The 28x28 view is exactly the image that the served model made of this drawing.
+    png = base64.b64decode(page.evaluate("document.getElementById('pad').toDataURL()")[22:])
+    direct = ask_model(model_url, png)
+    expected = np.frombuffer(base64.b64decode(direct["pixels"]), dtype=np.uint8).reshape(28, 28)
+    assert expected.max() == 255
+    np.testing.assert_array_equal(seen_pixels(page), expected)
+    assert direct["class_name"] == answer
+
+
+@needs_chromium
+def test_an_uploaded_png_gets_the_models_answer(page, page_url, model_url, tmp_path):
+    import cv2
+
+    # Dark ink on a light background, larger than 28x28, as from a paint program.
+    digit = 255 - render_digit(3, np.random.default_rng(7), canvas=120)
+    picture = tmp_path / "three.png"
+    picture.write_bytes(cv2.imencode(".png", digit)[1].tobytes())
+
+    page.goto(page_url)
+    page.locator("#file").set_input_files(str(picture))
+    wait_for_answer(page)
+
+    expected = ask_model(model_url, picture.read_bytes())
+    assert page.locator("#answer").inner_text() == expected["class_name"]
+    assert page.locator("#top li").count() == 3
+    assert page.locator("#error").is_hidden()
+
+
+@needs_chromium
+def test_the_curl_command_on_the_page_gets_the_same_answer(page_url, model_url):
+    import cv2
+
+    image = np.zeros((64, 64), dtype=np.uint8)
+    image[10:54, 30:36] = 255  # a 1
+    png = cv2.imencode(".png", image)[1].tobytes()
+    request = urllib.request.Request(f"{page_url}/predict", data=png, method="POST")
+    with DIRECT.open(request, timeout=30) as response:
+        from_page = json.load(response)
+    result = subprocess.run(
+        ["bash", "-c", from_page["curl"]], capture_output=True, text=True, timeout=60
+    )
+    from_curl = json.loads(result.stdout)["predictions"][0]
+    assert from_curl["class_name"] == from_page["class_name"]
+    assert from_curl["pixels"] == from_page["pixels"]
+
+
+@needs_chromium
+def test_no_request_leaves_127_0_0_1(page, page_url):
+    page.goto(page_url)
+    draw_stroke(page, ONE)
+    wait_for_stroke_answer(page)
+    page.locator("#clear").click()
+    assert page.locator("#answer").inner_text() == "?"
+
+    assert len(page.requested) >= 4  # the page, its style, its script, /model, /predict
+    hosts = {urlsplit(url).hostname for url in page.requested if not url.startswith("data:")}
+    assert hosts == {"127.0.0.1"}, page.requested
+    # And the browser is told to load nothing from elsewhere.
+    with DIRECT.open(page_url, timeout=10) as response:
+        policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+
+
+@needs_chromium
+def test_a_stopped_model_server_gives_a_readable_line(page, pipeline, tmp_path):
+    model_server, model_url = serve_model(pipeline, tmp_path)
+    with model_server as model_process:
+        page_server, page_url = serve_page(model_url, tmp_path, pipeline["store"].env)
+        with page_server:
+            page.goto(page_url)
+            draw_stroke(page, SEVEN)
+            shown = wait_for_stroke_answer(page)
+            assert page.locator("#error").is_hidden()
+
+            from conftest import stop
+
+            stop(model_process)
+            draw_stroke(page, ONE)
+            page.locator("#error").wait_for(state="visible", timeout=30_000)
+            line = page.locator("#error").inner_text()
+            assert f"The model at {model_url} is not answering" in line
+            assert "mlflow models serve" in line
+            # The last answer stays, greyed, rather than a blank or a spinner.
+            assert int(page.locator("#answer").get_attribute("data-seq")) == shown
+            assert "stale" in page.locator("#answer").get_attribute("class")
+
+            page.reload()
+            status = page.locator("#model-status")
+            page.wait_for_function(
+                "document.getElementById('model-status').classList.contains('down')"
+            )
+            assert "not answering" in status.inner_text()
+
+
+@needs_chromium
+def test_a_picture_the_model_refuses_gives_its_reason(page, page_url, tmp_path):
+    import cv2
+
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(cv2.imencode(".png", np.full((40, 40), 200, dtype=np.uint8))[1].tobytes())
+    page.goto(page_url)
+    page.locator("#file").set_input_files(str(blank))
+    page.locator("#error").wait_for(state="visible", timeout=30_000)
+    line = page.locator("#error").inner_text()
+    assert line.startswith("The model could not read this picture: image 1: ")
+    assert "single flat colour" in line
+    assert "Failed to predict" not in line
+
+
+@needs_chromium
+def test_a_20_mb_body_is_refused_with_413(page, page_url):
+    body = b"\x89PNG" + bytes(20 * 1024 * 1024)
+    request = urllib.request.Request(f"{page_url}/predict", data=body, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        DIRECT.open(request, timeout=30)
+    assert refused.value.code == 413
+    assert "larger than the 8 MB" in json.load(refused.value)["error"]
+
+    # And from the browser, sent as it would send a picture.
+    page.goto(page_url)
+    status = page.evaluate(
+        """async () => (await fetch('/predict', {method: 'POST',
+                 body: new Uint8Array(20 * 1024 * 1024)})).status"""
+    )
+    assert status == 413
+
+
+def test_a_model_that_never_answers_gives_a_timeout_line():
+    from mnist_pipeline.drawing import ModelClient, ModelError
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        client = ModelClient(f"http://127.0.0.1:{port}", timeout=0.5)
+        with pytest.raises(ModelError) as refused:
+            client.ask(b"\x89PNG")
+    assert refused.value.status == 504
+    assert (
+        str(refused.value) == f"The model at http://127.0.0.1:{port} did not answer within 0.5 s."
+    )
+
+
+def test_the_page_server_forwards_only_to_its_model(tmp_path):
+    """Whatever the browser sends, the request goes to the model URL given at start."""
+    from mnist_pipeline.drawing import ModelClient
+
+    received = []
+
+    class Recorder(threading.Thread):
+        def run(self):
+            with socket.socket() as listener:
+                listener.bind(("127.0.0.1", 0))
+                listener.listen()
+                self.port = listener.getsockname()[1]
+                self.ready.set()
+                connection, _ = listener.accept()
+                with connection:
+                    received.append(connection.recv(65536))
+                    body = b'{"predictions": [{"class_name": "1", "probability": 0.5}]}'
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+
+    recorder = Recorder(daemon=True)
+    recorder.ready = threading.Event()
+    recorder.start()
+    recorder.ready.wait(5)
+    client = ModelClient(f"http://127.0.0.1:{recorder.port}/invocations")
+    answer = client.ask(b"http://example.com/ not a URL to follow")
+    recorder.join(5)
+    assert received[0].startswith(b"POST /invocations HTTP/1.1")
+    assert answer["class_name"] == "1"
+    assert "package it again" in answer["note"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model-url", "ftp://127.0.0.1"], "model URL must look like http://127.0.0.1:5000"),
+        (["--port", "0"], "argument --port: expected a port from 1 to 65535, got '0'"),
+        (["--timeout", "-1"], "argument --timeout: expected a number greater than 0"),
+    ],
+)
+def test_draw_py_refuses_bad_arguments_in_one_line(argv, message):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "draw.py"), *argv], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert result.stderr.startswith("draw.py: error: ")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
