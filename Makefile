@@ -32,7 +32,7 @@ READY := $(VENV)/.ready-python$(PYTHON_VERSION)
 
 .PHONY: setup run test test-pythons lint clean
 
-$(READY): requirements.txt requirements-dev.txt
+$(READY): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -e $(VENV) ] && [ "$(VENV_PYTHON_VERSION)" != "$(PYTHON_VERSION)" ]; then \
 	  echo "Rebuilding $(VENV) with $(PYTHON) (Python $(PYTHON_VERSION)): it was made with Python $(or $(VENV_PYTHON_VERSION),that no longer runs)"; \
 	  rm -rf $(VENV); \
@@ -41,6 +41,8 @@ $(READY): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -r requirements-dev.txt
+	# The project itself, for its MLflow plugin: the SQLite store created once, under a lock.
+	$(BIN)/pip install --no-deps -e .
 	touch $@
 
 setup: $(READY)
@@ -60,4 +62,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf mlruns mlflow.db model data example.json my-image-dockerfile
+	rm -rf mlruns mlflow.db mlflow.db.lock model data example.json my-image-dockerfile

@@ -21,6 +21,7 @@ import explore
 import package_model
 import preprocess
 import train
+from mnist_pipeline import stopping
 from mnist_pipeline.catalogue import dataset_spec
 from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, param_text
 from mnist_pipeline.errors import UserError
@@ -55,6 +56,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stopping.install()
     import mlflow
     from mlflow.exceptions import ExecutionException
 
@@ -64,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(parser.prog, error)
     started = time.perf_counter()
     try:
-        with mlflow.start_run() as parent:
-            mlflow.set_tags({"stage": "main", "dataset": args.dataset})
+        with mlflow.start_run() as parent, stopping.killed_when_stopped():
+            mlflow.set_tags(
+                {
+                    "stage": "main",
+                    "dataset": args.dataset,
+                    stopping.PROCESS_TAG: stopping.process_tag(),
+                }
+            )
+            warn_about_stale_runs(parent.info.experiment_id)
             pipeline = Pipeline(parent.info.experiment_id)
             data_run = pipeline.stage(
                 "get_data",
@@ -97,6 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     print(pipeline.report(parent.info.run_id, seconds, args.output_dir))
     return 0
+
+
+def warn_about_stale_runs(experiment_id: str) -> None:
+    """One line when runs of killed processes (SIGKILL) are still RUNNING; they are never reused."""
+    stale, _ = stopping.stale_runs([experiment_id])
+    if stale:
+        print(
+            f"[main] {len(stale)} stale RUNNING runs (their process was killed), never reused; "
+            "end them as KILLED with: python end_stale_runs.py",
+            file=sys.stderr,
+        )
 
 
 class Pipeline:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mnist_pipeline import stopping
 from mnist_pipeline.cli import (
     USER_ERRORS,
     Parser,
@@ -219,15 +220,18 @@ def replace_directory(model_uri: str, output_dir: str | Path) -> None:
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.new-"))
     try:
         downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(staging)))
-        retired = None
-        if output_dir.exists():
-            retired = Path(
-                tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old-")
-            )
-            output_dir.rename(retired / output_dir.name)
-        downloaded.rename(output_dir)
-        if retired is not None:
-            shutil.rmtree(retired)
+        # SIGINT and SIGTERM wait for the swap: stopped between the two renames, it
+        # would leave no model at all.
+        with stopping.deferred():
+            retired = None
+            if output_dir.exists():
+                retired = Path(
+                    tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old-")
+                )
+                output_dir.rename(retired / output_dir.name)
+            downloaded.rename(output_dir)
+            if retired is not None:
+                shutil.rmtree(retired)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -110,14 +110,24 @@ def stage_run(
 ) -> Iterator[object]:
     """Start (or join, under `mlflow run`) the run of `stage`, tagged and with its params.
 
-    The run ends FAILED if the body raises, FINISHED otherwise.
+    The run ends FINISHED, or FAILED if the body raises, or KILLED if SIGINT or SIGTERM
+    stops it (see stopping.py).
     """
+    from mnist_pipeline import stopping
+
+    stopping.install()
     import mlflow
 
     from mnist_pipeline import naming, runs
 
-    with mlflow.start_run() as run:
-        mlflow.set_tags({runs.STAGE_TAG: stage, runs.CODE_VERSION_TAG: runs.code_version(script)})
+    with mlflow.start_run() as run, stopping.killed_when_stopped():
+        mlflow.set_tags(
+            {
+                runs.STAGE_TAG: stage,
+                runs.CODE_VERSION_TAG: runs.code_version(script),
+                stopping.PROCESS_TAG: stopping.process_tag(),
+            }
+        )
         canonical = {name: param_text(value) for name, value in vars(args).items()}
         # `mlflow run` has already logged the MLproject parameters as the user typed
         # them; MLflow refuses to change a logged value, so only the rest are added.

@@ -1,0 +1,178 @@
+"""Stopping: SIGINT and SIGTERM end every run a process started as KILLED, never RUNNING.
+
+Left alone, Python turns Ctrl-C (SIGINT) into KeyboardInterrupt, which `with
+mlflow.start_run()` ends as FAILED, and dies at once on SIGTERM (CI timeouts, `docker stop`,
+systemd), leaving its runs RUNNING for good. `install()` makes both signals raise `Stopped`,
+a KeyboardInterrupt, so that MLflow's own `mlflow run` cancels its child process as it does
+for Ctrl-C, and `killed_when_stopped()` ends the active run KILLED.
+
+A process killed with SIGKILL cannot clean up. Its runs stay RUNNING; each run names the
+process responsible for it (tag `process`, `<host>:<pid>`), so `stale_runs()` can tell
+them from runs whose process still works, and end_stale_runs.py ends them as KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+PROCESS_TAG = "process"
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Whether this process is one of the pipeline's (or `mlflow run`), which install() says.
+installed = False
+# The signal that is stopping this process, once one arrived.
+stopped_by: int | None = None
+# Called in the main thread when the first signal arrives, before Stopped is raised:
+# for what other threads wait on, such as trial processes (see trials.py).
+_on_stop: list[Callable[[], None]] = []
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread by the first SIGINT or SIGTERM."""
+
+
+def install() -> None:
+    """Make SIGINT and SIGTERM raise `Stopped` in the main thread (once; later ones wait).
+
+    A signal that is ignored (a background job started by a non-interactive shell ignores
+    SIGINT) stays ignored, and a handler that someone else installed is kept.
+    """
+    global installed
+    if threading.current_thread() is not threading.main_thread():
+        return
+    installed = True
+    for signum in _SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(signum, _stop)
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _one_line_when_stopped
+
+
+def stopping() -> bool:
+    return stopped_by is not None
+
+
+def on_stop(callback: Callable[[], None]) -> None:
+    """Call `callback` (quick, in a signal handler) when SIGINT or SIGTERM stops this process."""
+    _on_stop.append(callback)
+
+
+def _stop(signum: int, frame) -> None:
+    global stopped_by
+    if stopped_by is not None:
+        # Already stopping: let the clean-up finish (SIGKILL still ends it at once).
+        return
+    stopped_by = signum
+    for callback in _on_stop:
+        callback()
+    raise Stopped(signal.Signals(signum).name)
+
+
+def _one_line_when_stopped(kind, value, traceback) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        reason = f"by {value}" if isinstance(value, Stopped) else "by Ctrl-C"
+        print(f"{os.path.basename(sys.argv[0])}: stopped {reason}", file=sys.stderr)
+        return
+    sys.__excepthook__(kind, value, traceback)
+
+
+@contextlib.contextmanager
+def killed_when_stopped() -> Iterator[None]:
+    """End the active MLflow run as KILLED if the body is interrupted by a signal or Ctrl-C."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")
+        raise
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the body is done, then act on them.
+
+    For the few seconds of work that must not be cut in half, such as creating the
+    tracking store. Only the main thread can do this; elsewhere the body just runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
+def process_tag() -> str:
+    """`<host>:<pid>` of this process, the value of the tag `process`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_is_gone(tag: str) -> bool | None:
+    """True if the process named by a `process` tag no longer runs, None if unknowable.
+
+    Unknowable for another host, or a tag that is not `<host>:<pid>`. A zombie (exited,
+    not yet reaped by its parent) counts as gone.
+    """
+    host, _, pid_text = tag.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stale_runs(experiment_ids: list[str] | None = None) -> tuple[list, list]:
+    """Return (stale, unknown): RUNNING runs whose process is gone, and those without one.
+
+    `unknown` holds RUNNING runs that name no process (started by another tool) or a
+    process on another host; they may well be alive.
+    """
+    import mlflow
+    from mlflow.entities import ViewType
+
+    client = mlflow.MlflowClient()
+    if experiment_ids is None:
+        experiment_ids = [
+            e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+        ]
+    if not experiment_ids:
+        return [], []
+    running = mlflow.search_runs(
+        experiment_ids=experiment_ids,
+        filter_string="attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    stale, unknown = [], []
+    for run in running:
+        gone = process_is_gone(run.data.tags.get(PROCESS_TAG, ""))
+        if gone is None:
+            unknown.append(run)
+        elif gone:
+            stale.append(run)
+    return stale, unknown
