@@ -30,7 +30,7 @@ endif
 # The virtualenv is complete once this file exists; its name says which Python made it.
 READY := $(VENV)/.ready-python$(PYTHON_VERSION)
 
-.PHONY: setup run test test-pythons lint clean
+.PHONY: setup run test test-pythons team-server team-server-stop lint clean
 
 $(READY): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -e $(VENV) ] && [ "$(VENV_PYTHON_VERSION)" != "$(PYTHON_VERSION)" ]; then \
@@ -52,6 +52,13 @@ run: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
+
+# A team's tracking server: PostgreSQL and `mlflow server` with basic-auth (README, "For a team").
+team-server: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" python team_server.py start
+
+team-server-stop: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" python team_server.py stop
 
 # The install and a tiny `make run` on a second supported Python (a few minutes; CI runs it).
 test-pythons: setup

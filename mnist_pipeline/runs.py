@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import urllib.parse
 import urllib.request
@@ -230,3 +231,33 @@ def describe_version(
             f"highest test accuracy ({accuracy:.4f}) of the train runs compared",
         )
         client.set_registered_model_alias(name, "champion", version)
+
+
+def check_tracking_server() -> None:
+    """Raise UserError, in one line, if a tracking server cannot be reached or refuses us.
+
+    Asks once, with few retries, so that a wrong address or password is said at once
+    rather than after MLflow's two minutes of retries, and before anything is created.
+    """
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except MlflowException as error:
+        code = re.search(r"error code (\d+)", error.message)
+        if code and code.group(1) in ("401", "403"):
+            raise UserError(
+                f"{uri} refused the credentials in MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD ({code.group(1)})"
+            ) from None
+        refused = re.search(r"\[Errno -?\d+\] ([^\"')]+)", error.message)
+        reason = refused.group(1) if refused else re.sub(r"\s+", " ", error.message)[-160:]
+        raise UserError(f"cannot reach the tracking server {uri}: {reason}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved

@@ -62,7 +62,9 @@ class TrialRunner:
         self.parent_run_id = parent_run_id
         self.experiment_id = experiment_id
         self.preprocess_run = preprocess_run
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        # The cores this process may use (taskset and containers narrow them), shared out.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.threads = max(1, (cores or 1) // workers)
         self.total = total
         self.searched = searched
         self.results: list[dict] = []

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.request
 
 import pytest
-from conftest import VENV_BIN, Store, free_port, running
+from conftest import free_port, running
 
 
 def children_of(store, parent):
@@ -157,28 +156,3 @@ def test_package_best_without_train_runs_is_one_line(pipeline):
     assert result.returncode != 0
     assert "train_run=best: no finished train run with an accuracy in experiment" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_the_same_batch_against_a_team_server(tmp_path, tiny_data):
-    """As the README shows: `mlflow server`, then the batch with MLFLOW_TRACKING_URI pointing at it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    server = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'team.db'}"]
-    server += ["--artifacts-destination", str(tmp_path / "team-artifacts")]
-    server += ["--host", "127.0.0.1", "--port", str(port)]
-    with running(server, f"http://127.0.0.1:{port}/health", cwd=tmp_path, env=env):
-        team = Store(
-            tmp_path,
-            {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )
-        team.mlflow_run(
-            "get_data", source=tiny_data, allow_unverified="true", outdir=tmp_path / "data"
-        )
-        team.mlflow_run("preprocess")
-        team.mlflow_run("train_batch", nr_conv_1="4,8", epochs="1", workers="2")
-        parent = team.last_run("train_batch")
-        children = children_of(team, parent)
-        assert sorted(run.info.status for run in children) == ["FINISHED", "FINISHED"]
-        assert all("accuracy" in run.data.metrics for run in children)
-        assert parent.data.tags["best_run_id"] in {run.info.run_id for run in children}
