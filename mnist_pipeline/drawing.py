@@ -26,6 +26,9 @@ from pathlib import Path
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "draw"
 # A phone's photo is a few MB; nothing the page sends needs more.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# Bodies larger than MAX_BODY_BYTES are read and dropped up to this size, so that the client
+# gets its 413; beyond it, the connection is cut.
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
 SERVE_HINT = "mlflow models serve -m ./model --env-manager local -p 5000"
 # Only what the page itself serves: no CDN, no inline script, nothing from elsewhere.
@@ -212,14 +215,20 @@ def create_app(model_url: str, timeout: float = DEFAULT_TIMEOUT, max_body: int =
     async def predict(request: Request) -> JSONResponse:
         too_large = f"The picture is larger than the {max_body / 2**20:g} MB this page accepts."
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body:
+        if declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
             return error(413, too_large)
+        # A body that is too large is still read to its end, and thrown away: a client
+        # that is still sending when the answer comes (a browser, urllib) would see a
+        # broken connection instead of the 413.
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > max_body:
+            if size > DRAIN_LIMIT_BYTES:
                 return error(413, too_large)
-            chunks.append(chunk)
+            if size <= max_body:
+                chunks.append(chunk)
+        if size > max_body:
+            return error(413, too_large)
         image = b"".join(chunks)
         if not image:
             return error(400, "Nothing to classify: draw something, or choose a picture.")

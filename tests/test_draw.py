@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -279,8 +280,19 @@ def test_a_picture_the_model_refuses_gives_its_reason(page, page_url, tmp_path):
     assert "Failed to predict" not in line
 
 
+@pytest.fixture(scope="module")
+def page_without_model(tmp_path_factory):
+    """The page in front of a port where no model answers: enough for what it refuses itself."""
+    server, url = serve_page(
+        f"http://127.0.0.1:{free_port()}", tmp_path_factory.mktemp("alone"), dict(os.environ)
+    )
+    with server:
+        yield url
+
+
 @needs_chromium
-def test_a_20_mb_body_is_refused_with_413(page, page_url):
+def test_a_20_mb_body_is_refused_with_413(page, page_without_model):
+    page_url = page_without_model
     body = b"\x89PNG" + bytes(20 * 1024 * 1024)
     request = urllib.request.Request(f"{page_url}/predict", data=body, method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
