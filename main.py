@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from mlflow.exceptions import ExecutionException
 
+    from mnist_pipeline import naming
+
     try:
         dataset_spec(args.dataset)
     except UserError as error:
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             accuracy = mlflow.get_run(train_run).data.metrics.get("accuracy")
             if accuracy is not None:
                 mlflow.log_metric("accuracy", accuracy)
+            naming.describe(parent.info.run_id)
     except (ExecutionException, *USER_ERRORS) as error:
         return fail(parser.prog, error)
     seconds = time.perf_counter() - started

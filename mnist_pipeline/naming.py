@@ -1,0 +1,274 @@
+"""Run names and descriptions that read well in `mlflow ui`.
+
+A run is named by what it is (`get_data mnist`, `train nr_conv_1=16 lr=0.002 epochs=5`,
+`package mnist v4`) instead of MLflow's random `dazzling-hawk-970`; a batch's trials are
+named `trial 3/12 nr_conv_1=24` by trials.py. Its description (the tag
+`mlflow.note.content`, shown at the top of the run's page) says what it did and links the
+runs it used. An experiment without a description gets one that says how to read it.
+
+`describe(run_id)` builds both from what the run has logged (its stage, tags, params and
+metrics), so a stage calls it when its run starts and again when it ends. A name that a
+user chose (`mlflow run --run-name ...`) is kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
+PARENT_TAG = "mlflow.parentRunId"
+HYPERPARAMETERS = ("nr_conv_1", "lr", "epochs", "batch_size", "seed")
+# How MLflow names a run that nobody named: adjective-animal-number.
+_RANDOM_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
+EXPERIMENT_DESCRIPTION = """\
+Runs of the MNIST workshop pipeline: `get_data` → `explore_data` → `preprocess` → `train`
+→ `package`, and `train_batch` for batches of trainings (their trials are nested under them).
+Each run is named by what it is, and its description links the runs it used.
+
+In MLflow 3's UI, switch the toggle at the top left from **GenAI** to **Model training** to
+see these runs. Add the `accuracy` column to compare trainings, and select runs and press
+**Compare**, or open the **Chart** view, to compare trials."""
+
+
+def describe(run_id: str, client: MlflowClient | None = None) -> None:
+    """Name and describe the run `run_id` from what it has logged so far.
+
+    Failures to write the tags are not the stage's failures: a run that did its work
+    keeps its status even if the tracking server refuses a tag.
+    """
+    client = client or MlflowClient()
+    try:
+        run = client.get_run(run_id)
+        name, text = name_and_text(run, client)
+        tags = {NOTE_TAG: text}
+        if name and _may_rename(run):
+            tags[RUN_NAME_TAG] = name
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        describe_experiment(run.info.experiment_id, client)
+    except MlflowException:
+        pass
+
+
+def describe_experiment(experiment_id: str, client: MlflowClient | None = None) -> None:
+    """Give the experiment a description, unless it has one."""
+    client = client or MlflowClient()
+    experiment = client.get_experiment(experiment_id)
+    if not experiment.tags.get(NOTE_TAG):
+        client.set_experiment_tag(experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
+
+
+def name_and_text(run, client: MlflowClient) -> tuple[str, str]:
+    """Return the run's name (empty to keep it) and its description, in Markdown."""
+    stage = run.data.tags.get("stage", "")
+    builder = _BUILDERS.get(stage)
+    if builder is None:
+        return "", ""
+    return builder(run, client)
+
+
+# ------------------------------------------------------------------ one builder per stage
+
+
+def _get_data(run, client) -> tuple[str, str]:
+    tags, metrics = run.data.tags, run.data.metrics
+    dataset = tags.get("dataset") or run.data.params.get("dataset", "")
+    text = f"Fetched the four IDX files of **{dataset}** from `{tags.get('source', '?')}`"
+    if "train_count" in metrics:
+        text += (
+            f": {int(metrics['train_count']):,} training and {int(metrics['test_count']):,} "
+            "test images"
+        )
+    if "verified" in tags:
+        text += (
+            ", checked against the official checksums"
+            if tags["verified"] == "true"
+            else ", **not** verified against the official checksums (`allow_unverified`)"
+        )
+    text += ". The files are in this run's artifacts, under `data/`."
+    return f"get_data {dataset}", text
+
+
+def _explore_data(run, client) -> tuple[str, str]:
+    tags, metrics = run.data.tags, run.data.metrics
+    dataset = tags.get("dataset", "")
+    text = f"Measured the **{dataset}** training images of {_source(tags, client)}"
+    if "mean" in metrics:
+        text += f": pixel mean {metrics['mean']:.2f}, std {metrics['std']:.2f}"
+    text += (
+        ". Drew examples of each class, the class histogram and the pixel histogram "
+        "(`examples_per_class.png`, `class_histogram.png`, `pixel_histogram.png`)."
+    )
+    return f"explore_data {dataset}", text
+
+
+def _preprocess(run, client) -> tuple[str, str]:
+    tags, metrics = run.data.tags, run.data.metrics
+    dataset = tags.get("dataset", "")
+    text = f"Normalised the **{dataset}** images of {_source(tags, client)}"
+    if "mean" in metrics:
+        text += f" with mean {metrics['mean']:.2f} and std {metrics['std']:.2f}"
+        if tags.get("explore_run"):
+            text += f" (measured by {_link(tags['explore_run'], client)})"
+        elif tags.get("mean_std_from") == "parameters":
+            text += " (given as parameters)"
+    text += (
+        ". Wrote `arrays/train.npz`, `arrays/test.npz` and `transform.json`, the transform "
+        "that the served model applies."
+    )
+    return f"preprocess {dataset}", text
+
+
+def _train(run, client) -> tuple[str, str]:
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    shown = [name for name in HYPERPARAMETERS if name in params]
+    name = "train " + " ".join(f"{n}={_value(params[n])}" for n in shown[:3])
+    settings = ", ".join(f"{n}={_value(params[n])}" for n in shown)
+    text = f"Trained the CNN ({settings})"
+    if tags.get("preprocess_run"):
+        text += f" on the arrays of {_link(tags['preprocess_run'], client)}"
+    if "accuracy" in metrics:
+        text += f". Test accuracy **{metrics['accuracy']:.4f}**"
+        if "loss" in metrics:
+            text += f" (loss {metrics['loss']:.4f})"
+        if "train_seconds" in metrics:
+            text += f" after {metrics['train_seconds']:.0f} s of training"
+        text += (
+            ". The Keras model is logged as `model`; `confusion_matrix.png` shows which "
+            "classes it confuses"
+        )
+    text += "."
+    if tags.get("trial") and tags.get(PARENT_TAG):
+        text += f"\n\nTrial {tags['trial']} of the batch {_link(tags[PARENT_TAG], client)}."
+    return name, text
+
+
+def _train_batch(run, client) -> tuple[str, str]:
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    searched = [n for n in HYPERPARAMETERS if re.search(r"[,:]", params.get(n, ""))]
+    strategy = tags.get("strategy") or params.get("strategy", "")
+    shown = " ".join(f"{n}={params[n]}" for n in searched)
+    name = f"train_batch {strategy} {shown}".strip()
+    text = f"A batch of trainings ({strategy}"
+    if searched:
+        text += ", searching " + ", ".join(f"`{n}` in `{params[n]}`" for n in searched)
+    text += ")"
+    if tags.get("preprocess_run"):
+        text += f" on the arrays of {_link(tags['preprocess_run'], client)}"
+    text += f", {params.get('workers', '1')} at a time. Each trial is a nested train run."
+    if "trials_finished" in metrics:
+        finished, failed = int(metrics["trials_finished"]), int(metrics.get("trials_failed", 0))
+        text += f" {finished} finished" + (f", {failed} failed" if failed else "") + "."
+    if tags.get("best_run_id") and "best_accuracy" in metrics:
+        text += (
+            f" The best is {_link(tags['best_run_id'], client)} with test accuracy "
+            f"**{metrics['best_accuracy']:.4f}**."
+        )
+    text += (
+        "\n\nTo compare the trials, select them in the runs table and press **Compare**, or "
+        "open the **Chart** view; `accuracy_by_hyperparameter.png` is in the artifacts."
+    )
+    return name, text
+
+
+def _package(run, client) -> tuple[str, str]:
+    tags, metrics = run.data.tags, run.data.metrics
+    dataset = tags.get("dataset", "")
+    version = _registered_version(run.info.run_id, client)
+    name = f"package {dataset}" + (f" v{version.version}" if version else "")
+    text = "Bundled the CNN"
+    if tags.get("train_run"):
+        text += f" of {_link(tags['train_run'], client)}"
+    if "accuracy" in metrics:
+        text += f" (test accuracy **{metrics['accuracy']:.4f}**)"
+    if tags.get("preprocess_run"):
+        text += f" with the transform of {_link(tags['preprocess_run'], client)}"
+    text += " into one pyfunc model, logged as `model`"
+    if version:
+        aliases = "".join(f" `@{alias}`" for alias in version.aliases)
+        text += (
+            f" and registered as **{dataset}** version {version.version}{aliases}. Serve it with "
+            f"`mlflow models serve -m models:/{dataset}/{version.version} --env-manager local`"
+        )
+    text += "."
+    return name, text
+
+
+def _main(run, client) -> tuple[str, str]:
+    tags, metrics = run.data.tags, run.data.metrics
+    dataset = tags.get("dataset", "")
+    stages = ("get_data", "explore_data", "preprocess", "train", "package")
+    text = f"The whole pipeline on **{dataset}**, one nested run per stage:"
+    for stage in stages:
+        if tags.get(f"{stage}_run"):
+            text += f"\n- {_link(tags[f'{stage}_run'], client)}"
+    reused = tags.get("reused_stages", "")
+    if reused and reused != "none":
+        text += f"\n\nReused finished runs for: {reused.replace(',', ', ')}."
+    if "accuracy" in metrics:
+        text += f"\n\nTest accuracy **{metrics['accuracy']:.4f}**."
+    return f"main {dataset}", text
+
+
+_BUILDERS = {
+    "get_data": _get_data,
+    "explore_data": _explore_data,
+    "preprocess": _preprocess,
+    "train": _train,
+    "train_batch": _train_batch,
+    "package": _package,
+    "main": _main,
+}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _may_rename(run) -> bool:
+    """A run without a name, or with MLflow's random one, or one that we named, is renamed."""
+    current = run.info.run_name or run.data.tags.get(RUN_NAME_TAG, "")
+    stage = run.data.tags.get("stage", "")
+    if run.data.tags.get("trial"):
+        return False  # named `trial 3/12 ...` by the batch that started it
+    return not current or bool(_RANDOM_NAME.match(current)) or current.startswith(f"{stage} ")
+
+
+def _source(tags: dict, client) -> str:
+    if tags.get("data_run"):
+        return _link(tags["data_run"], client)
+    if tags.get("in_data"):
+        return f"the folder `{tags['in_data']}`"
+    return "its data"
+
+
+def _link(run_id: str, client) -> str:
+    """Return a Markdown link to a run's page in mlflow ui, shown by the run's name."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return f"run `{run_id}`"
+    label = run.info.run_name or run_id
+    return f"[{label}](#/experiments/{run.info.experiment_id}/runs/{run_id})"
+
+
+def _registered_version(run_id: str, client):
+    try:
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def _value(text) -> str:
+    """Show a number as briefly as it reads: 0.0031415 becomes 0.00314, 16.0 becomes 16."""
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        return str(text)
+    if number.is_integer() and "e" not in str(text).lower():
+        return str(int(number))
+    return f"{number:.3g}"
