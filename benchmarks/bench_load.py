@@ -166,16 +166,19 @@ def measure(
     bodies: list[tuple[str, bytes]],
     clients: int,
     workers: int,
-    big_body_megabytes: int = 0,
+    big_body_megabytes: int | None = None,
 ) -> dict:
-    """Serve `model` with `workers` uvicorn workers, drive it with `clients`; stop it."""
+    """Serve `model` with `workers` uvicorn workers, drive it with `clients`; stop it.
+
+    With `big_body_megabytes` (0 or more), also probe the server's limits (probe_limits).
+    """
     print(f"{workers} worker(s), {clients} client(s), {len(bodies):,} requests", file=sys.stderr)
     served = {**environment, "MLFLOW_MODELS_WORKERS": str(workers)}
     with ScoringServer(model, served, cwd) as server:
         # Let every worker load the model before the clock starts.
-        drive(server.port, bodies[: 4 * workers * clients], clients)
+        drive(server.port, bodies[: 2 * workers * clients], clients)
         figures = {"workers": workers, **drive(server.port, bodies, clients)}
-        if big_body_megabytes or workers == 1:
+        if big_body_megabytes is not None:
             figures["limits"] = probe_limits(server.port, bodies[0][1], big_body_megabytes)
     return figures
 
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline = measure(model, environment, root, bodies[: args.baseline_requests], 1, 1)
             settings.append({"baseline": True, **baseline})
         for count in workers:
-            big = args.big_body_mb if count == workers[0] else 0
+            big = args.big_body_mb if count == workers[0] else None
             settings.append(measure(model, environment, root, bodies, args.clients, count, big))
     return report_and_save(args, settings)
 
