@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark in turn, on a quiet machine; `--quick` is passed on to each.
-#   benchmarks/run_all.sh            # full runs, about 25 minutes on 2 CPU cores
-#   benchmarks/run_all.sh --quick    # smoke runs, about 13 minutes
+#   benchmarks/run_all.sh            # full runs, about 30 minutes on 2 CPU cores
+#   benchmarks/run_all.sh --quick    # smoke runs, about 17 minutes
 # Each prints its table and writes benchmarks/results/<name>.json. A benchmark that
 # fails to run is reported and the others still run; the exit code says whether any failed.
 set -u
@@ -15,7 +15,7 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then
     . .venv/bin/activate
 fi
 failed=()
-for name in bench_preprocess bench_rerun bench_training bench_serving bench_batch; do
+for name in bench_preprocess bench_rerun bench_training bench_serving bench_load bench_batch; do
     echo "=== $name $* ($(date +%H:%M:%S))"
     SECONDS=0
     python "benchmarks/$name.py" "$@" || failed+=("$name")
