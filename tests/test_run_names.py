@@ -1,0 +1,50 @@
+"""Runs read well in `mlflow ui`: named by what they are, described, linked to their inputs."""
+
+from __future__ import annotations
+
+import re
+
+NOTE = "mlflow.note.content"
+
+
+def link(run) -> str:
+    """The Markdown link to `run` that a description holds: its name, and its page."""
+    return f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+
+
+def test_the_pipelines_runs_have_names_and_descriptions_that_link_their_inputs(pipeline):
+    store = pipeline["store"]
+    client = store.client()
+    get_data = client.get_run(pipeline["data_run"])
+    preprocess = client.get_run(pipeline["preprocess_run"])
+    train = client.get_run(pipeline["train_run"])
+    explore = store.last_run("explore_data")
+    package = next(
+        run for run in store.runs("package") if run.data.tags.get("train_run") == train.info.run_id
+    )
+
+    assert get_data.info.run_name == "get_data mnist"
+    assert explore.info.run_name == "explore_data mnist"
+    assert preprocess.info.run_name == "preprocess mnist"
+    assert train.info.run_name == "train nr_conv_1=8 lr=0.004 epochs=8"
+    assert re.fullmatch(r"package mnist v\d+", package.info.run_name)
+
+    described = {
+        run.info.run_name: run.data.tags.get(NOTE, "")
+        for run in (get_data, explore, preprocess, train, package)
+    }
+    assert described["get_data mnist"].startswith("Fetched the four IDX files of **mnist**")
+    assert "600 training and 200 test images" in described["get_data mnist"]
+    assert link(get_data) in described["explore_data mnist"]
+    assert link(get_data) in described["preprocess mnist"]
+    assert link(explore) in described["preprocess mnist"]
+    train_text = described[train.info.run_name]
+    assert link(preprocess) in train_text
+    assert f"Test accuracy **{train.data.metrics['accuracy']:.4f}**" in train_text
+    package_text = described[package.info.run_name]
+    assert link(train) in package_text and link(preprocess) in package_text
+    version = package.info.run_name.rsplit("v", 1)[1]
+    assert f"registered as **mnist** version {version}" in package_text
+
+    experiment = client.get_experiment(train.info.experiment_id)
+    assert "**Model training**" in experiment.tags[NOTE]
