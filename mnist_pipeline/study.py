@@ -19,15 +19,30 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from mnist_pipeline import search
+import mlflow
+import optuna
+import requests
+import tenacity
+from mlflow.exceptions import MlflowException
+from optuna.storages import RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
+
+from mnist_pipeline import search, stopping
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.runs import experiment_ids
 
 # Where a team's study lives: an SQLAlchemy database URL, as Optuna's own CLI reads it.
 STORAGE_ENV = "OPTUNA_STORAGE"
+# The batch prints a line per trial itself; Optuna's INFO lines would repeat them.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 # How a trial's train process finds its trial, to report each epoch and learn if it is pruned.
 TRIAL_STORAGE_ENV, TRIAL_STUDY_ENV, TRIAL_ID_ENV = (
     "MNIST_TRIAL_STORAGE",
@@ -136,7 +151,6 @@ class StudySearch:
         Without `storage_url` the study lives in a journal file in a temporary folder that
         this machine's trial processes share; with one, in that database for every worker.
         """
-        import optuna
 
         if not storage_url:
             folder = tempfile.mkdtemp(prefix="train_batch-study-")
@@ -156,9 +170,6 @@ class StudySearch:
     @classmethod
     def join(cls, parent_run_id: str, storage_url: str, retry_seconds: float = 120) -> StudySearch:
         """Join the search whose parent run is `parent_run_id`; UserError if it is not one."""
-        import mlflow
-        import optuna
-        from mlflow.exceptions import MlflowException
 
         try:
             parent = mlflow.MlflowClient().get_run(parent_run_id)
@@ -220,7 +231,6 @@ class StudySearch:
                 time.sleep(POLL_SECONDS)
 
     def progress(self) -> Progress:
-        from optuna.trial import TrialState
 
         attempts: dict[int, list] = {}
         for trial in self.study.get_trials(deepcopy=False):
@@ -246,7 +256,6 @@ class StudySearch:
         )
 
     def _objective(self, runner) -> Callable:
-        import optuna
 
         choices = self.settings.choices
 
@@ -281,6 +290,11 @@ class StudySearch:
                 },
                 on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             )
+            if stopping.stopping():
+                # This worker is being stopped: hand its trial back for another to run.
+                current = next(t for t in self.study.get_trials() if t.number == trial.number)
+                RetryFailedTrialCallback(max_retry=MAX_RETRIES)(self.study, current)
+                raise stopping.Stopped("the batch is stopping")
             if result["status"] == "PRUNED":
                 raise optuna.TrialPruned()
             if result["status"] != "FINISHED" or result["accuracy"] is None:
@@ -290,9 +304,6 @@ class StudySearch:
         return objective
 
     def _fail_stale_trials(self) -> None:
-        import warnings
-
-        import optuna
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -300,7 +311,6 @@ class StudySearch:
 
     def _with_retries(self, action: Callable):
         """Call `action`, riding out a storage that is away for up to `retry_seconds`."""
-        import tenacity
 
         def tell(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception()
@@ -340,14 +350,9 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
     `grace_seconds` is failed, its MLflow run ended KILLED and the trial queued again.
     Raises UserError for a URL that is not a database or a database that cannot be opened.
     """
-    import optuna
 
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     expected = "expected a database URL such as postgresql://optuna:<password>@<host>:5433/optuna"
     try:
@@ -364,17 +369,33 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
             "heartbeat_stale_trial_callback": _end_dead_trial,
         }
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeat)
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna since 2.9; they are what we need.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return PatientStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeat)
     except (SQLAlchemyError, ImportError) as error:
         raise UserError(
             f"cannot open the study storage {redacted(url)}: {_first_line(error)}"
         ) from None
 
 
+class PatientStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, with heartbeats that outlive a database away for a moment.
+
+    Optuna records heartbeats from a thread that ends at its first failed write, after
+    which a live trial would be taken for dead. Here a missed beat is skipped instead, and
+    the next one, once the database is back, keeps the trial alive.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except optuna.exceptions.StorageInternalError:
+            pass
+
+
 def _end_dead_trial(study, trial) -> None:
     """Optuna failed `trial`, whose worker stopped sending heartbeats: end its run, run it again."""
-    import mlflow
-    from optuna.storages import RetryFailedTrialCallback
 
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
@@ -399,9 +420,6 @@ def _end_dead_trial(study, trial) -> None:
 
 def _end_dead_worker(client, trial_run) -> None:
     """End as KILLED the run of the worker that ran `trial_run`, if it joined and died."""
-    import mlflow
-
-    from mnist_pipeline.runs import experiment_ids
 
     worker = trial_run.data.tags.get("worker", "")
     parent = trial_run.data.tags.get("mlflow.parentRunId", "")
@@ -424,10 +442,7 @@ def pruning_callbacks() -> list:
     if not os.environ.get(TRIAL_STUDY_ENV):
         return []
     import keras
-    import mlflow
-    import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(
         study_name=os.environ[TRIAL_STUDY_ENV],
         storage=open_storage(os.environ[TRIAL_STORAGE_ENV]),
@@ -466,16 +481,12 @@ def redacted(url: str) -> str:
     if url.startswith("journal:"):
         return url
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparsable URL>"
 
 
 def _is_transient(error: BaseException) -> bool:
-    import requests
-    from sqlalchemy.exc import InterfaceError, OperationalError
 
     return isinstance(error, OperationalError | InterfaceError | requests.ConnectionError)
 

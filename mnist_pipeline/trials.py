@@ -12,10 +12,13 @@ import time
 from collections.abc import Callable
 
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mnist_pipeline import stopping
+from mnist_pipeline import plots, stopping
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.runs import PROJECT_DIR
+from mnist_pipeline.search import HYPERPARAMETERS
 
 HOST = socket.gethostname()
 # A trial's run carries these tags: its number in the batch, the machine and process
@@ -206,11 +209,6 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
     and a picture of accuracy against each searched value. Returns a one-line summary;
     raises UserError if no trial finished.
     """
-    import pandas as pd
-
-    from mnist_pipeline import plots
-    from mnist_pipeline.errors import UserError
-    from mnist_pipeline.search import HYPERPARAMETERS
 
     client = MlflowClient()
     children = mlflow.search_runs(

@@ -30,6 +30,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
 def clean_environment() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPTUNA_"))}
     env.update(
@@ -92,9 +95,19 @@ def team(tmp_path_factory):
     base.chmod(0o755)
     server = TeamServer(base / "server")
     server.command("start")
+    # This process reads the server too (the tests' own look-ups), as the admin.
+    saved = {name: os.environ.get(name) for name in CREDENTIALS}
+    os.environ.update(
+        dict(zip(CREDENTIALS, ("admin", server.secret("admin_password")), strict=True))
+    )
     try:
         yield server
     finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         server.command("stop", check=False)
         shutil.rmtree(base, ignore_errors=True)
 
