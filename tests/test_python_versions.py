@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,8 +45,10 @@ def project_with_pythons(tmp_path: Path, **pythons: str | None) -> tuple[Path, d
     """
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(REPO / "Makefile", project)
-    for name in ("requirements.txt", "requirements-dev.txt"):
+    makefile = (REPO / "Makefile").read_text()
+    (project / "Makefile").write_text(makefile)
+    # The files the virtualenv is made from (the READY rule's); the stand-in pip reads none.
+    for name in re.search(r"^\$\(READY\):(.*)$", makefile, re.MULTILINE).group(1).split():
         (project / name).touch()
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
