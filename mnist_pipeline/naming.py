@@ -152,7 +152,9 @@ def _train_batch(run, client) -> tuple[str, str]:
     searched = [n for n in HYPERPARAMETERS if re.search(r"[,:]", params.get(n, ""))]
     strategy = tags.get("strategy") or params.get("strategy", "")
     shown = " ".join(f"{n}={params[n]}" for n in searched)
-    name = f"train_batch {strategy} {shown}".strip()
+    # Named from its parameters only, so that the name its trials link to never changes.
+    chosen = params.get("strategy", "auto")
+    name = f"train_batch {'' if chosen == 'auto' else chosen + ' '}{shown}".strip()
     text = f"A batch of trainings ({strategy}"
     if searched:
         text += ", searching " + ", ".join(f"`{n}` in `{params[n]}`" for n in searched)
