@@ -54,7 +54,18 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None):
 
     if _is_mlflow_run_command():
         stopping.install()
-    store = _build(store_uri, lambda: _get_sqlalchemy_store(store_uri, artifact_uri))
+    database = database_path(store_uri)
+
+    def build():
+        if database is not None and not _has_default_experiment(database):
+            # Whoever creates the store decides where the Default experiment keeps its
+            # artifacts. `mlflow ui` would choose `mlflow-artifacts:/0`, which only that
+            # server's clients can use, so the store is created as any command creates it:
+            # with the artifacts in ./mlruns beside the database.
+            _get_sqlalchemy_store(store_uri, str(database.parent / "mlruns"))
+        return _get_sqlalchemy_store(store_uri, artifact_uri)
+
+    store = _build(store_uri, build)
     _watch_runs(store)
     return store
 
@@ -116,6 +127,21 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _has_default_experiment(database: Path) -> bool:
+    if not database.exists():
+        return False
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return (
+            connection.execute("SELECT 1 FROM experiments WHERE experiment_id = 0").fetchone()
+            is not None
+        )
+    except sqlite3.Error:
+        return False
+    finally:
+        connection.close()
 
 
 def _explain_damage(database: Path, error: Exception) -> None:

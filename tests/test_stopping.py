@@ -1,0 +1,238 @@
+"""Stopping: SIGINT and SIGTERM to `mlflow run` end every run it started as KILLED.
+
+Each command runs in a session of its own and gets its signal through os.killpg, as a
+terminal's Ctrl-C or a CI timeout would send it. The signal is sent as soon as the stage
+of interest has a RUNNING run, not after a fixed sleep. Afterwards no run is RUNNING, no
+process of the command is left, ./model is whole or absent, and a rerun finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, TINY_TRAINING, make_store
+
+# Short: the tests only need a training that is still going when the signal arrives.
+QUICK_TRAINING = {**TINY_TRAINING, "epochs": "2"}
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def start(store, entry_point: str, experiment: str | None = None, **params) -> subprocess.Popen:
+    """Start `mlflow run` in a session of its own, as a user's terminal would run it."""
+    command = ["mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
+    for name, value in params.items():
+        command += ["-P", f"{name}={value}"]
+    if experiment:
+        command += ["--experiment-name", experiment]
+    log = open(store.root / f"{entry_point}-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
+    process = subprocess.Popen(
+        command,
+        cwd=store.root,
+        env=store.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        # pytest may itself run with SIGINT ignored (a background job of a script), and
+        # the command would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    process.log = log
+    return process
+
+
+def output(process: subprocess.Popen) -> str:
+    process.log.seek(0)
+    return process.log.read()
+
+
+def wait_for_running(
+    store, process, query: str, count: int = 1, experiment: str | None = None, timeout: float = 180
+) -> list:
+    """Wait until `count` runs matching `query` are RUNNING; fail if the command ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = store.runs(
+            experiment=experiment, query=f"attributes.status = 'RUNNING' and {query}"
+        )
+        if len(running) >= count:
+            return running
+        if process.poll() is not None:
+            raise AssertionError(f"ended with {process.returncode} first:\n{output(process)}")
+        time.sleep(0.25)
+    raise AssertionError(f"no RUNNING run for {query} after {timeout} s:\n{output(process)}")
+
+
+def stop_with(process: subprocess.Popen, signum: int, within: float = 30) -> float:
+    """Send `signum` to the command's process group; return how long it took to end.
+
+    Fails if the command, or any process it started, is still there after `within` s.
+    """
+    started = time.monotonic()
+    os.killpg(process.pid, signum)
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(
+            f"still running {within} s after {signum!r}:\n{output(process)}"
+        ) from None
+    while time.monotonic() - started < within:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"a process of the command outlived it:\n{output(process)}")
+
+
+def statuses(store, query: str = "") -> dict[str, str]:
+    return {
+        run.data.tags.get("mlflow.runName", run.info.run_id): run.info.status
+        for run in store.runs(query=query)
+    }
+
+
+def assert_nothing_running(store) -> None:
+    running = store.runs(query="attributes.status = 'RUNNING'")
+    assert not running, f"runs left RUNNING: {[run.info.run_id for run in running]}"
+
+
+def assert_whole_or_absent(model_dir: Path) -> None:
+    if model_dir.exists():
+        assert (model_dir / "MLmodel").exists(), sorted(p.name for p in model_dir.iterdir())
+    leftovers = [p.name for p in model_dir.parent.glob(f".{model_dir.name}.*")]
+    assert not leftovers, f"half-done model folders left: {leftovers}"
+
+
+def test_get_data_stopped_at_once_then_killed_with_sigkill(tmp_path, tiny_data):
+    store = make_store(tmp_path / "store")
+    outdir = store.root / "data" / "mnist"
+    params = {"source": tiny_data, "allow_unverified": "true", "outdir": outdir}
+
+    # SIGTERM as soon as `mlflow run` created the run, before the script is under way.
+    process = start(store, "get_data", **params)
+    (created,) = wait_for_running(store, process, "tags.`mlflow.project.entryPoint` = 'get_data'")
+    seconds = stop_with(process, signal.SIGTERM)
+    assert store.client().get_run(created.info.run_id).info.status == "KILLED", output(process)
+    assert seconds < 15
+    if outdir.exists():
+        names = sorted(path.name for path in outdir.iterdir())
+        assert set(names) <= set(IDX_FILES), names
+        for name in names:
+            assert (outdir / name).stat().st_size == (tiny_data / name).stat().st_size
+
+    # SIGKILL leaves the run RUNNING; end_stale_runs.py tells it from live ones and ends it.
+    process = start(store, "get_data", **params)
+    (killed,) = wait_for_running(store, process, "tags.stage = 'get_data'")
+    stop_with(process, signal.SIGKILL)
+    assert store.client().get_run(killed.info.run_id).info.status == "RUNNING"
+    listed = store.script("end_stale_runs.py", "--dry_run")
+    assert killed.info.run_id in listed.stdout
+    assert store.client().get_run(killed.info.run_id).info.status == "RUNNING"
+    ended = store.script("end_stale_runs.py")
+    assert f"KILLED  {killed.info.run_id}" in ended.stdout
+    assert_nothing_running(store)
+
+    store.mlflow_run("get_data", **params)
+    assert store.last_run("get_data").info.status == "FINISHED"
+    assert sorted(path.name for path in outdir.iterdir()) == sorted(IDX_FILES)
+
+
+def test_main_stopped_in_train_and_in_package_then_rerun_reuses(tmp_path, tiny_data):
+    store = make_store(tmp_path / "store")
+    model_dir = store.root / "model"
+    params = {
+        "source": tiny_data,
+        "allow_unverified": "true",
+        "data_dir": store.root / "data",
+        "output_dir": model_dir,
+        **QUICK_TRAINING,
+    }
+
+    # Ctrl-C while train runs: main and train end KILLED, the stages before stay FINISHED.
+    process = start(store, "main", **params)
+    wait_for_running(store, process, "tags.stage = 'train'")
+    stop_with(process, signal.SIGINT)
+    assert store.last_run("train").info.status == "KILLED", output(process)
+    assert store.last_run("main").info.status == "KILLED", output(process)
+    for stage in ("get_data", "explore_data", "preprocess"):
+        assert store.last_run(stage).info.status == "FINISHED"
+    assert_nothing_running(store)
+    assert_whole_or_absent(model_dir)
+
+    # SIGTERM while package runs: package and main end KILLED, ./model is whole or absent.
+    process = start(store, "main", **params)
+    wait_for_running(store, process, "tags.stage = 'package'")
+    stop_with(process, signal.SIGTERM)
+    assert store.last_run("package").info.status == "KILLED", output(process)
+    assert store.last_run("main").info.status == "KILLED", output(process)
+    assert store.last_run("train").info.status == "FINISHED"
+    assert_nothing_running(store)
+    assert_whole_or_absent(model_dir)
+
+    # A run whose process died without a word (SIGKILL): main says so in one line.
+    client = store.client()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    stale = client.create_run(
+        store.last_run("main").info.experiment_id,
+        tags={"stage": "train", "process": f"{os.uname().nodename}:{gone}"},
+    )
+    rerun = store.mlflow_run("main", **params)
+    warnings = [line for line in rerun.stderr.splitlines() if "stale RUNNING" in line]
+    assert len(warnings) == 1, rerun.stderr[-3000:]
+    assert "python end_stale_runs.py" in warnings[0]
+    main_run = store.last_run("main")
+    assert main_run.info.status == "FINISHED"
+    assert main_run.data.tags["reused_stages"] == "get_data,explore_data,preprocess,train"
+    assert (model_dir / "MLmodel").exists()
+    assert_whole_or_absent(model_dir)
+    store.script("end_stale_runs.py")
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert_nothing_running(store)
+
+
+def test_train_batch_with_two_workers_stopped(pipeline):
+    store = pipeline["store"]
+    experiment = "stopping-train-batch"
+    process = start(
+        store,
+        "train_batch",
+        experiment=experiment,
+        preprocess_run=pipeline["preprocess_run"],
+        nr_conv_1="4,8,12",
+        epochs="30",
+        batch_size="32",
+        workers="2",
+    )
+    (batch,) = wait_for_running(store, process, "tags.stage = 'train_batch'", experiment=experiment)
+    trials = wait_for_running(
+        store,
+        process,
+        f"tags.mlflow.parentRunId = '{batch.info.run_id}' and tags.stage = 'train'",
+        count=2,
+        experiment=experiment,
+    )
+    seconds = stop_with(process, signal.SIGTERM)
+    assert seconds < 20
+    found = {run.info.run_id: run.info.status for run in store.runs(experiment=experiment)}
+    assert found[batch.info.run_id] == "KILLED", output(process)
+    for trial in trials:
+        assert found[trial.info.run_id] == "KILLED", output(process)
+    # The third trial never started: there is no run for it, or it ended KILLED.
+    assert set(found.values()) == {"KILLED"}, found
