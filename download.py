@@ -7,8 +7,6 @@ SHA-256 seen. Also leaves the files in `--outdir` (default ./data/<dataset>/).
 $ mlflow run . -e get_data --env-manager local -P dataset=mnist -P source=../shared/data/mnist
 """
 
-from __future__ import annotations
-
 import sys
 import time
 import warnings
@@ -17,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mnist_pipeline.catalogue import dataset_spec
-from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, defaults_of, fail, stage_run
+from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, stage_run
 from mnist_pipeline.fetch import FetchedFile, fetch_dataset
 from mnist_pipeline.idx import load_folder
 
@@ -38,7 +36,7 @@ def build_parser() -> Parser:
         help="accept files whose checksums differ from the official ones",
     )
     parser.add_argument("--outdir", help="where the files also land (default ./data/<dataset>/)")
-    parser.set_defaults(**defaults_of(fetch_and_log))
+    parser.take_defaults_from(fetch_and_log)
     return parser
 
 

@@ -8,8 +8,6 @@ class, images per class, and the pixel histogram.
 $ mlflow run . -e explore_data --env-manager local -P data_run=<get_data run id>
 """
 
-from __future__ import annotations
-
 import sys
 
 import numpy as np
@@ -17,23 +15,15 @@ import pandas as pd
 
 from mnist_pipeline import plots
 from mnist_pipeline.catalogue import dataset_spec
-from mnist_pipeline.cli import (
-    USER_ERRORS,
-    Parser,
-    add_data_arguments,
-    arguments_for,
-    defaults_of,
-    fail,
-    stage_run,
-)
+from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, fail, stage_run
 from mnist_pipeline.idx import load_folder
 from mnist_pipeline.transform import pixel_statistics
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="explore.py", description=__doc__.splitlines()[0])
-    add_data_arguments(parser)
-    parser.set_defaults(**defaults_of(explore))
+    parser.add_data_arguments()
+    parser.take_defaults_from(explore)
     return parser
 
 

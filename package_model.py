@@ -10,8 +10,6 @@ the same model to `--output_dir`, replacing what was there in one move.
 $ mlflow run . -e package --env-manager local -P train_run=<train run id>
 """
 
-from __future__ import annotations
-
 import importlib.metadata
 import shutil
 import sys
@@ -23,15 +21,7 @@ import pandas as pd
 import yaml
 
 from mnist_pipeline import stopping
-from mnist_pipeline.cli import (
-    USER_ERRORS,
-    Parser,
-    arguments_for,
-    boolean,
-    defaults_of,
-    fail,
-    stage_run,
-)
+from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, boolean, fail, stage_run
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 
@@ -68,7 +58,7 @@ def build_parser() -> Parser:
         type=boolean,
         help="move the alias 'champion' to the new version (implied by train_run=best)",
     )
-    parser.set_defaults(**defaults_of(package))
+    parser.take_defaults_from(package)
     return parser
 
 
@@ -83,27 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"package run {run.info.run_id}: {summary}")
     print(f"Serve it with: mlflow models serve -m {args.output_dir} --env-manager local -p 5000")
     return 0
-
-
-def resolve_train_run(
-    train_run: str = "",
-    model_dir: str = "",
-    dataset: str = "mnist",
-    experiment: str = "",
-    parent_run: str = "",
-):
-    """Return the train run named by ID, by `best`, or by its logged model's path, else the newest."""
-    from mnist_pipeline import runs
-
-    if train_run and model_dir:
-        raise UserError("give either train_run or model_dir, not both")
-    if train_run == "best":
-        return runs.best_train_run(experiment, parent_run)
-    if model_dir:
-        return runs.get_run(runs.run_id_from_path(model_dir), "train")
-    if train_run:
-        return runs.get_run(train_run, "train")
-    return runs.latest_run("train", dataset)
 
 
 def package(
@@ -130,7 +99,16 @@ def package(
 
     from mnist_pipeline import runs
 
-    chosen = resolve_train_run(train_run, model_dir, dataset, experiment, parent_run)
+    if train_run and model_dir:
+        raise UserError("give either train_run or model_dir, not both")
+    if train_run == "best":
+        chosen = runs.best_train_run(experiment, parent_run)
+    elif model_dir:
+        chosen = runs.get_run(runs.run_id_from_path(model_dir), "train")
+    elif train_run:
+        chosen = runs.get_run(train_run, "train")
+    else:
+        chosen = runs.latest_run("train", dataset)
     train_run_id = chosen.info.run_id
     accuracy = chosen.data.metrics.get("accuracy")
     preprocess_run = chosen.data.tags.get("preprocess_run")

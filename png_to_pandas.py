@@ -11,10 +11,16 @@ $ curl -d @example.json -H 'Content-Type: application/json' localhost:5000/invoc
 
 from __future__ import annotations
 
+import base64
+import json
 import sys
 from pathlib import Path
 
-from mnist_pipeline.cli import Parser, fail
+import numpy as np
+
+from mnist_pipeline.cli import USER_ERRORS, Parser, fail
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.pictures import image_to_pixels
 
 
 def build_parser() -> Parser:
@@ -42,8 +48,6 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import json
-
     try:
         text = json.dumps(build_request(args.images, args.format, args.dataset))
         if args.output != "-":
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             partial = output.with_name(output.name + ".part")
             partial.write_text(text)
             partial.replace(output)
-    except (ValueError, OSError) as error:
+    except (*USER_ERRORS, OSError) as error:  # OSError: reading the files, writing the output
         return fail(parser.prog, error)
     if args.output == "-":
         print(text)
@@ -71,12 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_request(paths: list[Path], request_format: str, dataset: str) -> dict:
     """Return the JSON request body for `paths` in the scoring server's current format."""
-    import base64
-
-    import numpy as np
-
-    from mnist_pipeline.pictures import image_to_pixels
-
     style = "digit" if dataset == "mnist" else "object"
     if request_format == "base64":
         records = [{"image": base64.b64encode(path.read_bytes()).decode("ascii")} for path in paths]
@@ -85,8 +83,8 @@ def build_request(paths: list[Path], request_format: str, dataset: str) -> dict:
     for path in paths:
         try:
             frames.append(image_to_pixels(path.read_bytes(), style))
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+        except UserError as error:
+            raise UserError(f"{path}: {error}") from None
     rows = np.concatenate(frames).astype(int).tolist()
     return {"dataframe_split": {"columns": [str(column) for column in range(28)], "data": rows}}
 

@@ -9,8 +9,6 @@ and `transform.json`, the spec that train.py and package_model.py read.
 $ mlflow run . -e preprocess --env-manager local -P data_run=<get_data run id>
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 import tempfile
@@ -18,15 +16,7 @@ import time
 from pathlib import Path
 
 from mnist_pipeline.catalogue import dataset_spec
-from mnist_pipeline.cli import (
-    USER_ERRORS,
-    Parser,
-    add_data_arguments,
-    arguments_for,
-    defaults_of,
-    fail,
-    stage_run,
-)
+from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, fail, stage_run
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.idx import Dataset, load_folder
 from mnist_pipeline.transform import (
@@ -50,11 +40,11 @@ def optional_float(text: str) -> float | None:
 
 def build_parser() -> Parser:
     parser = Parser(prog="preprocess.py", description=__doc__.splitlines()[0])
-    add_data_arguments(parser)
+    parser.add_data_arguments()
     parser.add_argument("--explore_run", help="the explore_data run whose mean and std to use")
     parser.add_argument("--mean", type=optional_float, help="pixel mean (0-255 scale)")
     parser.add_argument("--std", type=optional_float, help="pixel standard deviation")
-    parser.set_defaults(**defaults_of(preprocess))
+    parser.take_defaults_from(preprocess)
     return parser
 
 

@@ -8,8 +8,6 @@ matrix picture, and the Keras model with its signature and an input example.
 $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_conv_1=16
 """
 
-from __future__ import annotations
-
 import sys
 import time
 
@@ -57,7 +55,7 @@ def build_parser() -> Parser:
     parser.add_argument("--input_dir", help="or ./mlruns/<exp>/<run id>/artifacts of one")
     parser.add_argument("--dataset", help="mnist or fashion, to find the newest preprocess run")
     add_hyperparameters(parser)
-    parser.set_defaults(**defaults_of(train))
+    parser.take_defaults_from(train)
     return parser
 
 

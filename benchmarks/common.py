@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,12 +21,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-MIRROR = REPO.parent / "shared" / "data"
+# A benchmark runs as a script from benchmarks/; the project's package is one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mnist_pipeline import testing  # noqa: E402 (found through the path above)
+from mnist_pipeline.testing import MIRROR, REPO, VENV_BIN  # noqa: E402, F401 (for the benchmarks)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-VENV_BIN = Path(sys.executable).parent
-# The project's package (mnist_pipeline) is imported for reading IDX files and the transform.
-sys.path.insert(0, str(REPO))
 # The baselines import TensorFlow here too; its start-up chatter is noise on a CPU machine.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -54,43 +54,16 @@ def make_store(root: Path) -> dict[str, str]:
 
     The benchmark process itself is pointed at the same store (MLFLOW_TRACKING_URI).
     """
-    root.mkdir(parents=True, exist_ok=True)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    environment.update(
-        {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            # `mlflow models serve` starts uvicorn through the shell: the venv must be on PATH.
-            "PATH": f"{VENV_BIN}{os.pathsep}{environment.get('PATH', '')}",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "GIT_PYTHON_REFRESH": "quiet",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        }
-    )
-    # The first MLflow call creates the schema; two processes migrating at once can fail.
-    subprocess.run(
-        [sys.executable, "-c", "import mlflow; mlflow.search_experiments()"],
-        cwd=root,
-        env=environment,
-        check=True,
-        capture_output=True,
-    )
-    os.environ["MLFLOW_TRACKING_URI"] = environment["MLFLOW_TRACKING_URI"]
-    return environment
+    store = testing.make_store(root)
+    os.environ["MLFLOW_TRACKING_URI"] = store.uri
+    return store.env
 
 
 def run_command(command: list[str], environment: dict, cwd: Path, timeout: float = 3600) -> float:
     """Run `command` to completion in `cwd`; return its wall time in seconds."""
     print(f"$ {' '.join(str(part) for part in command)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    result = subprocess.run(
-        [str(part) for part in command],
-        cwd=cwd,
-        env=environment,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
+    result = testing.Store(cwd, environment).run(command, check=False, timeout=timeout)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise CommandFailed(

@@ -7,24 +7,18 @@ uvicorn process it starts through the shell; it is always stopped on leaving the
 from __future__ import annotations
 
 import http.client
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import testing
+
+from mnist_pipeline.testing import free_port  # noqa: F401 (the benchmarks import it from here)
 
 START_TIMEOUT_SECONDS = 240
 WARM_UP_REQUESTS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ScoringServer:
@@ -60,19 +54,9 @@ class ScoringServer:
 
     def _wait_until_ready(self) -> None:
         started = time.perf_counter()
-        while time.perf_counter() - started < START_TIMEOUT_SECONDS:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{self._log_tail()}")
-            try:
-                probe = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                probe.request("GET", "/ping")
-                if probe.getresponse().status == 200:
-                    print(f"  ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not ready after {START_TIMEOUT_SECONDS} s:\n{self._log_tail()}")
+        url = f"http://127.0.0.1:{self.port}/ping"
+        testing.wait_until_up(url, self.process, self.log_path, START_TIMEOUT_SECONDS)
+        print(f"  ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     def ping(self) -> None:
         self.connection.request("GET", "/ping")
@@ -93,21 +77,8 @@ class ScoringServer:
     def stop(self) -> None:
         if self.connection is not None:
             self.connection.close()
-        if self.process is None or self.process.poll() is not None:
-            return
-        for sent, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.process.pid, sent)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def _log_tail(self) -> str:
-        return self.log_path.read_text()[-3000:] if self.log_path.exists() else "(no log)"
+        if self.process is not None:
+            testing.stop(self.process)
 
 
 def time_requests(server: ScoringServer, bodies: list[bytes], warm_up: int = 3) -> list[float]:

@@ -39,6 +39,25 @@ class DatasetSpec:
     class_names: tuple[str, ...]
 
 
+# The four canonical files, the same for every dataset: name, kind, split, item count.
+CANONICAL_FILES = (
+    ("train-images-idx3-ubyte.gz", "images", "train", 60000),
+    ("train-labels-idx1-ubyte.gz", "labels", "train", 60000),
+    ("t10k-images-idx3-ubyte.gz", "images", "test", 10000),
+    ("t10k-labels-idx1-ubyte.gz", "labels", "test", 10000),
+)
+
+
+def _four_files(checksums: tuple[tuple[str | None, str], ...]) -> tuple[IdxFile, ...]:
+    """The canonical files with their official (sha256, gz_md5), in CANONICAL_FILES' order."""
+    return tuple(
+        IdxFile(name, kind, split, count, sha256, gz_md5)
+        for (name, kind, split, count), (sha256, gz_md5) in zip(
+            CANONICAL_FILES, checksums, strict=True
+        )
+    )
+
+
 DATASETS = {
     "mnist": DatasetSpec(
         name="mnist",
@@ -47,39 +66,25 @@ DATASETS = {
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
         ),
-        files=(
-            IdxFile(
-                "train-images-idx3-ubyte.gz",
-                "images",
-                "train",
-                60000,
-                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            ),
-            IdxFile(
-                "train-labels-idx1-ubyte.gz",
-                "labels",
-                "train",
-                60000,
-                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-                "d53e105ee54ea40749a09fcbcd1e9432",
-            ),
-            IdxFile(
-                "t10k-images-idx3-ubyte.gz",
-                "images",
-                "test",
-                10000,
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-                "9fb629c4189551a2d022fa330f9573f3",
-            ),
-            IdxFile(
-                "t10k-labels-idx1-ubyte.gz",
-                "labels",
-                "test",
-                10000,
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-                "ec29112dd5afa0611ce80d1b7f02629c",
-            ),
+        files=_four_files(
+            (
+                (
+                    "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                    "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                ),
+                (
+                    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                    "d53e105ee54ea40749a09fcbcd1e9432",
+                ),
+                (
+                    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                    "9fb629c4189551a2d022fa330f9573f3",
+                ),
+                (
+                    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+                    "ec29112dd5afa0611ce80d1b7f02629c",
+                ),
+            )
         ),
         class_names=tuple(str(digit) for digit in range(10)),
     ),
@@ -90,39 +95,20 @@ DATASETS = {
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         ),
-        files=(
-            IdxFile(
-                "train-images-idx3-ubyte.gz",
-                "images",
-                "train",
-                60000,
-                None,
-                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            ),
-            IdxFile(
-                "train-labels-idx1-ubyte.gz",
-                "labels",
-                "train",
-                60000,
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                "25c81989df183df01b3e8a0aad5dffbe",
-            ),
-            IdxFile(
-                "t10k-images-idx3-ubyte.gz",
-                "images",
-                "test",
-                10000,
-                None,
-                "bef4ecab320f06d8554ea6380940ec79",
-            ),
-            IdxFile(
-                "t10k-labels-idx1-ubyte.gz",
-                "labels",
-                "test",
-                10000,
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-                "bb300cfdad3c16e7a12a480ee83cd310",
-            ),
+        # The images' SHA-256 are not published; their .gz MD5 is.
+        files=_four_files(
+            (
+                (None, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+                (
+                    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                    "25c81989df183df01b3e8a0aad5dffbe",
+                ),
+                (None, "bef4ecab320f06d8554ea6380940ec79"),
+                (
+                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                    "bb300cfdad3c16e7a12a480ee83cd310",
+                ),
+            )
         ),
         class_names=(
             "T-shirt/top",

@@ -27,6 +27,19 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def add_data_arguments(self) -> None:
+        """Add what a stage that reads a dataset takes: a get_data run, a folder, or the newest."""
+        self.add_argument("--data_run", help="a get_data run ID")
+        self.add_argument("--in_data", help="or a folder of the four IDX files")
+        self.add_argument("--dataset", help="mnist or fashion, to find the newest get_data run")
+
+    def take_defaults_from(self, function: Callable) -> None:
+        """Give each argument the default of `function`'s parameter of the same name.
+
+        The script and a notebook that calls the stage function then cannot drift apart.
+        """
+        self.set_defaults(**defaults_of(function))
+
 
 def boolean(text: str) -> bool:
     """argparse type for MLproject booleans: true/false, yes/no, 1/0."""
@@ -62,13 +75,6 @@ def positive_float(text: str) -> float:
     return number
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add what a stage that reads a dataset takes: a get_data run, a folder, or the newest."""
-    parser.add_argument("--data_run", help="a get_data run ID")
-    parser.add_argument("--in_data", help="or a folder of the four IDX files")
-    parser.add_argument("--dataset", help="mnist or fashion, to find the newest get_data run")
-
-
 def param_text(value) -> str:
     """Return a parameter's value as a run logs it: MLproject's true/false, floats in full."""
     if isinstance(value, bool):
@@ -79,11 +85,7 @@ def param_text(value) -> str:
 
 
 def defaults_of(function: Callable) -> dict:
-    """Return the default of every parameter of `function` that has one.
-
-    A stage's parser takes its defaults from the stage function, so that the script and
-    a notebook calling the function cannot drift apart.
-    """
+    """Return the default of every parameter of `function` that has one."""
     return {
         name: parameter.default
         for name, parameter in inspect.signature(function).parameters.items()

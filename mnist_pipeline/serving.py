@@ -73,17 +73,17 @@ def _refuse_too_many(count: int, limit: int = MAX_IMAGES_PER_REQUEST, what: str 
 def _pixels_from_table(frame) -> np.ndarray:
     rows, columns = frame.shape
     _refuse_empty(rows)
-    values = _as_numbers(frame.to_numpy())
     if columns == PIXELS:
-        images = values.reshape(rows, SIDE, SIDE)
+        rows_per_image = 1
     elif columns == SIDE and rows % SIDE == 0:
-        images = values.reshape(rows // SIDE, SIDE, SIDE)
+        rows_per_image = SIDE
     else:
         raise UserError(
             f"expected 28 columns with 28 rows per image, or 784 columns with one row per "
             f"image; got {rows} rows x {columns} columns"
         )
-    return _checked(images)
+    values = _as_numbers(frame.to_numpy())
+    return _checked(values.reshape(rows // rows_per_image, SIDE, SIDE))
 
 
 def _pixels_from_tensor(tensor: np.ndarray) -> np.ndarray:
@@ -92,20 +92,19 @@ def _pixels_from_tensor(tensor: np.ndarray) -> np.ndarray:
         raise UserError(f"expected pixels, or image files in a column named {IMAGE_COLUMN!r}")
     values = _as_numbers(tensor)
     shape = values.shape
+    # Every accepted shape becomes (n, 28, 28).
     if shape == (SIDE, SIDE):
-        images = values[np.newaxis]
-    elif values.ndim == 3 and shape[1:] == (SIDE, SIDE):
-        images = values
+        values = values[np.newaxis]
     elif values.ndim == 4 and shape[1:] == (SIDE, SIDE, 1):
-        images = values[..., 0]
+        values = values[..., 0]
     elif values.ndim == 2 and shape[1] == PIXELS:
-        images = values.reshape(-1, SIDE, SIDE)
-    else:
+        values = values.reshape(-1, SIDE, SIDE)
+    if values.ndim != 3 or values.shape[1:] != (SIDE, SIDE):
         raise UserError(
             f"expected a tensor of shape (28, 28), (n, 28, 28), (n, 28, 28, 1) or (n, 784); "
             f"got {shape}"
         )
-    return _checked(images)
+    return _checked(values)
 
 
 def _as_numbers(values: np.ndarray) -> np.ndarray:

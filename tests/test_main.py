@@ -8,15 +8,8 @@ STAGES = ["get_data", "explore_data", "preprocess", "train", "package"]
 
 
 def children_of(store, parent_run_id: str) -> dict[str, object]:
-    import mlflow
-
-    store.client()
-    found = mlflow.search_runs(
-        experiment_ids=["0"],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-        output_format="list",
-    )
-    return {run.data.tags["stage"]: run for run in found}
+    """The stage runs nested under a main run, by stage."""
+    return {run.data.tags["stage"]: run for run in store.children_of(parent_run_id)}
 
 
 def test_main_runs_nested_stages_then_reuses_them(store, tiny_data):

@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import REPO, drawing
 
 from mnist_pipeline.pictures import image_to_pixels
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "png_to_pandas.py"
 COLUMNS = [str(column) for column in range(28)]
 
@@ -40,15 +40,6 @@ def run(folder: Path, *args: str, python_options=()) -> subprocess.CompletedProc
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     return result
-
-
-def drawing(digit: int, corner: str = "top-left", ink=0, paper=255) -> np.ndarray:
-    """A 400x300 canvas with a thick digit near `corner`."""
-    canvas = np.full((300, 400), paper, dtype=np.uint8)
-    x = 15 if corner.endswith("left") else 290
-    y = 120 if corner.startswith("top") else 285
-    cv2.putText(canvas, str(digit), (x, y), cv2.FONT_HERSHEY_SIMPLEX, 4, ink, 10, cv2.LINE_AA)
-    return canvas
 
 
 def save(folder: Path, name: str, image: np.ndarray) -> bytes:

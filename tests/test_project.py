@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_mlproject_defaults_equal_the_script_defaults(entry_point):
     declared = {
         name: str(spec["default"]) for name, spec in ENTRY_POINTS[entry_point]["parameters"].items()
     }
-    arguments = {action.dest for action in parser._actions if action.option_strings} - {"help"}
+    arguments = set(vars(parser.parse_args([])))
     assert set(declared) == arguments, "MLproject and the script declare different parameters"
     assert canonical_params(parser, declared) == canonical_params(parser, {})
     for name in declared:
@@ -74,6 +75,32 @@ def test_scripts_answer_help_without_importing_tensorflow():
             check=True,
         ).stdout
         assert "usage:" in help_text
+
+
+def test_every_stage_is_a_function_with_typed_named_arguments():
+    """`from train import train; help(train)` in a notebook shows what to pass, and its type."""
+    stages = {
+        "download": ("fetch_and_log", "allow_unverified: bool = False"),
+        "explore": ("explore", "data_run: str = ''"),
+        "preprocess": ("preprocess", "mean: float | None = None"),
+        "train": ("train", "epochs: int = 5, lr: float = 0.002"),
+        "package_model": ("package", "register: bool = True"),
+    }
+    probe = "; ".join(
+        f"from {module} import {function}; help({function})"
+        for module, (function, _) in stages.items()
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    for module, (function, typed) in stages.items():
+        assert f"{function}(" in shown and typed in shown, module
+    for module in stages:
+        parser = importlib.import_module(module).build_parser()
+        function = getattr(importlib.import_module(module), stages[module][0])
+        defaults = vars(parser.parse_args([]))
+        for name, parameter in inspect.signature(function).parameters.items():
+            assert defaults[name] == parameter.default, f"{module}: {name}"
 
 
 def test_readme_names_existing_files_and_entry_points():

@@ -28,14 +28,7 @@ def test_main_on_mnist_nests_reuses_and_learns(tmp_path):
     }
     store.mlflow_run("main", **params)
     parent = store.last_run("main")
-    import mlflow
-
-    store.client()
-    children = mlflow.search_runs(
-        experiment_ids=["0"],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        output_format="list",
-    )
+    children = store.children_of(parent.info.run_id)
     assert sorted(run.data.tags["stage"] for run in children) == sorted(STAGES)
     data_run = next(run for run in children if run.data.tags["stage"] == "get_data")
     assert data_run.data.tags["verified"] == "true"

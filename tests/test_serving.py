@@ -1,9 +1,12 @@
 """The packaged model behind `mlflow models serve`: every request format, pictures, refusals.
 
-One scoring server per module serves the tiny pipeline's model (conftest `pipeline`), started
-as a participant would start it. Requests go over HTTP exactly as curl would send them; the
+The session's scoring server (conftest `model_server`) serves the tiny pipeline's model,
+started as a participant would start it. Requests go over HTTP exactly as curl would send them; the
 answers are checked record by record. Bad requests must get a 400 whose last line is our
 one-line reason, with no traceback and no file path, and the server must keep serving.
+
+Every refusal is checked on the request parser itself, given what MLflow's scoring server
+would hand the model for the same JSON body; a handful of them also go through the server.
 """
 
 from __future__ import annotations
@@ -16,20 +19,20 @@ import struct
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import requests
-from conftest import free_port, running
+from conftest import REPO, ModelServer, drawing
+from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 from mnist_pipeline import serving
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.pictures import MAX_IMAGE_PIXELS, image_to_pixels
+from mnist_pipeline.transform import TransformSpec
 
-REPO = Path(__file__).resolve().parent.parent
-FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLUMNS = [str(column) for column in range(28)]
 WIDE_COLUMNS = [str(column) for column in range(784)]
 DIGITS = [2, 7, 0, 9]
@@ -40,71 +43,13 @@ README_CURL = r"""echo "{\"dataframe_records\": [{\"image\": \"$(base64 < my_dig
 # --- the server -------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    url: str
-    port: int
-    process: subprocess.Popen
-    log: Path
-    env: dict
-    session: requests.Session
-
-    def post(self, body, timeout: float = 120) -> requests.Response:
-        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-        return self.session.post(
-            f"{self.url}/invocations",
-            data=data,
-            headers={"Content-Type": "application/json"},
-            timeout=timeout,
-        )
-
-
-@pytest.fixture(scope="module")
-def server(pipeline, tmp_path_factory):
-    store = pipeline["store"]
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**store.env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    command = [
-        shutil.which("mlflow", path=env["PATH"]),
-        *("models", "serve", "-m", str(pipeline["model_dir"]), "--env-manager", "local"),
-        *("-h", "127.0.0.1", "-p", str(port)),
-    ]
-    session = requests.Session()
-    session.trust_env = False  # a direct connection, whatever proxy the environment names
-    url = f"http://127.0.0.1:{port}"
-    with running(command, f"{url}/ping", cwd=store.root, env=env, log=log) as process:
-        yield Server(url, port, process, log, env, session)
-    session.close()
+@pytest.fixture
+def server(model_server):
+    """The session's scoring server (conftest), serving the tiny pipeline's model."""
+    return model_server
 
 
 # --- pictures and payloads --------------------------------------------------------------
-
-
-def drawing(
-    digit: int,
-    size: tuple[int, int] = (400, 300),
-    corner: str = "top-left",
-    ink=0,
-    paper=255,
-    scale: float = 4.0,
-    thickness: int = 10,
-    margin: int = 12,
-) -> np.ndarray:
-    """A canvas of `size` (width, height) with `digit` drawn near `corner`.
-
-    `ink` and `paper` are grey levels, or BGR colours for a colour picture.
-    """
-    width, height = size
-    (text_width, text_height), baseline = cv2.getTextSize(str(digit), FONT, scale, thickness)
-    x = margin if corner.endswith("left") else width - margin - text_width
-    y = margin + text_height if corner.startswith("top") else height - margin - baseline
-    colour = not np.isscalar(ink) or not np.isscalar(paper)
-    shape = (height, width, 3) if colour else (height, width)
-    canvas = np.empty(shape, dtype=np.uint8)
-    canvas[:] = paper
-    cv2.putText(canvas, str(digit), (x, y), FONT, scale, ink, thickness, cv2.LINE_AA)
-    return canvas
 
 
 def encoded(image: np.ndarray, extension: str = ".png", *params: int) -> bytes:
@@ -208,7 +153,7 @@ def good_request() -> tuple[dict, int]:
     return {"inputs": glyph_pixels([3])[0].tolist()}, 3
 
 
-def assert_still_serving(server: Server) -> None:
+def assert_still_serving(server: ModelServer) -> None:
     payload, digit = good_request()
     assert labels(server.post(payload)) == [digit]
 
@@ -595,7 +540,36 @@ BAD_INPUTS = [
 ]
 
 
+SPEC = TransformSpec("mnist", mean=33.3, std=78.5, class_names=tuple("0123456789"))
+# Through the live server as well: one of each kind of refusal.
+THROUGH_THE_SERVER = {
+    "tensor-1x3",
+    "empty-records",
+    "tensor-of-NaN",
+    "second-file-undecodable",
+    "png-header-15000x15000",
+    "too-many-files",
+}
+
+
+def as_the_server_parses(body) -> object:
+    """What MLflow's scoring server hands the model for the JSON `body` (a str or a dict)."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    return infer_and_parse_data(json.loads(text))
+
+
 @pytest.mark.parametrize(("payload", "expected"), BAD_INPUTS)
+def test_bad_input_is_refused_with_one_line_saying_what_was_expected(payload, expected):
+    with pytest.raises(UserError) as refused:
+        serving.pixels_from_request(as_the_server_parses(payload()), SPEC)
+    message = str(refused.value)
+    assert expected in message
+    assert "\n" not in message and message == message.strip()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"), [case for case in BAD_INPUTS if case.id in THROUGH_THE_SERVER]
+)
 def test_bad_input_is_a_400_with_one_line_saying_what_was_expected(server, payload, expected):
     response = server.post(payload())
     assert expected in our_line(response)
@@ -611,7 +585,7 @@ def test_a_decompression_bomb_is_refused_without_decoding(monkeypatch):
     monkeypatch.setattr(cv2, "imdecode", refuse)
     bomb = encoded(np.zeros((6000, 6000), np.uint8))
     assert len(bomb) < 200_000
-    with pytest.raises(ValueError, match="declares 6000x6000 pixels"):
+    with pytest.raises(UserError, match="declares 6000x6000 pixels"):
         image_to_pixels(bomb)
 
 
@@ -619,7 +593,7 @@ def test_pixel_image_limit_is_exact():
     """In process (no model): MAX_IMAGES_PER_REQUEST images pass, one more is refused."""
     limit = serving.MAX_IMAGES_PER_REQUEST
     assert len(serving.pixels_from_request(np.zeros((limit, 784)), None)) == limit
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(UserError, match="at most"):
         serving.pixels_from_request(np.zeros((limit + 1, 28, 28)), None)
 
 
@@ -661,7 +635,7 @@ def test_the_readme_documents_this_one_liner_and_the_limits():
     assert f"at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels" in readme
 
 
-def png_to_pandas(server: Server, pipeline, folder: Path, *args: str):
+def png_to_pandas(server: ModelServer, pipeline, folder: Path, *args: str):
     store = pipeline["store"]
     command = [sys.executable, str(REPO / "png_to_pandas.py"), *args, "--port", str(server.port)]
     return store.run(command, cwd=folder, timeout=120)

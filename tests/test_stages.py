@@ -76,7 +76,7 @@ def test_explore_logs_mean_std_counts_and_pictures(pipeline):
 
 def test_preprocess_uses_explore_statistics_and_writes_the_transform(pipeline):
     store = pipeline["store"]
-    run = store.last_run("preprocess")
+    run = store.client().get_run(pipeline["preprocess_run"])
     explore = store.last_run("explore_data")
     assert run.data.tags["explore_run"] == explore.info.run_id
     from mnist_pipeline import runs
@@ -120,15 +120,26 @@ def test_train_logs_curves_test_metrics_confusion_and_model(pipeline):
 
 
 def test_train_same_seed_same_result(pipeline):
+    """In this process, as from a notebook: `train` is a function with named arguments."""
+    import mlflow
+
+    from train import train
+
     store = pipeline["store"]
-    params = {"preprocess_run": pipeline["preprocess_run"], **TINY_TRAINING, "epochs": "2"}
-    store.mlflow_run("train", **params)
-    first = store.last_run("train")
-    store.mlflow_run("train", **params)
-    second = store.last_run("train")
-    assert first.info.run_id != second.info.run_id
-    assert first.data.metrics["accuracy"] == second.data.metrics["accuracy"]
-    assert first.data.metrics["loss"] == second.data.metrics["loss"]
+    client = store.client()
+    # Created here, the experiment would keep its artifacts in this process's ./mlruns.
+    experiment = client.create_experiment(
+        "same-seed", artifact_location=(store.root / "mlruns" / "same-seed").as_uri()
+    )
+    mlflow.set_experiment(experiment_id=experiment)
+    hyperparameters = {"batch_size": 32, "nr_conv_1": 8, "lr": 0.004, "epochs": 2, "seed": 7}
+    results = []
+    for _ in range(2):
+        with mlflow.start_run() as run:
+            train(preprocess_run=pipeline["preprocess_run"], **hyperparameters)
+        results.append(mlflow.get_run(run.info.run_id).data.metrics)
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+    assert results[0]["loss"] == results[1]["loss"]
 
 
 @pytest.mark.parametrize(
@@ -141,17 +152,20 @@ def test_train_same_seed_same_result(pipeline):
 )
 def test_train_bad_input_is_one_line_and_a_failed_run(pipeline, params, message):
     store = pipeline["store"]
-    result = store.mlflow_run("train", check=False, **params)
+    experiment = f"bad-train-{'-'.join(params)}"
+    result = store.mlflow_run("train", check=False, experiment=experiment, **params)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    failed = store.runs()[0]
+    [failed] = store.runs(experiment=experiment)
     assert failed.info.status == "FAILED"
 
 
 def test_a_run_of_the_wrong_stage_is_refused(pipeline):
     store = pipeline["store"]
-    result = store.mlflow_run("train", check=False, preprocess_run=pipeline["data_run"])
+    result = store.mlflow_run(
+        "train", check=False, experiment="wrong-stage", preprocess_run=pipeline["data_run"]
+    )
     assert result.returncode != 0
     assert (
         f"run {pipeline['data_run']} is a get_data run, expected a preprocess run" in result.stderr
@@ -160,10 +174,12 @@ def test_a_run_of_the_wrong_stage_is_refused(pipeline):
 
 def test_preprocess_refuses_non_positive_std(pipeline):
     store = pipeline["store"]
-    result = store.mlflow_run("preprocess", check=False, data_run=pipeline["data_run"], std="0")
+    result = store.mlflow_run(
+        "preprocess", check=False, experiment="bad-std", data_run=pipeline["data_run"], std="0"
+    )
     assert result.returncode != 0
     assert "std must be greater than 0, got 0.0" in result.stderr
-    assert store.runs()[0].info.status == "FAILED"
+    assert [run.info.status for run in store.runs(experiment="bad-std")] == ["FAILED"]
 
 
 def test_workshop_commands_with_paths_and_aliases(store, tiny_data):

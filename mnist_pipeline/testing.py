@@ -1,0 +1,296 @@
+"""What the tests and the benchmarks share: a temporary store and the project's commands in it.
+
+A Store is a tracking store in a folder of its own (the SQLite database, and the artifacts
+beside it in ./mlruns) with runners for the real commands inside it: `mlflow run <repo>
+-e ... --env-manager local`, the scripts, a server started in its own process group. The
+digit pictures are what a participant draws, and a tiny dataset that a small CNN learns.
+Nothing here is imported by the pipeline itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mnist_pipeline.idx import write_idx
+from mnist_pipeline.pictures import image_to_pixels
+
+REPO = Path(__file__).resolve().parent.parent
+# The interpreter running the tests is the project's venv; its bin holds mlflow and uvicorn.
+VENV_BIN = Path(sys.executable).parent
+MIRROR = REPO.parent / "shared" / "data"
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass
+class Store:
+    """A tracking store in `root`, and runners for the project's commands inside it."""
+
+    root: Path
+    env: dict
+
+    @property
+    def uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    def run(
+        self, command: list[str], check: bool = True, timeout: float = 600, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run `command` in the store's folder; with `check`, fail with its output if it fails."""
+        result = subprocess.run(
+            [str(part) for part in command],
+            cwd=cwd or self.root,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(str(part) for part in command)} exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
+            )
+        return result
+
+    def mlflow_run(
+        self, entry_point: str, check: bool = True, experiment: str | None = None, **params
+    ) -> subprocess.CompletedProcess:
+        """`mlflow run <repo> -e <entry_point> --env-manager local -P name=value ...`."""
+        command = ["mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
+        for name, value in params.items():
+            command += ["-P", f"{name}={value}"]
+        if experiment:
+            command += ["--experiment-name", experiment]
+        return self.run(command, check=check)
+
+    def script(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run([sys.executable, str(REPO / name), *args], check=check)
+
+    def client(self):
+        """This process's MLflow client, pointed at the store."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.MlflowClient(self.uri)
+
+    def experiment_ids(self, experiment: str | None = None) -> list[str]:
+        """The IDs of every experiment, or of the one named `experiment`."""
+        client = self.client()
+        if experiment is not None:
+            found = client.get_experiment_by_name(experiment)
+            return [found.experiment_id] if found else []
+        return [e.experiment_id for e in client.search_experiments()]
+
+    def runs(self, stage: str | None = None, experiment: str | None = None, query: str = ""):
+        """Runs of `stage` (any status), in `experiment` or in all of them, newest first."""
+        import mlflow
+
+        experiment_ids = self.experiment_ids(experiment)
+        if not experiment_ids:
+            return []
+        conditions = [f"tags.stage = '{stage}'"] if stage else []
+        conditions += [query] if query else []
+        return mlflow.search_runs(
+            experiment_ids=experiment_ids,
+            filter_string=" and ".join(conditions),
+            order_by=["attributes.start_time DESC"],
+            output_format="list",
+        )
+
+    def last_run(self, stage: str, experiment: str | None = None):
+        found = self.runs(stage, experiment)
+        if not found:
+            raise AssertionError(f"no {stage} run in the store")
+        return found[0]
+
+    def children_of(self, parent_run_id: str) -> list:
+        """The runs nested under `parent_run_id`, newest first."""
+        return self.runs(query=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
+def store_environment(root: Path) -> dict:
+    """The environment of a command that uses the store in `root`, and nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            # `mlflow models serve` starts uvicorn through the shell: the venv must be on PATH.
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONPATH": str(REPO),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "GIT_PYTHON_REFRESH": "quiet",
+            # Servers on 127.0.0.1 are reached directly, whatever proxy the machine names.
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
+    return env
+
+
+def make_store(root: Path) -> Store:
+    """Create an empty tracking store in `root` (made if missing) and return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = store_environment(root)
+    # Create the database before any parallel writer, from this folder, so that the
+    # Default experiment keeps its artifacts in <root>/mlruns.
+    subprocess.run(
+        [sys.executable, "-c", "import mlflow; mlflow.search_experiments()"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return Store(root, env)
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(
+    url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 120
+) -> None:
+    """Wait until `url` answers 200; raise with the server's log if it dies or never does."""
+    # Straight to 127.0.0.1, whatever proxy the environment names.
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"{url}: the server exited with {process.returncode}\n{_tail(log)}"
+            )
+        try:
+            with direct.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no answer from {url} after {timeout} s\n{_tail(log)}")
+
+
+def _tail(log: Path | None) -> str:
+    return log.read_text()[-5000:] if log and log.exists() else ""
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session, and everything it started."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str],
+    ready_url: str,
+    cwd: Path,
+    env: dict,
+    log: Path | None = None,
+    timeout: float = 120,
+) -> Iterator[subprocess.Popen]:
+    """Start a server in its own process group, wait until `ready_url` answers, stop it after."""
+    output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_up(ready_url, process, log, timeout)
+        yield process
+    finally:
+        stop(process)
+        if log:
+            output.close()
+
+
+# ------------------------------------------------------------------------------ digits
+
+
+def drawing(
+    digit: int,
+    size: tuple[int, int] = (400, 300),
+    corner: str = "top-left",
+    ink=0,
+    paper=255,
+    scale: float = 4.0,
+    thickness: int = 10,
+    margin: int = 12,
+) -> np.ndarray:
+    """A canvas of `size` (width, height) with `digit` drawn near `corner`, as in a paint program.
+
+    `ink` and `paper` are grey levels (a grey picture), or BGR colours (a colour one).
+    """
+    width, height = size
+    (text_width, text_height), baseline = cv2.getTextSize(str(digit), FONT, scale, thickness)
+    x = margin if corner.endswith("left") else width - margin - text_width
+    y = margin + text_height if corner.startswith("top") else height - margin - baseline
+    colour = not np.isscalar(ink) or not np.isscalar(paper)
+    canvas = np.empty((height, width, 3) if colour else (height, width), dtype=np.uint8)
+    canvas[:] = paper
+    cv2.putText(canvas, str(digit), (x, y), FONT, scale, ink, thickness, cv2.LINE_AA)
+    return canvas
+
+
+def render_digit(digit: int, rng: np.random.Generator, canvas: int = 64) -> np.ndarray:
+    """Return a grey image (canvas x canvas) of `digit` in white, at a random size and place."""
+    image = np.zeros((canvas, canvas), dtype=np.uint8)
+    scale = rng.uniform(1.2, 1.8)
+    thickness = int(rng.integers(2, 5))
+    origin = (int(rng.integers(4, 20)), int(rng.integers(42, 58)))
+    cv2.putText(image, str(digit), origin, FONT, scale, 255, thickness, cv2.LINE_AA)
+    return image
+
+
+def write_tiny_dataset(
+    folder: Path, train_per_class: int = 60, test_per_class: int = 20, seed: int = 0
+) -> Path:
+    """Write the four IDX files of a small digit dataset that a small CNN can learn.
+
+    The digits are OpenCV glyphs at random sizes and places, fitted into 28x28 by the
+    same code that fits a drawing sent to the served model.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = np.tile(np.arange(10, dtype=np.uint8), per_class)
+        rng.shuffle(labels)
+        images = np.stack(
+            [
+                image_to_pixels(cv2.imencode(".png", render_digit(int(label), rng))[1].tobytes())
+                for label in labels
+            ]
+        )
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder

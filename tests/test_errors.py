@@ -1,0 +1,66 @@
+"""A user's mistake is one line; anything else is a bug and fails loudly, with its traceback.
+
+Each stage script runs as `python <script>` against a store of its own, so that the run it
+starts is the only one there. Both kinds of error exit non-zero and end the run FAILED.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+MISSING_RUN = "0" * 32
+# Something each stage calls once its run has started: the module and the name to break.
+INSIDE_THE_STAGE = {
+    "download.py": ("download", "fetch_dataset"),
+    "explore.py": ("mnist_pipeline.runs", "resolve_data"),
+    "preprocess.py": ("mnist_pipeline.runs", "resolve_data"),
+    "train.py": ("train", "resolve_preprocess_run"),
+    "package_model.py": ("mnist_pipeline.runs", "latest_run"),
+}
+# A mistake a user can make with each stage, and the line that tells them.
+USER_MISTAKES = [
+    ("download.py", ["--source", "no/such/folder"], "is neither 'official', a URL, nor"),
+    ("explore.py", ["--data_run", MISSING_RUN], f"run '{MISSING_RUN}' does not exist"),
+    ("preprocess.py", ["--data_run", MISSING_RUN], f"run '{MISSING_RUN}' does not exist"),
+    ("train.py", ["--preprocess_run", MISSING_RUN], f"run '{MISSING_RUN}' does not exist"),
+    ("package_model.py", ["--train_run", MISSING_RUN], f"run '{MISSING_RUN}' does not exist"),
+]
+
+
+def only_run(store):
+    [run] = store.runs()
+    return run
+
+
+@pytest.mark.parametrize(("script", "arguments", "expected"), USER_MISTAKES)
+def test_a_user_error_is_one_line_and_a_failed_run(store, script, arguments, expected):
+    result = store.script(script, *arguments, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: ")
+    assert expected in result.stderr.strip().splitlines()[-1]
+    assert only_run(store).info.status == "FAILED"
+
+
+@pytest.mark.parametrize(("script", "target"), INSIDE_THE_STAGE.items())
+def test_a_bug_inside_a_stage_prints_its_traceback_and_fails_the_run(store, script, target):
+    """The stage's work raises what no user can cause: the traceback shows where, not one line."""
+    module, name = target
+    probe = "\n".join(
+        [
+            "import importlib, sys",
+            f"import {script.removesuffix('.py')} as stage",
+            "def broken(*args, **kwargs):",
+            "    raise RuntimeError('an internal mistake')",
+            f"setattr(importlib.import_module({module!r}), {name!r}, broken)",
+            "sys.exit(stage.main([]))",
+        ]
+    )
+    result = store.run([sys.executable, "-c", probe], check=False)
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "RuntimeError: an internal mistake" in result.stderr
+    assert f"{script}: error:" not in result.stderr
+    assert only_run(store).info.status == "FAILED"
