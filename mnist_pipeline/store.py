@@ -70,6 +70,21 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None):
     return store
 
 
+def rest_tracking_store(store_uri: str, artifact_uri: str | None = None):
+    """MLflow's store for a tracking server (`http:`, `https:`), with the same stopping rules.
+
+    The server owns its database; only the `mlflow run` signal handlers and the run
+    bookkeeping of `_watch_runs` apply.
+    """
+    from mlflow.tracking._tracking_service.utils import _get_rest_store
+
+    if _is_mlflow_run_command():
+        stopping.install()
+    store = _get_rest_store(store_uri)
+    _watch_runs(store)
+    return store
+
+
 def registry_store(store_uri: str, tracking_uri: str | None = None):
     """MLflow's model registry store for `store_uri`, created under the lock (entry point)."""
     from mlflow.tracking._model_registry.utils import _get_sqlalchemy_store

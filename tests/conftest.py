@@ -73,6 +73,23 @@ def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object
     return json.loads(built.read_text())
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Order and group the tests for pytest-xdist (`--dist loadgroup`, see pyproject.toml).
+
+    The tests of a module that share a module-scoped fixture (a server, a batch) form one
+    group, which one worker runs, so that the fixture is built once; every other test goes
+    to whichever worker is free. The slow tests start first, so that the two workers end
+    at about the same time.
+    """
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        definitions = fixtures.name2fixturedefs.values() if fixtures else ()
+        if any(each.scope == "module" for defs in definitions for each in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The four IDX files of 600 training and 200 test glyphs of the ten digits."""

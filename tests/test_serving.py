@@ -43,9 +43,12 @@ README_CURL = r"""echo "{\"dataframe_records\": [{\"image\": \"$(base64 < my_dig
 # --- the server -------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(model_server):
-    """The session's scoring server (conftest), serving the tiny pipeline's model."""
+    """The session's scoring server (conftest), serving the tiny pipeline's model.
+
+    Module-scoped, so that this module's tests run in one worker, with one server.
+    """
     return model_server
 
 
