@@ -20,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -63,6 +64,7 @@ def drive(port: int, bodies: list[tuple[str, bytes]], clients: int) -> dict:
     """
     next_index = iter(range(len(bodies)))
     lock = threading.Lock()
+    stopping = threading.Event()  # set when the benchmark is interrupted
     latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
     errors: list[str] = []
 
@@ -72,7 +74,7 @@ def drive(port: int, bodies: list[tuple[str, bytes]], clients: int) -> dict:
             while True:
                 with lock:
                     index = next(next_index, None)
-                if index is None:
+                if index is None or stopping.is_set():
                     return
                 kind, body = bodies[index]
                 started = time.perf_counter()
@@ -89,8 +91,12 @@ def drive(port: int, bodies: list[tuple[str, bytes]], clients: int) -> dict:
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        for running in [pool.submit(client) for _ in range(clients)]:
-            running.result()
+        running = [pool.submit(client) for _ in range(clients)]
+        try:
+            for each in running:
+                each.result()
+        finally:
+            stopping.set()
     wall_seconds = time.perf_counter() - started
     every = np.concatenate([latencies[kind] for kind in KINDS]) * 1000
     return {
@@ -218,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM ends the benchmark as Ctrl-C does: the servers it started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         workers = [int(count) for count in args.workers.split(",")]
     except ValueError:
