@@ -84,16 +84,22 @@ def use(environment: dict) -> None:
             os.environ.pop(name, None)
 
 
+# The batches this benchmark started, each in its own process group: stopped on the way out.
+STARTED: list[subprocess.Popen] = []
+
+
 def train_batch(environment: dict, cwd: Path, *params: str, cores: str = "") -> subprocess.Popen:
     command = ["taskset", "-c", cores] if cores else []
     command += ["mlflow", "run", str(REPO), "-e", "train_batch", "--env-manager", "local"]
     for param in params:
         command += ["-P", param]
     print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
-    return subprocess.Popen(
+    process = subprocess.Popen(
         command, cwd=cwd, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )  # fmt: skip
+    STARTED.append(process)
+    return process
 
 
 def finish(process: subprocess.Popen, timeout: float = 7200) -> None:
@@ -197,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_team: {error}", file=sys.stderr)
         return 2
     finally:
+        for process in STARTED:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
         subprocess.run(stop_command, capture_output=True)
         if not args.keep:
             shutil.rmtree(server_folder, ignore_errors=True)

@@ -169,19 +169,8 @@ def test_main_runs_through_the_server_with_nothing_on_the_client(team, team_pipe
     assert not (client.root / "mlruns").exists()
     assert not (client.root / "mlflow.db").exists()
     assert any((team.folder / "artifacts").rglob("transform.json"))
-    version = client.client().get_latest_versions("mnist")[0]
-    assert version.run_id == client.last_run("package").info.run_id
-
-
-def children_of(store: Store, parent):
-    import mlflow
-
-    store.client()
-    return mlflow.search_runs(
-        experiment_ids=[parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        output_format="list",
-    )
+    versions = client.client().search_model_versions("name = 'mnist'")
+    assert [version.run_id for version in versions] == [client.last_run("package").info.run_id]
 
 
 def start(store: Store, *params: str, folder: Path | None = None) -> subprocess.Popen:
@@ -237,10 +226,11 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     doomed = joiners[1]
 
     def a_trial_of_the_doomed_worker():
-        for run in children_of(machines[0], parent):
+        for run in machines[0].children_of(parent_id):
             pid = int(run.data.tags["worker"].rsplit(":", 1)[1])
             try:
-                if run.info.status == "RUNNING" and os.getpgid(pid) == doomed.pid:
+                training = run.info.status == "RUNNING" and "lr" in run.data.params
+                if training and os.getpgid(pid) == doomed.pid:
                     return run
             except ProcessLookupError:
                 continue
@@ -254,7 +244,7 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     for worker in (first, joiners[0]):
         assert worker.wait(timeout=600) == 0, (machines[0].root / "output.log").read_text()[-3000:]
 
-    children = children_of(machines[0], parent)
+    children = machines[0].children_of(parent_id)
     by_id = {run.info.run_id: run for run in children}
     assert by_id[killed_trial.info.run_id].info.status == "KILLED"
     retry = next(
@@ -268,7 +258,7 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     assert len({run.data.tags["worker"] for run in children}) == 3
     # Every train run of the experiment is a child of the one parent, and nothing is RUNNING.
     store = machines[0]
-    every = store.runs(experiment_ids=[parent.info.experiment_id])
+    every = store.runs(experiment="search")
     for run in every:
         assert run.info.status != "RUNNING", run.data.tags.get("mlflow.runName")
         if run.data.tags.get("stage") == "train":
@@ -328,7 +318,7 @@ def test_a_pruned_search_stops_hopeless_trials(team, team_pipeline, tmp_path):
         batch_size="32",
     )
     parent = store.last_run("train_batch")
-    children = children_of(store, parent)
+    children = store.children_of(parent.info.run_id)
     pruned = [run for run in children if run.data.tags.get("pruned") == "true"]
     assert pruned, [run.data.params for run in children]
     client = store.client()
