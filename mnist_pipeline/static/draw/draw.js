@@ -323,6 +323,7 @@ copyButton.addEventListener("click", async () => {
 
 function percent(probability) {
   const value = probability * 100;
+  if (value > 0 && value < 0.1) return "<0.1%";
   return `${value >= 10 || value === 0 ? value.toFixed(0) : value.toFixed(1)}%`;
 }
 
