@@ -10,7 +10,7 @@ connection), and the same request through the page's server without a browser.
 Without --model-dir it first runs the pipeline on the local MNIST mirror with one
 training epoch in a temporary store (about two minutes on two cores).
 
-$ python benchmarks/bench_draw.py [--strokes 50] [--model-dir ./model]
+$ python benchmarks/bench_draw.py [--quick] [--strokes 50] [--model-dir ./model]
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strokes", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="20 strokes")
     parser.add_argument("--model-dir", help="a packaged model (default: train one, 1 epoch)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.strokes = 20
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is missing: apt-get install chromium", file=sys.stderr)
         return 1
