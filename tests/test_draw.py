@@ -60,10 +60,9 @@ def serve_page(model_url: str, tmp_path: Path, env: dict, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def model_url(pipeline, tmp_path_factory):
-    server, url = serve_model(pipeline, tmp_path_factory.mktemp("model"))
-    with server:
-        yield url
+def model_url(model_server) -> str:
+    """The session's server of the tiny model (see conftest.py)."""
+    return model_server.url
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +375,28 @@ def test_draw_py_refuses_bad_arguments_in_one_line(argv, message):
     assert result.stderr.startswith("draw.py: error: ")
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@needs_chromium
+def test_the_readme_block_as_written(browser, pipeline, tmp_path):
+    """README's "Draw in the browser": its two commands, with free ports and the test model."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Draw in the browser") :]
+    block = section[section.index("```bash\n") + 8 : section.index("```\n", 8)]
+    serve, draw = [line for line in block.splitlines() if line.strip()]
+    assert serve == "mlflow models serve -m ./model --env-manager local -p 5000"
+    assert draw == "python draw.py --model-url http://127.0.0.1:5000"
+    model_port, page_port = free_port(), free_port()
+    serve = serve.replace("./model", str(pipeline["model_dir"])).replace("5000", str(model_port))
+    draw = draw.replace("5000", str(model_port)) + f" --port {page_port}"
+    env = pipeline["store"].env
+    model_ready = f"http://127.0.0.1:{model_port}/ping"
+    with running(["bash", "-c", serve], model_ready, REPO, env, tmp_path / "model.log"):
+        page_url = f"http://127.0.0.1:{page_port}"
+        with running(["bash", "-c", draw], page_url, REPO, env, tmp_path / "page.log"):
+            page = browser.new_page(bypass_csp=True)
+            page.goto(page_url)
+            draw_stroke(page, ONE)
+            wait_for_stroke_answer(page)
+            assert page.locator("#top li").count() == 3
+            page.close()
