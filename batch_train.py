@@ -22,68 +22,52 @@ import sys
 from mnist_pipeline.cli import (
     USER_ERRORS,
     Parser,
+    arguments_for,
+    defaults_of,
     fail,
     positive_int,
     stage_run,
 )
 from mnist_pipeline.errors import UserError
 
-HYPERPARAMETER_DEFAULTS = {
-    "batch_size": "128",
-    "epochs": "5",
-    "lr": "0.002",
-    "nr_conv_1": "8,16,24,32",
-    "seed": "42",
-}
+HYPERPARAMETERS = ("batch_size", "epochs", "lr", "nr_conv_1", "seed")
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="batch_train.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--preprocess_run", help="a preprocess run ID (default: the newest)")
+    parser.add_argument("--dataset", help="mnist or fashion, to find the newest preprocess run")
+    for name in HYPERPARAMETERS:
+        parser.add_argument(f"--{name}", help="a value, a list a,b,c, or a range lo:hi")
     parser.add_argument(
-        "--preprocess_run", default="", help="a preprocess run ID (default: the newest)"
+        "--strategy", help="grid, random or tpe (auto: grid for lists, tpe when there is a range)"
     )
+    parser.add_argument("--trials", type=positive_int, help="trials for random and tpe")
+    parser.add_argument("--workers", type=positive_int, help="trials run at the same time here")
+    parser.add_argument("--pruner", help="none, median or hyperband: stop trials that lag behind")
     parser.add_argument(
-        "--dataset", default="mnist", help="mnist or fashion, to find the newest preprocess run"
-    )
-    for name, default in HYPERPARAMETER_DEFAULTS.items():
-        parser.add_argument(
-            f"--{name}", default=default, help="a value, a list a,b,c, or a range lo:hi"
-        )
-    parser.add_argument(
-        "--strategy",
-        default="auto",
-        help="grid, random or tpe (auto: grid for lists, tpe when there is a range)",
-    )
-    parser.add_argument("--trials", type=positive_int, default=8, help="trials for random and tpe")
-    parser.add_argument(
-        "--workers", type=positive_int, default=1, help="trials run at the same time here"
-    )
-    parser.add_argument(
-        "--pruner", default="none", help="none, median or hyperband: stop trials that lag behind"
-    )
-    parser.add_argument(
-        "--join",
-        default="",
-        help="the run ID of a search to work on (its study is in OPTUNA_STORAGE)",
+        "--join", default="", help="the run ID of a search to work on (its study: OPTUNA_STORAGE)"
     )
     parser.add_argument(
         "--heartbeat_seconds",
         type=positive_int,
-        default=20,
         help="how often a worker tells the shared study that its trials are alive",
     )
     parser.add_argument(
         "--grace_seconds",
         type=positive_int,
-        default=60,
         help="a trial silent this long is taken as dead, ended KILLED and run again",
     )
     parser.add_argument(
         "--retry_seconds",
         type=positive_int,
-        default=120,
         help="how long a worker waits for a study storage that went away before it stops",
     )
+    # The study storage comes from the environment only, never from a parameter that
+    # `mlflow run` would log with its password.
+    defaults = defaults_of(train_batch)
+    del defaults["storage"]
+    parser.set_defaults(**defaults)
     return parser
 
 
@@ -99,54 +83,102 @@ def main(argv: list[str] | None = None) -> int:
                 f"unknown hyperparameter {name!r}; choose from {', '.join(search.HYPERPARAMETERS)}"
             )
         storage = os.environ.get(study.STORAGE_ENV, "")
+        # Everything a user can get wrong is checked before this process's run exists.
         runs.check_tracking_server()
         if args.join:
-            # Everything is checked before this worker's run starts trials.
-            shared = study.StudySearch.join(args.join, storage, args.retry_seconds)
+            study.StudySearch.join(args.join, storage, args.retry_seconds)
             with stage_run("train_batch_worker", parser, args, __file__) as run:
-                summary = work_on(shared, args.workers)
+                summary = join_search(**arguments_for(join_search, args), storage=storage)
         else:
-            choices = search.parse_choices(
-                {name: getattr(args, name) for name in search.HYPERPARAMETERS}
-            )
-            strategy = search.resolve_strategy(choices, args.strategy, shared=bool(storage))
-            search.make_pruner(args.pruner)
-            if strategy != "grid" and storage:
-                study.open_storage(storage)  # a bad URL or password stops us here
+            check_batch(**arguments_for(check_batch, args), storage=storage)
             with stage_run("train_batch", parser, args, __file__) as run:
-                summary = run_batch(args, choices, strategy, storage if strategy != "grid" else "")
+                summary = train_batch(**arguments_for(train_batch, args), storage=storage)
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     print(f"train_batch run {run.info.run_id}: {summary}")
     return 0
 
 
-def run_batch(args, choices, strategy: str, storage: str) -> str:
-    """Run the batch's trials (with other machines, if `storage` is a database) and sum up."""
+def check_batch(
+    batch_size: str = "128",
+    epochs: str = "5",
+    lr: str = "0.002",
+    nr_conv_1: str = "8,16,24,32",
+    seed: str = "42",
+    strategy: str = "auto",
+    pruner: str = "none",
+    storage: str = "",
+) -> tuple[list, str]:
+    """Return the parsed hyperparameter choices and the strategy; UserError if anything is off.
+
+    With a `storage`, the study database is opened once, so that a wrong URL or password
+    is said before anything is created.
+    """
+    from mnist_pipeline import search, study
+
+    texts = {"batch_size": batch_size, "epochs": epochs, "lr": lr, "nr_conv_1": nr_conv_1}
+    choices = search.parse_choices({**texts, "seed": seed})
+    strategy = search.resolve_strategy(choices, strategy, shared=bool(storage))
+    search.make_pruner(pruner)
+    if strategy != "grid" and storage:
+        study.open_storage(storage)
+    return choices, strategy
+
+
+def train_batch(
+    preprocess_run: str = "",
+    dataset: str = "mnist",
+    batch_size: str = "128",
+    epochs: str = "5",
+    lr: str = "0.002",
+    nr_conv_1: str = "8,16,24,32",
+    seed: str = "42",
+    strategy: str = "auto",
+    trials: int = 8,
+    workers: int = 1,
+    pruner: str = "none",
+    heartbeat_seconds: int = 20,
+    grace_seconds: int = 60,
+    retry_seconds: int = 120,
+    storage: str = "",
+) -> str:
+    """Run a batch of train runs as children of the active run; return its summary line.
+
+    Each hyperparameter is a value ("16"), a list ("8,16,24") or a range ("8:64"). The
+    preprocess run is `preprocess_run`, or the newest finished one of `dataset`. Lists make
+    a grid on this machine; ranges are searched by Optuna's `strategy` (random or tpe) for
+    `trials` trials, `workers` at a time, in a study that other machines can join when
+    `storage` is a database URL. `pruner` (median or hyperband) stops lagging trials.
+    """
     import mlflow
 
     from mnist_pipeline import runs, study
     from mnist_pipeline.trials import TrialRunner, write_summary
 
-    if args.preprocess_run:
-        preprocess = runs.get_run(args.preprocess_run, "preprocess")
+    choices, strategy = check_batch(
+        batch_size, epochs, lr, nr_conv_1, seed, strategy, pruner, storage
+    )
+    storage = storage if strategy != "grid" else ""
+    if preprocess_run:
+        preprocess = runs.get_run(preprocess_run, "preprocess")
     else:
-        preprocess = runs.latest_run("preprocess", args.dataset)
-    parent = mlflow.active_run()
+        preprocess = runs.latest_run("preprocess", dataset)
+    parent = mlflow.active_run() or mlflow.start_run()
     settings = study.SearchSettings(
         parent_run_id=parent.info.run_id,
         experiment_id=parent.info.experiment_id,
         preprocess_run=preprocess.info.run_id,
-        hyperparameters={name: str(getattr(args, name)) for name in HYPERPARAMETER_DEFAULTS},
+        hyperparameters={choice.name: text for choice, text in zip(
+            choices, (batch_size, epochs, lr, nr_conv_1, seed), strict=True)},
         strategy=strategy,
-        trials=args.trials,
-        pruner=args.pruner,
+        trials=trials,
+        pruner=pruner,
         seed=_sampler_seed(choices),
-        heartbeat_seconds=args.heartbeat_seconds,
-        grace_seconds=args.grace_seconds,
-    )
+        heartbeat_seconds=heartbeat_seconds,
+        grace_seconds=grace_seconds,
+    )  # fmt: skip
     tags = {
-        "dataset": preprocess.data.tags.get("dataset", args.dataset),
+        "dataset": preprocess.data.tags.get("dataset", dataset),
         "preprocess_run": preprocess.info.run_id,
         "strategy": strategy,
         study.SEARCH_TAG: "shared" if storage else "local",
@@ -154,14 +186,14 @@ def run_batch(args, choices, strategy: str, storage: str) -> str:
     if strategy == "grid":
         batch = study.GridSearch(choices)
     else:
-        batch = study.StudySearch.create(settings, storage, args.retry_seconds)
+        batch = study.StudySearch.create(settings, storage, retry_seconds)
         tags[study.STUDY_TAG] = batch.study.study_name
         if storage:
             tags[study.STORAGE_TAG] = study.redacted(storage)
     mlflow.set_tags(tags)
     where = f", shared through {study.redacted(storage)}" if storage else ""
     print(
-        f"[train_batch] {batch.total} trials ({strategy}), {args.workers} at a time here, "
+        f"[train_batch] {batch.total} trials ({strategy}), {workers} at a time here, "
         f"on preprocess run {preprocess.info.run_id}{where}",
         file=sys.stderr,
     )
@@ -175,21 +207,26 @@ def run_batch(args, choices, strategy: str, storage: str) -> str:
         parent.info.run_id,
         parent.info.experiment_id,
         preprocess.info.run_id,
-        workers=args.workers,
+        workers=workers,
         total=batch.total,
         searched=settings.searched,
     )
-    study.run_workers(lambda: batch.work(runner), args.workers)
+    study.run_workers(lambda: batch.work(runner), workers)
     return write_summary(parent.info.run_id, parent.info.experiment_id, settings.searched)
 
 
-def work_on(shared, workers: int) -> str:
-    """Run trials of a search that another machine started, until it is done."""
+def join_search(join: str, workers: int = 1, retry_seconds: int = 120, storage: str = "") -> str:
+    """Run trials of the search whose parent run is `join`, until it is done; sum it up.
+
+    The search's study is in `storage` (the database URL it was started with); everything
+    else, the hyperparameters and the number of trials included, comes from the study.
+    """
     import mlflow
 
     from mnist_pipeline import study
     from mnist_pipeline.trials import HOST, TrialRunner, write_summary
 
+    shared = study.StudySearch.join(join, storage, retry_seconds)
     settings = shared.settings
     mlflow.set_tags(
         {"joined": settings.parent_run_id, "host": HOST, "worker": f"{HOST}:{os.getpid()}"}

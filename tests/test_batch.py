@@ -10,17 +10,6 @@ import pytest
 from conftest import free_port, running
 
 
-def children_of(store, parent):
-    import mlflow
-
-    store.client()
-    return mlflow.search_runs(
-        experiment_ids=[parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        output_format="list",
-    )
-
-
 @pytest.fixture(scope="module")
 def batch(pipeline):
     """A grid of four trials, two at a time, one value of which makes two trials fail."""
@@ -35,11 +24,12 @@ def batch(pipeline):
         lr="0.004",
         workers="2",
     )
-    parent = store.last_run("train_batch")
+    # By experiment: other tests run batches in the same store at the same time.
+    parent = store.last_run("train_batch", experiment="conv1")
     return {
         "store": store,
         "parent": parent,
-        "children": children_of(store, parent),
+        "children": store.children_of(parent.info.run_id),
         "output": result,
     }
 
@@ -116,8 +106,8 @@ def test_tpe_search_over_ranges(pipeline):
         epochs="1",
         workers="2",
     )
-    parent = store.last_run("train_batch")
-    children = children_of(store, parent)
+    parent = store.last_run("train_batch", experiment="search")
+    children = store.children_of(parent.info.run_id)
     assert len(children) == 3
     for run in children:
         assert 0.001 <= float(run.data.params["lr"]) <= 0.01
