@@ -167,7 +167,7 @@ def free_port() -> int:
 
 
 def wait_until_up(
-    url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 120
+    url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 300
 ) -> None:
     """Wait until `url` answers 200; raise with the server's log if it dies or never does."""
     # Straight to 127.0.0.1, whatever proxy the environment names.
@@ -213,7 +213,7 @@ def running(
     cwd: Path,
     env: dict,
     log: Path | None = None,
-    timeout: float = 120,
+    timeout: float = 300,
 ) -> Iterator[subprocess.Popen]:
     """Start a server in its own process group, wait until `ready_url` answers, stop it after."""
     output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)

@@ -99,7 +99,7 @@ def test_stage_by_stage_block_as_written(tmp_path):
     assert (project / "mlflow.db").exists() and (project / "model" / "MLmodel").exists()
     port = free_port()
     ui = ["bash", "-c", f"{lines[-1]} --port {port}"]
-    with running(ui, f"http://127.0.0.1:{port}/", cwd=project, env=store.env, timeout=90):
+    with running(ui, f"http://127.0.0.1:{port}/", cwd=project, env=store.env, timeout=300):
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
         assert b"MLflow" in page or b"mlflow" in page
 
