@@ -154,6 +154,8 @@ def grid_trial_seconds(environment: dict, root: Path, preprocess_run: str) -> di
     """A 4-trial grid of 1 epoch, one at a time; the mean seconds of its trial runs."""
     import mlflow
 
+    # A grid runs on one machine: no shared study, only the tracking store differs.
+    environment = {k: v for k, v in environment.items() if k != "OPTUNA_STORAGE"}
     wall = mlflow_run(environment, root, "train_batch", preprocess_run=preprocess_run,
                       nr_conv_1="12,14,16,18", epochs=1, workers=1, strategy="grid")  # fmt: skip
     parent = newest_run("train_batch")
