@@ -39,18 +39,10 @@ from common import (
 )
 from serving_client import ScoringServer, free_port, percentiles
 
+from mnist_pipeline.testing import CHROMIUM, CHROMIUM_ARGS
+
 TARGET_P50_MS = 100.0
 WARM_UP_STROKES = 3
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # Strokes as fractions of the pad: a 7, a 1, an L, a Z, a 4's first stroke.
 STROKES = [
     [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)],

@@ -93,12 +93,22 @@ def _get_data(run, client) -> tuple[str, str]:
     return f"get_data {dataset}", text
 
 
-def _explore_data(run, client) -> tuple[str, str]:
+def _images_of(run, client, done: str, which: str) -> tuple[dict, dict, str, str]:
+    """The run's tags, metrics, dataset, and `<done> the **mnist** <which> of <source>`."""
     tags, metrics = run.data.tags, run.data.metrics
     dataset = tags.get("dataset", "")
-    text = f"Measured the **{dataset}** training images of {_source(tags, client)}"
-    if "mean" in metrics:
-        text += f": pixel mean {metrics['mean']:.2f}, std {metrics['std']:.2f}"
+    return tags, metrics, dataset, f"{done} the **{dataset}** {which} of {_source(tags, client)}"
+
+
+def _mean_and_std(metrics: dict, words: str) -> str:
+    if "mean" not in metrics:
+        return ""
+    return words.format(mean=metrics["mean"], std=metrics["std"])
+
+
+def _explore_data(run, client) -> tuple[str, str]:
+    tags, metrics, dataset, text = _images_of(run, client, "Measured", "training images")
+    text += _mean_and_std(metrics, ": pixel mean {mean:.2f}, std {std:.2f}")
     text += (
         ". Drew examples of each class, the class histogram and the pixel histogram "
         "(`examples_per_class.png`, `class_histogram.png`, `pixel_histogram.png`)."
@@ -107,11 +117,9 @@ def _explore_data(run, client) -> tuple[str, str]:
 
 
 def _preprocess(run, client) -> tuple[str, str]:
-    tags, metrics = run.data.tags, run.data.metrics
-    dataset = tags.get("dataset", "")
-    text = f"Normalised the **{dataset}** images of {_source(tags, client)}"
+    tags, metrics, dataset, text = _images_of(run, client, "Normalised", "images")
+    text += _mean_and_std(metrics, " with mean {mean:.2f} and std {std:.2f}")
     if "mean" in metrics:
-        text += f" with mean {metrics['mean']:.2f} and std {metrics['std']:.2f}"
         if tags.get("explore_run"):
             text += f" (measured by {_link(tags['explore_run'], client)})"
         elif tags.get("mean_std_from") == "parameters":

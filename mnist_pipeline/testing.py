@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,18 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 MIRROR = REPO.parent / "shared" / "data"
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+# The system's Chromium (Debian's package: Playwright cannot download its own browsers here),
+# started the same way by the browser tests, bench_draw.py and docs/take_screenshots.py.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,16 +22,8 @@ import numpy as np
 import pytest
 from conftest import REPO, free_port, render_digit, running
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from mnist_pipeline.testing import CHROMIUM, CHROMIUM_ARGS
+
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
     reason="needs Chromium from the OS (Debian: apt-get install chromium); .ci/run installs it",
