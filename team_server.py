@@ -17,6 +17,7 @@ $ python team_server.py start --dir ./team-server
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import secrets
@@ -216,21 +217,24 @@ class TeamServer:
 
     def client_settings(self) -> str:
         """The lines a team member exports (with their own user and password)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return "\n".join(
             [
-                f"export MLFLOW_TRACKING_URI=http://{host}:{self.port}",
+                f"export MLFLOW_TRACKING_URI={self.url}",
                 f"export MLFLOW_TRACKING_USERNAME={ADMIN_USERNAME}",
                 f"export MLFLOW_TRACKING_PASSWORD=$(cat {self.secrets / 'admin_password'})",
                 "export OPTUNA_STORAGE=postgresql://optuna:"
-                f"$(cat {self.secrets / 'optuna_password'})@{host}:{self.db_port}/optuna",
+                f"$(cat {self.secrets / 'optuna_password'})@{self.local_host}:{self.db_port}/optuna",
             ]
         )
 
     @property
+    def local_host(self) -> str:
+        """The address a client on this machine uses: 127.0.0.1 when we listen on all of them."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{self.local_host}:{self.port}"
 
     # ------------------------------------------------------------------ PostgreSQL
 
@@ -304,6 +308,7 @@ class TeamServer:
         return result
 
     @staticmethod
+    @functools.cache
     def _bin(name: str) -> str:
         """The path of a PostgreSQL program, which Debian keeps off PATH."""
         candidates = []
@@ -326,9 +331,8 @@ class TeamServer:
 
     def _database_url(self, database: str) -> str:
         owner = DATABASES[database]
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         password = self._secret(f"{owner}_password")
-        return f"postgresql://{owner}:{password}@{host}:{self.db_port}/{database}"
+        return f"postgresql://{owner}:{password}@{self.local_host}:{self.db_port}/{database}"
 
     # ------------------------------------------------------------------ mlflow server
 
