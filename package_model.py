@@ -195,7 +195,7 @@ def replace_directory(model_uri: str, output_dir: str | Path) -> None:
 
     output_dir = Path(output_dir).resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.new-"))
+    staging = stopping.staging_folder(output_dir.parent, f".{output_dir.name}.new-")
     try:
         downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(staging)))
         # SIGINT and SIGTERM wait for the swap: stopped between the two renames, it
@@ -203,9 +203,7 @@ def replace_directory(model_uri: str, output_dir: str | Path) -> None:
         with stopping.deferred():
             retired = None
             if output_dir.exists():
-                retired = Path(
-                    tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.old-")
-                )
+                retired = stopping.staging_folder(output_dir.parent, f".{output_dir.name}.old-")
                 output_dir.rename(retired / output_dir.name)
             downloaded.rename(output_dir)
             if retired is not None:

@@ -10,7 +10,6 @@ import hashlib
 import os
 import shutil
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from mnist_pipeline.catalogue import DatasetSpec, IdxFile
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.idx import check_kind, parse_idx, unzipped
+from mnist_pipeline.stopping import staging_folder
 
 OFFICIAL = "official"
 # `progress(name, total_bytes)` may return a callback that is given each chunk's size.
@@ -80,13 +80,16 @@ def fetch_dataset(
     except OSError as error:
         raise UserError(f"{destination}: cannot create the folder ({error.strerror})") from None
     fetched = []
-    with tempfile.TemporaryDirectory(dir=destination, prefix=".fetch-") as staging:
+    staging = staging_folder(destination, ".fetch-")
+    try:
         for idx_file in spec.files:
-            staged = Path(staging) / idx_file.name
+            staged = staging / idx_file.name
             origin = _fetch_one(idx_file.name, source, spec, staged, progress, retries)
             fetched.append(_verify(idx_file, staged, origin, allow_unverified))
         for idx_file in spec.files:
-            os.replace(Path(staging) / idx_file.name, destination / idx_file.name)
+            os.replace(staging / idx_file.name, destination / idx_file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return fetched
 
 

@@ -8,18 +8,23 @@ for Ctrl-C, and `killed_when_stopped()` ends the active run KILLED.
 
 A process killed with SIGKILL cannot clean up. Its runs stay RUNNING; each run names the
 process responsible for it (tag `process`, `<host>:<pid>`), so `stale_runs()` can tell
-them from runs whose process still works, and end_stale_runs.py ends them as KILLED.
+them from runs whose process still works, and end_stale_runs.py ends them as KILLED. Its
+half-done folders carry the same name (`staging_folder()`), and the next process that
+stages into the same place removes them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 PROCESS_TAG = "process"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -145,6 +150,20 @@ def process_is_gone(tag: str) -> bool | None:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+def staging_folder(parent: Path, prefix: str) -> Path:
+    """Make a new folder `<prefix><host>:<pid>-<random>` in `parent` for work renamed into place.
+
+    Folders with the same prefix whose process is gone (killed with SIGKILL, a power cut)
+    are removed first; those of live processes, such as a second command at work on the
+    same folder, are left alone.
+    """
+    for folder in Path(parent).glob(f"{prefix}*"):
+        owner = folder.name[len(prefix) :].rpartition("-")[0]
+        if process_is_gone(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{process_tag()}-"))
 
 
 def stale_runs(experiment_ids: list[str] | None = None) -> tuple[list, list]:

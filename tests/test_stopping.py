@@ -8,10 +8,13 @@ process of the command is left, ./model is whole or absent, and a rerun finishes
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,10 +118,44 @@ def assert_whole_or_absent(model_dir: Path) -> None:
     assert not leftovers, f"half-done model folders left: {leftovers}"
 
 
+@contextlib.contextmanager
+def held_mirror(folder: Path):
+    """Serve `folder` over HTTP, holding every request until the block ends.
+
+    A download from it is under way for as long as the test needs, so that a signal
+    reaches get_data mid-download however fast the machine is.
+    """
+    released = threading.Event()
+
+    class Held(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the name http.server calls)
+            released.wait(timeout=120)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    handler = lambda *args, **kwargs: Held(*args, directory=str(folder), **kwargs)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        released.set()
+        server.shutdown()
+        server.server_close()
+
+
 def test_get_data_stopped_at_once_then_killed_with_sigkill(tmp_path, tiny_data):
+    with held_mirror(tiny_data) as url:
+        _stop_get_data_then_kill(tmp_path, tiny_data, url)
+
+
+def _stop_get_data_then_kill(tmp_path, tiny_data, url):
     store = make_store(tmp_path / "store")
     outdir = store.root / "data" / "mnist"
-    params = {"source": tiny_data, "allow_unverified": "true", "outdir": outdir}
+    params = {"source": url, "allow_unverified": "true", "outdir": outdir}
 
     # SIGTERM as soon as `mlflow run` created the run, before the script is under way.
     process = start(store, "get_data", **params)
@@ -144,6 +181,7 @@ def test_get_data_stopped_at_once_then_killed_with_sigkill(tmp_path, tiny_data):
     assert f"KILLED  {killed.info.run_id}" in ended.stdout
     assert_nothing_running(store)
 
+    params["source"] = tiny_data
     store.mlflow_run("get_data", **params)
     assert store.last_run("get_data").info.status == "FINISHED"
     assert sorted(path.name for path in outdir.iterdir()) == sorted(IDX_FILES)
