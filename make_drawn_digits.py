@@ -19,10 +19,7 @@ from pathlib import Path
 import cv2
 
 from mnist_pipeline.cli import USER_ERRORS, Parser, fail, positive_int
-from mnist_pipeline.drawn import DRAWN_DIGITS, DrawnDigit, contact_sheet, write_drawn_set
-
-# The sheet shows this many pictures of each kind and digit, so that it stays small.
-SHEET_PER_KIND = 1
+from mnist_pipeline.drawn import DRAWN_DIGITS, MEDIA, DrawnDigit, contact_sheet, write_drawn_set
 
 
 def build_parser() -> Parser:
@@ -58,14 +55,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_sheet(path: Path, digits: list[DrawnDigit]) -> None:
-    """Write a contact sheet of the first pictures of each (label, kind) to `path`."""
-    shown = Counter()
-    chosen = []
-    for digit in digits:
-        if shown[digit.label, digit.kind] < SHEET_PER_KIND:
-            shown[digit.label, digit.kind] += 1
-            chosen.append(digit)
-    ok, encoded = cv2.imencode(".png", contact_sheet(chosen), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    """Write a contact sheet to `path`: a line per digit, its first picture of each medium.
+
+    The German 1 and 7 get a line of their own, in every medium.
+    """
+    rows = []
+    for label in range(10):
+        of_label = [digit for digit in digits if digit.label == label]
+        first_of_medium = {}
+        for digit in of_label:
+            if digit.kind in MEDIA:
+                first_of_medium.setdefault(digit.kind, digit)
+        rows.append(list(first_of_medium.values()))
+        german = [digit for digit in of_label if digit.kind not in MEDIA]
+        if german:
+            rows.append(german[: len(MEDIA)])
+    ok, encoded = cv2.imencode(".png", contact_sheet(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise OSError(f"{path}: cv2 could not encode the contact sheet")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The drawn-digits evaluation set: digits as people draw them, generated from a seed.
 
 Each image is one digit on a canvas of its own size, drawn one of two ways: strokes along a
-jittered path defined per digit here (DIGIT_STROKES), or OpenCV's single-stroke Hershey
+jittered path defined per digit here (DIGIT_SHAPES), or OpenCV's single-stroke Hershey
 fonts. Each then gets a medium, the `kind` in labels.csv:
 
     pencil     1 px grey lines on white (PNG, grey)
@@ -41,139 +41,58 @@ LABELS_FILE = "labels.csv"
 COLUMNS = ("file", "label", "kind")
 MEDIA = ("pencil", "pen", "brush", "font", "rgba", "photo")
 KINDS = (*MEDIA, "european1", "crossed7")
-# Every other 1 and 7 is written the German way: the workshop's participants write them so.
+# Half the 1s and 7s are written the German way, as the workshop's participants write them:
+# the pictures of each digit come in runs of one per medium, and every other run is German.
 GERMAN_KINDS = {1: "european1", 7: "crossed7"}
 
-# Each digit's strokes, as a person draws them: lists of points in a unit box (x to the
-# right, y down), each smoothed into a curve through its points. A stroke whose name starts
-# with "line" is drawn straight from point to point, for the corners of a 4 or a 7.
-# Several shapes per digit, as people write them differently.
-Stroke = tuple[str, tuple[tuple[float, float], ...]]
-DIGIT_STROKES: dict[int, tuple[tuple[Stroke, ...], ...]] = {
+# Each digit's shapes, as people draw them. A shape is strokes separated by "|"; a stroke is
+# a pen movement through points x,y of a unit box (x to the right, y down). A "curve" is
+# smoothed through its points; a "line" goes straight from point to point, for the corners
+# of a 4 or a 7. Several shapes per digit, as people write them differently.
+DIGIT_SHAPES = {
     0: (
-        (
-            (
-                "curve",
-                (
-                    (0.55, 0.0),
-                    (0.2, 0.12),
-                    (0.08, 0.5),
-                    (0.22, 0.9),
-                    (0.5, 1.0),
-                    (0.8, 0.88),
-                    (0.92, 0.5),
-                    (0.8, 0.12),
-                    (0.5, 0.02),
-                    (0.4, 0.06),
-                ),
-            ),
-        ),
+        "curve .55,0 .2,.12 .08,.5 .22,.9 .5,1 .8,.88 .92,.5 .8,.12 .55,0 .42,0",
+        "curve .5,0 .25,.05 .1,.3 .12,.75 .4,1 .75,.9 .9,.5 .82,.15 .6,0 .45,.02",
     ),
-    1: (
-        (("line", ((0.5, 0.0), (0.5, 1.0))),),
-        (("line", ((0.3, 0.2), (0.55, 0.0), (0.55, 1.0))),),
-    ),
+    1: ("line .5,0 .5,1", "line .3,.2 .55,0 .55,1"),
     2: (
-        (
-            (
-                "curve",
-                ((0.1, 0.25), (0.3, 0.03), (0.65, 0.0), (0.85, 0.22), (0.72, 0.5), (0.1, 1.0)),
-            ),
-            ("line", ((0.1, 1.0), (0.92, 0.98))),
-        ),
-        (
-            ("curve", ((0.12, 0.2), (0.5, 0.0), (0.85, 0.25), (0.55, 0.65), (0.12, 0.98))),
-            ("curve", ((0.12, 0.98), (0.3, 0.9), (0.6, 0.98), (0.9, 0.95))),
-        ),
+        "curve .1,.25 .3,.03 .65,0 .85,.22 .72,.5 .1,1 | line .1,1 .92,.98",
+        "curve .12,.2 .5,0 .85,.25 .55,.65 .12,.98 | curve .12,.98 .3,.9 .6,.98 .9,.95",
+        "curve .12,.22 .45,0 .82,.2 .7,.5 .28,.9 .16,1 .1,.9 .3,.86 .6,.98 .92,.94",
     ),
     3: (
-        (
-            ("curve", ((0.12, 0.15), (0.5, 0.0), (0.85, 0.18), (0.75, 0.42), (0.42, 0.5))),
-            ("curve", ((0.42, 0.5), (0.85, 0.62), (0.85, 0.88), (0.5, 1.0), (0.1, 0.86))),
-        ),
-        (
-            ("line", ((0.12, 0.02), (0.85, 0.02), (0.45, 0.42))),
-            ("curve", ((0.45, 0.42), (0.85, 0.58), (0.82, 0.9), (0.45, 1.0), (0.1, 0.85))),
-        ),
+        "curve .12,.15 .5,0 .85,.18 .75,.42 .42,.5 | curve .42,.5 .85,.62 .85,.88 .5,1 .1,.86",
+        "line .12,.02 .85,.02 .45,.42 | curve .45,.42 .85,.58 .82,.9 .45,1 .1,.85",
     ),
     4: (
-        (("line", ((0.62, 0.0), (0.08, 0.68), (0.92, 0.68))), ("line", ((0.7, 0.3), (0.7, 1.0)))),
-        (("line", ((0.15, 0.0), (0.1, 0.6), (0.92, 0.6))), ("line", ((0.72, 0.0), (0.72, 1.0)))),
+        "line .62,0 .08,.68 .92,.68 | line .7,.3 .7,1",
+        "line .15,0 .1,.6 .92,.6 | line .72,0 .72,1",
     ),
     5: (
-        (
-            ("line", ((0.85, 0.0), (0.25, 0.0), (0.2, 0.45))),
-            (
-                "curve",
-                ((0.2, 0.45), (0.5, 0.37), (0.85, 0.55), (0.85, 0.85), (0.5, 1.0), (0.1, 0.88)),
-            ),
-        ),
+        "line .85,0 .25,0 .2,.45 | curve .2,.45 .5,.37 .85,.55 .85,.85 .5,1 .1,.88",
+        "curve .25,.02 .2,.45 .55,.38 .85,.6 .75,.92 .4,1 .1,.85 | line .25,.02 .88,0",
     ),
     6: (
-        (
-            (
-                "curve",
-                (
-                    (0.75, 0.0),
-                    (0.35, 0.25),
-                    (0.15, 0.65),
-                    (0.3, 0.98),
-                    (0.65, 0.98),
-                    (0.85, 0.75),
-                    (0.65, 0.5),
-                    (0.3, 0.55),
-                    (0.17, 0.72),
-                ),
-            ),
-        ),
+        "curve .75,0 .35,.25 .15,.65 .3,.98 .65,.98 .85,.75 .65,.5 .3,.55 .17,.72",
+        "curve .7,0 .32,.45 .2,.8 .45,1 .78,.85 .72,.6 .42,.58 .22,.78",
     ),
     7: (
-        (("line", ((0.08, 0.0), (0.9, 0.0), (0.38, 1.0))),),
-        (("line", ((0.08, 0.12), (0.1, 0.0), (0.9, 0.02), (0.45, 1.0))),),
+        "line .08,0 .9,0 .38,1",
+        "line .08,.12 .1,0 .9,.02 .45,1",
+        "line .1,.02 .9,0 | curve .9,0 .65,.45 .5,1",
     ),
     8: (
-        (
-            (
-                "curve",
-                (
-                    (0.8, 0.15),
-                    (0.5, 0.0),
-                    (0.2, 0.15),
-                    (0.25, 0.35),
-                    (0.5, 0.5),
-                    (0.82, 0.7),
-                    (0.75, 0.95),
-                    (0.5, 1.0),
-                    (0.2, 0.92),
-                    (0.2, 0.7),
-                    (0.5, 0.5),
-                    (0.75, 0.32),
-                    (0.8, 0.15),
-                ),
-            ),
-        ),
+        "curve .8,.15 .5,0 .2,.15 .25,.35 .5,.5 .82,.7 .75,.95 .5,1 .2,.92 .2,.7 .5,.5 .75,.32 .8,.15",
+        "curve .5,.48 .22,.3 .5,0 .78,.25 .5,.48 | curve .5,.48 .15,.75 .5,1 .85,.75 .5,.48",
     ),
     9: (
-        (
-            (
-                "curve",
-                ((0.82, 0.2), (0.55, 0.0), (0.2, 0.1), (0.2, 0.38), (0.5, 0.48), (0.82, 0.3)),
-            ),
-            ("line", ((0.82, 0.12), (0.78, 1.0))),
-        ),
-        (
-            (
-                "curve",
-                ((0.8, 0.22), (0.5, 0.0), (0.18, 0.15), (0.25, 0.42), (0.6, 0.42), (0.8, 0.22)),
-            ),
-            ("curve", ((0.8, 0.1), (0.8, 0.6), (0.72, 0.9), (0.45, 1.0))),
-        ),
+        "curve .82,.2 .55,0 .2,.1 .2,.38 .5,.48 .82,.3 | line .82,.12 .78,1",
+        "curve .8,.22 .5,0 .18,.15 .25,.42 .6,.42 .8,.22 | curve .8,.1 .8,.6 .72,.9 .45,1",
     ),
 }
-# The European 1: a long upstroke (the flag) and, more often than not, a foot.
-EUROPEAN_ONE_FLAG: Stroke = ("line", ((0.12, 0.38), (0.58, 0.0), (0.58, 1.0)))
-EUROPEAN_ONE_FOOT: Stroke = ("line", ((0.28, 1.0), (0.88, 1.0)))
-CROSSED_SEVEN_BAR: Stroke = ("line", ((0.35, 0.52), (0.85, 0.5)))
+# The European 1's foot, drawn under it more often than not; its flag is drawn in _strokes.
+EUROPEAN_ONE_FOOT = "line .25,1 .9,1"
+CROSSED_SEVEN_BAR = "line .35,.52 .85,.5"
 
 HERSHEY_FONTS = (
     cv2.FONT_HERSHEY_SIMPLEX,
@@ -209,12 +128,8 @@ def drawn_digits(per_digit: int, seed: int) -> Iterator[DrawnDigit]:
 def drawn_digit(label: int, number: int, seed: int) -> DrawnDigit:
     """Return picture `number` of digit `label`; the same three numbers give the same bytes."""
     rng = np.random.default_rng([seed, label, number])
-    medium = MEDIA[number % len(MEDIA)]
-    german = label in GERMAN_KINDS and number % 2 == 1
-    if german and medium == "font":
-        # Fonts have no German 1 or 7; draw those with a pen instead.
-        medium = "pen"
-    kind = GERMAN_KINDS[label] if german else medium
+    kind, medium = kind_and_medium(label, number)
+    german = kind in GERMAN_KINDS.values()
     height, width = _canvas_size(rng, medium)
     if medium == "font":
         ink = _font_ink(rng, label, height, width)
@@ -222,6 +137,15 @@ def drawn_digit(label: int, number: int, seed: int) -> DrawnDigit:
         ink = _stroke_ink(rng, _strokes(rng, label, german), height, width, medium)
     data, extension = _picture(rng, ink, medium)
     return DrawnDigit(f"{label}-{number:03d}-{kind}.{extension}", label, kind, data)
+
+
+def kind_and_medium(label: int, number: int) -> tuple[str, str]:
+    """Return the kind and the medium of picture `number` of digit `label`, whatever the seed."""
+    medium = MEDIA[number % len(MEDIA)]
+    if label in GERMAN_KINDS and number // len(MEDIA) % 2 == 1:
+        # Fonts have no German 1 or 7; those are drawn with a pen instead.
+        return GERMAN_KINDS[label], "pen" if medium == "font" else medium
+    return medium, medium
 
 
 def _canvas_size(rng: np.random.Generator, medium: str) -> tuple[int, int]:
@@ -240,16 +164,27 @@ def _canvas_size(rng: np.random.Generator, medium: str) -> tuple[int, int]:
     return height, int(np.clip(round(height * aspect), 100, 600))
 
 
-def _strokes(rng: np.random.Generator, label: int, german: bool) -> tuple[Stroke, ...]:
+def _strokes(rng: np.random.Generator, label: int, german: bool) -> list[str]:
+    """Return the strokes of one shape of `label`, the German way if `german`."""
     if german and label == 1:
-        return (
-            (EUROPEAN_ONE_FLAG, EUROPEAN_ONE_FOOT) if rng.random() < 0.7 else (EUROPEAN_ONE_FLAG,)
-        )
-    shapes = DIGIT_STROKES[label]
-    strokes = shapes[int(rng.integers(len(shapes)))]
+        # The flag is a long upstroke from a third to over half of the way down the stem,
+        # straight or bowed; the stem is drawn down from its top in the same movement.
+        x, y = rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.55)
+        bow = rng.choice([0.0, 0.0, 0.08])
+        flag = f"curve {x:.3f},{y:.3f} {(x + 0.6) / 2 - bow:.3f},{y / 2 - bow:.3f} .6,0"
+        strokes = [flag, "line .6,0 .6,1"]
+        return [*strokes, EUROPEAN_ONE_FOOT] if rng.random() < 0.7 else strokes
+    shapes = DIGIT_SHAPES[label]
+    strokes = shapes[int(rng.integers(len(shapes)))].split("|")
     if german and label == 7:
-        return (*strokes, CROSSED_SEVEN_BAR)
+        strokes.append(CROSSED_SEVEN_BAR)
     return strokes
+
+
+def _stroke_points(stroke: str) -> tuple[str, np.ndarray]:
+    """Return ("curve" or "line", float (n, 2)) from a stroke such as "line .1,0 .9,0 .4,1"."""
+    name, *points = stroke.split()
+    return name, np.array([[float(value) for value in point.split(",")] for point in points])
 
 
 def _placement(
@@ -257,10 +192,10 @@ def _placement(
 ) -> np.ndarray:
     """Return a 2x3 affine matrix from a unit box to the canvas: slant, rotation, off-centre.
 
-    The digit is `digit_height` pixels tall, leaning by up to 0.3 of its height and turned by
+    The digit is `digit_height` pixels tall, leaning by up to half its height and turned by
     up to 15 degrees, somewhere on the canvas but never cut by its edge.
     """
-    slant = float(rng.uniform(-0.15, 0.35))  # Right-handed writers lean forward more often.
+    slant = float(rng.uniform(-0.2, 0.5))  # Right-handed writers lean forward more often.
     angle = np.deg2rad(rng.uniform(-15, 15))
     # Unit box centred at 0, scaled, slanted (the top moves right), then turned.
     scale = np.array([[digit_width, 0], [0, digit_height]])
@@ -279,26 +214,29 @@ def _placement(
 def _digit_size(rng: np.random.Generator, height: int, width: int) -> tuple[float, float]:
     """Return (height, width) in pixels of a digit's box: 35-80% of the canvas's shorter side."""
     digit_height = float(rng.uniform(0.35, 0.8)) * min(height, width)
-    return digit_height, digit_height * float(rng.uniform(0.55, 0.8))
+    return digit_height, digit_height * float(rng.uniform(0.5, 0.95))
 
 
 def _stroke_ink(
-    rng: np.random.Generator, strokes: tuple[Stroke, ...], height: int, width: int, medium: str
+    rng: np.random.Generator, strokes: list[str], height: int, width: int, medium: str
 ) -> np.ndarray:
     """Return float32 (height, width), 1 where ink is, drawn along jittered paths."""
     digit_height, digit_width = _digit_size(rng, height, width)
     if medium == "pencil":
         # A 1 px line stays visible in 28x28 only if the digit is small on its canvas.
-        digit_height, digit_width = min(digit_height, 110.0), min(digit_width, 80.0)
-    thickness = _thickness(rng, medium, digit_height)
+        digit_height, digit_width = min(digit_height, 130.0), min(digit_width, 100.0)
+    # Even the fattest brush leaves a narrow digit's loops open.
+    thickness = min(_thickness(rng, medium, digit_height), max(2, round(0.3 * digit_width)))
     matrix = _placement(rng, height, width, digit_height, digit_width)
     # Subpixel coordinates: cv2 draws with 4 fractional bits.
     shift = 4
     canvas = np.zeros((height, width), dtype=np.uint8)
-    jitter = float(rng.uniform(0.01, 0.035))
-    for name, points in strokes:
-        control = np.array(points) + rng.normal(0.0, jitter, size=(len(points), 2))
-        path = control if name == "line" else _smooth(control)
+    jitter = float(rng.uniform(0.015, 0.05))
+    wobble = float(rng.uniform(0.0, 0.01))
+    for stroke in strokes:
+        name, points = _stroke_points(stroke)
+        control = points + rng.normal(0.0, jitter, size=points.shape)
+        path = _shaken(rng, control if name == "line" else _smooth(control), wobble)
         on_canvas = path @ matrix[:, :2].T + matrix[:, 2]
         fixed = np.rint(on_canvas * (1 << shift)).astype(np.int32)
         cv2.polylines(canvas, [fixed], False, 255, thickness, cv2.LINE_AA, shift)
@@ -306,16 +244,30 @@ def _stroke_ink(
 
 
 def _thickness(rng: np.random.Generator, medium: str, digit_height: float) -> int:
-    """Return a pen's width in pixels: 1 for a pencil, up to a fifth of the digit for a brush."""
+    """Return a pen's width in pixels: 1 for a pencil, up to 30% of the digit for a brush."""
     if medium == "pencil":
         return 1
     low, high = {
-        "pen": (0.02, 0.06),
-        "brush": (0.1, 0.2),
-        "rgba": (0.05, 0.13),
+        "pen": (0.015, 0.06),
+        "brush": (0.12, 0.3),
+        "rgba": (0.04, 0.16),
         "photo": (0.03, 0.07),
     }[medium]
     return max(2, round(float(rng.uniform(low, high)) * digit_height))
+
+
+def _shaken(rng: np.random.Generator, path: np.ndarray, wobble: float) -> np.ndarray:
+    """Return `path` (n, 2) resampled every 0.02 and shaken as a hand shakes a mouse.
+
+    The shake is noise smoothed along the path, of about `wobble` of the digit's height.
+    """
+    lengths = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    along = np.concatenate([[0.0], np.cumsum(lengths)])
+    steps = np.linspace(0.0, along[-1], max(2, int(along[-1] / 0.02) + 1))
+    dense = np.column_stack([np.interp(steps, along, path[:, axis]) for axis in (0, 1)])
+    # Smoothed over a few points, white noise loses most of its size; 2.5 gives it back.
+    shake = cv2.GaussianBlur(rng.normal(0.0, wobble, size=dense.shape), (1, 0), 0, sigmaY=3.0)
+    return dense + 2.5 * shake
 
 
 def _smooth(points: np.ndarray, steps: int = 12) -> np.ndarray:
@@ -413,11 +365,14 @@ def write_drawn_set(folder: str | os.PathLike, per_digit: int, seed: int) -> lis
     """Write the set's files and labels.csv to `folder`, replacing it whole; return the digits.
 
     The files are written to a staging folder beside it and renamed into place, so that
-    `folder` is never half-written.
+    `folder` is never half-written. Raises UserError if `folder` exists and is not a set
+    (it has no labels.csv): replacing it would delete someone's files.
     """
-    folder = Path(folder)
+    folder = Path(folder).resolve()
+    if folder.exists() and not (folder / LABELS_FILE).is_file():
+        raise UserError(f"{folder}: exists and holds no {LABELS_FILE}; choose a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_folder(folder.parent, f".{folder.name}-")
+    staging = staging_folder(folder.parent, f".{folder.name}-new-")
     try:
         digits = list(drawn_digits(per_digit, seed))
         for digit in digits:
@@ -465,23 +420,37 @@ def read_drawn_set(folder: str | os.PathLike = DRAWN_DIGITS) -> pd.DataFrame:
     return frame
 
 
-def contact_sheet(digits: list[DrawnDigit], tile: int = 84) -> np.ndarray:
-    """Return uint8 BGR: per digit, the picture as drawn and the 28x28 the model sees, side by side.
+def contact_sheet(rows: list[list[DrawnDigit]], tile: int = 84) -> np.ndarray:
+    """Return uint8 BGR: each picture beside the 28x28 pixels the model sees, under its kind.
 
-    One row per digit in order, tiles of `tile` pixels; the picture is shown on a grey
-    checkerboard where it is transparent, and the model's view enlarged without smoothing.
+    One line of the sheet per list in `rows`, tiles of `tile` pixels. A picture is shown on
+    a grey checkerboard where it is transparent, the model's view enlarged without smoothing.
     """
-    columns = 10
-    pair_width = 2 * tile + 6
-    rows = -(-len(digits) // columns)
-    sheet = np.full((rows * (tile + 6), columns * (pair_width + 10), 3), 255, dtype=np.uint8)
-    for index, digit in enumerate(digits):
-        top = (index // columns) * (tile + 6)
-        left = (index % columns) * (pair_width + 10)
-        sheet[top : top + tile, left : left + tile] = _thumbnail(digit.data, tile)
-        seen = image_to_pixels(digit.data)
-        view = cv2.resize(seen, (tile, tile), interpolation=cv2.INTER_NEAREST)
-        sheet[top : top + tile, left + tile + 4 : left + 2 * tile + 4] = view[..., np.newaxis]
+    caption, gap = 16, 10
+    pair_width = 2 * tile + 4
+    columns = max(len(row) for row in rows)
+    sheet = np.full(
+        (len(rows) * (tile + caption + gap), columns * (pair_width + gap), 3), 255, dtype=np.uint8
+    )
+    for row_number, row in enumerate(rows):
+        for column, digit in enumerate(row):
+            top = row_number * (tile + caption + gap) + caption
+            left = column * (pair_width + gap)
+            cv2.putText(
+                sheet,
+                digit.kind,
+                (left, top - 4),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                (60, 60, 60),
+                1,
+                cv2.LINE_AA,
+            )
+            sheet[top : top + tile, left : left + tile] = _thumbnail(digit.data, tile)
+            seen = cv2.resize(
+                image_to_pixels(digit.data), (tile, tile), interpolation=cv2.INTER_NEAREST
+            )
+            sheet[top : top + tile, left + tile + 4 : left + pair_width] = seen[..., np.newaxis]
     return sheet
 
 
