@@ -7,6 +7,12 @@ to the preprocess run's `transform.json`, logs the model from code (served_model
 to this run, registers a new version of the model named after the dataset, and saves
 the same model to `--output_dir`, replacing what was there in one move.
 
+Then evaluates the logged model as it is served (see mnist_pipeline/evaluation.py): all
+test images as frames, 2,000 of them as PNG files and, for mnist, the drawn digits of
+drawn_digits/. Logs `served_accuracy`, `served_png_accuracy` and `drawn_accuracy` with
+the evaluator's metrics, per-class reports and confusion matrices, and tags the run and
+the registered version with the same three figures.
+
 $ mlflow run . -e package --env-manager local -P train_run=<train run id>
 """
 
@@ -14,14 +20,16 @@ import importlib.metadata
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from mnist_pipeline import stopping
+from mnist_pipeline import evaluation, stopping
 from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, boolean, fail, stage_run
+from mnist_pipeline.drawn import DRAWN_DIGITS
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 
@@ -125,10 +133,9 @@ def package(
     if train_run == "best":
         print(f"Best train run: {train_run_id} (test accuracy {accuracy:.4f})", file=sys.stderr)
 
-    x_test, _ = load_arrays(preprocess_dir, "test")
-    first_test_image = x_test[0, :, :, 0]
-    pixels = np.clip(np.rint(first_test_image * spec.std + spec.mean), 0, 255).astype(np.uint8)
-    input_example = pd.DataFrame(pixels, columns=[str(column) for column in range(28)])
+    x_test, y_test = load_arrays(preprocess_dir, "test")
+    test_pixels = evaluation.pixels_from_arrays(x_test, spec)
+    input_example = pd.DataFrame(test_pixels[0], columns=[str(column) for column in range(28)])
     # The model takes several request formats (see mnist_pipeline/serving.py), so only
     # the answer has a fixed schema; an input schema would refuse all but one of them.
     signature = ModelSignature(
@@ -160,16 +167,63 @@ def package(
     mlflow.set_tag("model_uuid", model_info.model_uuid)
     if accuracy is not None:
         mlflow.log_metric("accuracy", accuracy)
+    # Evaluated before it replaces the saved model: a model that fails its evaluation,
+    # or a package stopped during it, leaves `output_dir` as it was.
+    served = evaluate_served(model_info.model_uri, model_info.model_id, spec, test_pixels, y_test)
     replace_directory(model_info.model_uri, Path(output_dir))
 
-    summary = f"saved {output_dir}/ from train run {train_run_id}"
+    summary = (
+        f"saved {output_dir}/ from train run {train_run_id}, "
+        f"served accuracy {served['served_accuracy']:.4f}"
+    )
     version = model_info.registered_model_version
     if register and version is not None:
         runs.describe_version(spec.dataset, version, train_run_id, accuracy, champion)
+        client = mlflow.MlflowClient()
+        for name, figure in served.items():
+            client.set_model_version_tag(spec.dataset, version, name, f"{figure:.4f}")
         summary += f"; registered {spec.dataset} version {version}"
         if champion:
             summary += f" as models:/{spec.dataset}@{CHAMPION}"
     return summary
+
+
+def evaluate_served(
+    model_uri: str,
+    model_id: str | None,
+    spec: TransformSpec,
+    test_pixels: np.ndarray,
+    test_labels: np.ndarray,
+    drawn_dir: str | Path = DRAWN_DIGITS,
+) -> dict[str, float]:
+    """Evaluate the model at `model_uri` as it is served; log and tag the run; return the figures.
+
+    `test_pixels` are uint8 (n, 28, 28), 0-255, and `test_labels` their classes (n,). The
+    drawn digits at `drawn_dir` are evaluated for a digit dataset only (they are digits),
+    and only if the folder exists. Returns {"served_accuracy": ..., ...}.
+    """
+    import mlflow
+
+    started = time.perf_counter()
+    model = mlflow.pyfunc.load_model(model_uri)
+    request_sets = [evaluation.test_png_files(test_pixels, test_labels, spec)]
+    if spec.dataset == "mnist":
+        if Path(drawn_dir).is_dir():
+            request_sets.append(evaluation.drawn_files(drawn_dir, spec))
+        else:
+            print(f"No drawn digits at {drawn_dir}: no drawn_accuracy", file=sys.stderr)
+    # The frames last: MLflow's unprefixed per_class_metrics.csv is the last evaluation's,
+    # so it is then the report of the whole test set (see evaluation.evaluate).
+    request_sets.append(evaluation.test_frames(test_pixels, test_labels, spec))
+    served = {}
+    for request_set in request_sets:
+        result = evaluation.evaluate(model, request_set, model_id)
+        print(result.summary(), file=sys.stderr)
+        served[result.metric] = result.accuracy
+    mlflow.log_metrics(served)
+    mlflow.set_tags({name: f"{figure:.4f}" for name, figure in served.items()})
+    print(f"Evaluated the served model in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return served
 
 
 def serving_requirements() -> list[str]:

@@ -1,0 +1,206 @@
+"""package's evaluation of the served model: metrics, artifacts and tags, and what they measure.
+
+The session pipeline's package run (a real `mlflow run . -e package`) is read for what it
+logged; the figures are checked against the logged model asked directly, here, on the same
+requests. The drawn-digits set is a small folder written by the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import render_digit
+
+from mnist_pipeline import evaluation
+from mnist_pipeline.drawn import DRAWN_DIGITS, read_drawn_set
+from mnist_pipeline.serving import IMAGE_COLUMN
+from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, load_arrays
+
+FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
+
+
+@pytest.fixture(scope="module")
+def served(pipeline) -> dict:
+    """The pipeline's package run, its logged model loaded here, and the test set as pixels."""
+    import mlflow
+
+    from mnist_pipeline import runs
+
+    store = pipeline["store"]
+    client = store.client()
+    [package_run] = store.runs(
+        "package", experiment="Default", query=f"tags.train_run = '{pipeline['train_run']}'"
+    )
+    model_uri = runs.logged_model_uri(package_run)
+    preprocess_dir = runs.artifact_dir(pipeline["preprocess_run"])
+    spec = TransformSpec.load(preprocess_dir / TRANSFORM_FILE)
+    x_test, y_test = load_arrays(preprocess_dir, "test")
+    return {
+        "store": store,
+        "client": client,
+        "run": package_run,
+        "model_uri": model_uri,
+        "model": mlflow.pyfunc.load_model(model_uri),
+        "spec": spec,
+        "pixels": evaluation.pixels_from_arrays(x_test, spec),
+        "labels": y_test,
+    }
+
+
+def accuracy_asked_directly(model, request_set: evaluation.RequestSet) -> float:
+    step = request_set.rows_per_request
+    requests = request_set.requests
+    answers = pd.concat(
+        [
+            model.predict(requests.iloc[start : start + step])
+            for start in range(0, len(requests), step)
+        ]
+    )
+    return float(np.mean(answers["class_name"].to_numpy() == request_set.targets))
+
+
+def write_drawn_folder(folder, count: int = 12) -> list[int]:
+    """A small drawn set: digits as PNG files, and one as a JPEG photo, with labels.csv."""
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    rows = ["file,label,kind"]
+    labels = []
+    for number in range(count):
+        digit = number % 10
+        # Dark ink on white paper, as people draw; the served model inverts it.
+        picture = 255 - render_digit(digit, rng, canvas=96)
+        kind, extension = ("photo", ".jpg") if number == 0 else ("pencil", ".png")
+        name = f"{digit}-{number:03d}-{kind}{extension}"
+        cv2.imwrite(str(folder / name), picture)
+        rows.append(f"{name},{digit},{kind}")
+        labels.append(digit)
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return labels
+
+
+def test_package_logs_the_served_figures_and_tags_run_and_version(served):
+    run = served["run"]
+    metrics, tags = run.data.metrics, run.data.tags
+    for figure in FIGURES:
+        assert 0 <= metrics[figure] <= 1, figure
+        # The evaluator's own name for the same figure, beside the short one.
+        assert metrics[figure] == metrics[f"{figure}_score"], figure
+        assert tags[figure] == f"{metrics[figure]:.4f}", figure
+    test_images = len(served["labels"])
+    assert metrics["served_example_count"] == test_images
+    assert metrics["served_png_example_count"] == min(evaluation.PNG_SAMPLE, test_images)
+    assert metrics["drawn_example_count"] == len(read_drawn_set())
+
+    [version] = served["client"].search_model_versions(f"run_id = '{run.info.run_id}'")
+    for figure in FIGURES:
+        assert version.tags[figure] == tags[figure], figure
+    assert version.tags["accuracy"] == f"{metrics['accuracy']:.4f}"
+
+    artifacts = {item.path for item in served["client"].list_artifacts(run.info.run_id)}
+    for prefix in ("served", "served_png", "drawn"):
+        assert f"{prefix}_confusion_matrix.png" in artifacts
+        assert f"{prefix}_per_class_metrics.csv" in artifacts
+    assert "drawn_accuracy_per_kind.csv" in artifacts
+    inputs = {each.dataset.name for each in run.inputs.dataset_inputs}
+    assert {"mnist test frames", "mnist test PNG files (seed 0)"} <= inputs
+
+
+def test_served_figures_are_what_the_model_answers_to_the_same_requests(served):
+    model, spec, metrics = served["model"], served["spec"], served["run"].data.metrics
+    frames = evaluation.test_frames(served["pixels"], served["labels"], spec)
+    assert list(frames.requests.columns) == [str(column) for column in range(784)]
+    assert frames.requests.to_numpy().max() > 1  # 0-255 pixels, as clients send them
+    assert accuracy_asked_directly(model, frames) == pytest.approx(metrics["served_accuracy"])
+
+    png = evaluation.test_png_files(served["pixels"], served["labels"], spec)
+    first = base64.b64decode(png.requests[IMAGE_COLUMN][0])
+    assert first.startswith(b"\x89PNG")
+    assert accuracy_asked_directly(model, png) == pytest.approx(metrics["served_png_accuracy"])
+
+    drawn = evaluation.drawn_files(DRAWN_DIGITS, spec)
+    assert len(drawn.requests) == len(read_drawn_set(DRAWN_DIGITS))
+    assert accuracy_asked_directly(model, drawn) == pytest.approx(metrics["drawn_accuracy"])
+
+
+def test_pixels_from_arrays_gives_back_the_idx_pixels(served):
+    from mnist_pipeline.transform import normalize
+
+    pixels = served["pixels"]
+    assert pixels.dtype == np.uint8 and pixels.shape[1:] == (28, 28)
+    again = evaluation.pixels_from_arrays(normalize(pixels, served["spec"]), served["spec"])
+    assert np.array_equal(again, pixels)
+
+
+def test_png_sample_is_seeded_and_at_most_the_test_set(served):
+    spec, pixels, labels = served["spec"], served["pixels"], served["labels"]
+    first = evaluation.test_png_files(pixels, labels, spec, count=50, seed=1)
+    again = evaluation.test_png_files(pixels, labels, spec, count=50, seed=1)
+    other = evaluation.test_png_files(pixels, labels, spec, count=50, seed=2)
+    assert first.requests.equals(again.requests)
+    assert not first.requests.equals(other.requests)
+    assert len(evaluation.test_png_files(pixels, labels, spec, count=10**6).requests) == len(labels)
+
+
+def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys):
+    """From Python, as package calls it: a drawn folder of a dozen pictures, then none."""
+    import mlflow
+
+    from package_model import evaluate_served
+
+    store, client = served["store"], served["client"]
+    experiment = client.create_experiment(
+        "served-evaluation",
+        artifact_location=(store.root / "mlruns" / "served-evaluation").as_uri(),
+    )
+    drawn = tmp_path / "drawn"
+    labels = write_drawn_folder(drawn)
+    model_uri, spec = served["model_uri"], served["spec"]
+    with mlflow.start_run(experiment_id=experiment) as run:
+        figures = evaluate_served(
+            model_uri, None, spec, served["pixels"], served["labels"], drawn_dir=drawn
+        )
+    assert set(figures) == set(FIGURES)
+    request_set = evaluation.drawn_files(drawn, spec)
+    assert list(request_set.targets) == [str(label) for label in labels]
+    assert figures["drawn_accuracy"] == pytest.approx(
+        accuracy_asked_directly(served["model"], request_set)
+    )
+    logged = mlflow.get_run(run.info.run_id)
+    assert logged.data.metrics["drawn_example_count"] == len(labels)
+    assert logged.data.tags["drawn_accuracy"] == f"{figures['drawn_accuracy']:.4f}"
+    per_kind = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="drawn_accuracy_per_kind.csv"
+        )
+    )
+    assert dict(zip(per_kind["kind"], per_kind["images"], strict=True)) == {
+        "photo": 1,
+        "pencil": len(labels) - 1,
+    }
+    progress = capsys.readouterr().err
+    assert f"Drawn accuracy {figures['drawn_accuracy']:.4f} on {len(labels)} drawn digits in " in (
+        progress
+    )
+    assert f"on {len(served['labels']):,} test frames in " in progress
+
+    # No folder: no drawn_accuracy, and one line that says so.
+    with mlflow.start_run(experiment_id=experiment):
+        figures = evaluate_served(
+            model_uri, None, spec, served["pixels"], served["labels"], drawn_dir=tmp_path / "none"
+        )
+    assert set(figures) == {"served_accuracy", "served_png_accuracy"}
+    assert f"No drawn digits at {tmp_path / 'none'}: no drawn_accuracy" in capsys.readouterr().err
+
+    # Not digits: the drawn digits say nothing about it, so they are not sent.
+    fashion_like = dataclasses.replace(spec, dataset="fashion")
+    with mlflow.start_run(experiment_id=experiment):
+        figures = evaluate_served(
+            model_uri, None, fashion_like, served["pixels"], served["labels"], drawn_dir=drawn
+        )
+    assert set(figures) == {"served_accuracy", "served_png_accuracy"}
+    assert "drawn" not in capsys.readouterr().err
