@@ -5,7 +5,7 @@ jittered path defined per digit here (DIGIT_SHAPES), or OpenCV's single-stroke H
 fonts. Each then gets a medium, the `kind` in labels.csv:
 
     pencil     1 px grey lines on white (PNG, grey)
-    pen        2-5 px ink, dark on white or white on black (PNG, grey)
+    pen        thin ink, 2 px and up, dark on white or white on black (PNG, grey)
     brush      fat strokes, mostly white on black as MNIST (PNG, grey)
     font       a Hershey font, either polarity (PNG, grey)
     rgba       a browser canvas: opaque coloured ink on transparency (PNG, RGBA)
@@ -90,8 +90,6 @@ DIGIT_SHAPES = {
         "curve .8,.22 .5,0 .18,.15 .25,.42 .6,.42 .8,.22 | curve .8,.1 .8,.6 .72,.9 .45,1",
     ),
 }
-# The European 1's foot, drawn under it more often than not; its flag is drawn in _strokes.
-EUROPEAN_ONE_FOOT = "line .25,1 .9,1"
 CROSSED_SEVEN_BAR = "line .35,.52 .85,.5"
 
 HERSHEY_FONTS = (
@@ -102,8 +100,10 @@ HERSHEY_FONTS = (
     cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
     cv2.FONT_HERSHEY_SCRIPT_COMPLEX,
     cv2.FONT_HERSHEY_SIMPLEX | cv2.FONT_ITALIC,
+    cv2.FONT_HERSHEY_COMPLEX | cv2.FONT_ITALIC,
+    cv2.FONT_HERSHEY_TRIPLEX | cv2.FONT_ITALIC,
 )
-# Ink as BGR: blue and black ballpoints, a red felt-tip, a pencil's grey.
+# Ink as BGR: a blue, a black and a dark blue ballpoint, then a red felt-tip (not in photos).
 PEN_INKS = ((150, 60, 20), (40, 35, 30), (120, 40, 10), (30, 30, 170))
 PNG_SETTINGS = [cv2.IMWRITE_PNG_COMPRESSION, 9]
 
@@ -168,12 +168,16 @@ def _strokes(rng: np.random.Generator, label: int, german: bool) -> list[str]:
     """Return the strokes of one shape of `label`, the German way if `german`."""
     if german and label == 1:
         # The flag is a long upstroke from a third to over half of the way down the stem,
-        # straight or bowed; the stem is drawn down from its top in the same movement.
-        x, y = rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.55)
-        bow = rng.choice([0.0, 0.0, 0.08])
-        flag = f"curve {x:.3f},{y:.3f} {(x + 0.6) / 2 - bow:.3f},{y / 2 - bow:.3f} .6,0"
+        # straight or sagging so that it meets the stem steeply. Flatter, it would be a 7.
+        x, y = rng.uniform(0.1, 0.3), rng.uniform(0.35, 0.6)
+        sag = rng.choice([0.0, 0.0, 0.05])
+        flag = f"curve {x:.3f},{y:.3f} {(x + 0.6) / 2 + sag:.3f},{y / 2 + sag:.3f} .6,0"
         strokes = [flag, "line .6,0 .6,1"]
-        return [*strokes, EUROPEAN_ONE_FOOT] if rng.random() < 0.7 else strokes
+        if rng.random() < 0.2:
+            return strokes
+        # More often than not a foot, a base line under the stem.
+        foot = f"line {rng.uniform(0.15, 0.4):.3f},1 {rng.uniform(0.8, 1.0):.3f},1"
+        return [*strokes, foot]
     shapes = DIGIT_SHAPES[label]
     strokes = shapes[int(rng.integers(len(shapes)))].split("|")
     if german and label == 7:
@@ -192,10 +196,10 @@ def _placement(
 ) -> np.ndarray:
     """Return a 2x3 affine matrix from a unit box to the canvas: slant, rotation, off-centre.
 
-    The digit is `digit_height` pixels tall, leaning by up to half its height and turned by
+    The digit is `digit_height` pixels tall, leaning by up to 0.4 of its height and turned by
     up to 15 degrees, somewhere on the canvas but never cut by its edge.
     """
-    slant = float(rng.uniform(-0.2, 0.5))  # Right-handed writers lean forward more often.
+    slant = float(rng.uniform(-0.15, 0.4))  # Right-handed writers lean forward more often.
     angle = np.deg2rad(rng.uniform(-15, 15))
     # Unit box centred at 0, scaled, slanted (the top moves right), then turned.
     scale = np.array([[digit_width, 0], [0, digit_height]])
@@ -214,7 +218,7 @@ def _placement(
 def _digit_size(rng: np.random.Generator, height: int, width: int) -> tuple[float, float]:
     """Return (height, width) in pixels of a digit's box: 35-80% of the canvas's shorter side."""
     digit_height = float(rng.uniform(0.35, 0.8)) * min(height, width)
-    return digit_height, digit_height * float(rng.uniform(0.5, 0.95))
+    return digit_height, digit_height * float(rng.uniform(0.5, 0.85))
 
 
 def _stroke_ink(
@@ -233,9 +237,16 @@ def _stroke_ink(
     canvas = np.zeros((height, width), dtype=np.uint8)
     jitter = float(rng.uniform(0.015, 0.05))
     wobble = float(rng.uniform(0.0, 0.01))
+    # A point where two strokes meet (the corner of a 4, the foot of a 1) moves as one.
+    moved: dict[tuple[float, float], np.ndarray] = {}
     for stroke in strokes:
         name, points = _stroke_points(stroke)
-        control = points + rng.normal(0.0, jitter, size=points.shape)
+        control = np.array(
+            [
+                moved.setdefault(tuple(point), point + rng.normal(0.0, jitter, size=2))
+                for point in points
+            ]
+        )
         path = _shaken(rng, control if name == "line" else _smooth(control), wobble)
         on_canvas = path @ matrix[:, :2].T + matrix[:, 2]
         fixed = np.rint(on_canvas * (1 << shift)).astype(np.int32)
@@ -244,12 +255,12 @@ def _stroke_ink(
 
 
 def _thickness(rng: np.random.Generator, medium: str, digit_height: float) -> int:
-    """Return a pen's width in pixels: 1 for a pencil, up to 30% of the digit for a brush."""
+    """Return a pen's width in pixels: 1 for a pencil, up to 35% of the digit for a brush."""
     if medium == "pencil":
         return 1
     low, high = {
         "pen": (0.015, 0.06),
-        "brush": (0.12, 0.3),
+        "brush": (0.12, 0.35),
         "rgba": (0.04, 0.16),
         "photo": (0.03, 0.07),
     }[medium]
@@ -267,7 +278,9 @@ def _shaken(rng: np.random.Generator, path: np.ndarray, wobble: float) -> np.nda
     dense = np.column_stack([np.interp(steps, along, path[:, axis]) for axis in (0, 1)])
     # Smoothed over a few points, white noise loses most of its size; 2.5 gives it back.
     shake = cv2.GaussianBlur(rng.normal(0.0, wobble, size=dense.shape), (1, 0), 0, sigmaY=3.0)
-    return dense + 2.5 * shake
+    # The ends stay put, so that strokes still meet where they were drawn to meet.
+    ends = np.clip(np.minimum(steps, steps[-1] - steps) / 0.1, 0.0, 1.0)[:, np.newaxis]
+    return dense + 2.5 * shake * ends
 
 
 def _smooth(points: np.ndarray, steps: int = 12) -> np.ndarray:
