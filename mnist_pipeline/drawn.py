@@ -9,6 +9,8 @@ fonts. Each then gets a medium, the `kind` in labels.csv:
     brush      fat strokes, mostly white on black as MNIST (PNG, grey)
     font       a Hershey font, either polarity (PNG, grey)
     rgba       a browser canvas: opaque coloured ink on transparency (PNG, RGBA)
+    page       the drawing page's pad (draw.py): 280x280, black on white, its pen of
+               4 to 48 px (PNG, RGBA, opaque as a browser exports it)
     photo      a phone photo of ink on paper: uneven light, noise, blur (JPEG, colour)
     european1  the 1 with a long flag and often a foot, in any of the media above
     crossed7   the 7 with a bar through its stem, in any of the media above
@@ -39,7 +41,7 @@ from mnist_pipeline.stopping import staging_folder
 DRAWN_DIGITS = Path(__file__).resolve().parent.parent / "drawn_digits"
 LABELS_FILE = "labels.csv"
 COLUMNS = ("file", "label", "kind")
-MEDIA = ("pencil", "pen", "brush", "font", "rgba", "photo")
+MEDIA = ("pencil", "pen", "brush", "font", "rgba", "page", "photo")
 KINDS = (*MEDIA, "european1", "crossed7")
 # Half the 1s and 7s are written the German way, as the workshop's participants write them:
 # the pictures of each digit come in runs of one per medium, and every other run is German.
@@ -106,6 +108,9 @@ HERSHEY_FONTS = (
 # Ink as BGR: a blue, a black and a dark blue ballpoint, then a red felt-tip (not in photos).
 PEN_INKS = ((150, 60, 20), (40, 35, 30), (120, 40, 10), (30, 30, 170))
 PNG_SETTINGS = [cv2.IMWRITE_PNG_COMPRESSION, 9]
+# The drawing page's pad (mnist_pipeline/static/draw): its size and its pen's widths in pixels.
+PAGE_SIZE = 280
+PAGE_PEN_WIDTHS = range(4, 49, 2)
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ def kind_and_medium(label: int, number: int) -> tuple[str, str]:
 
 def _canvas_size(rng: np.random.Generator, medium: str) -> tuple[int, int]:
     """Return (height, width) in pixels: small for pencils and photos, large for brushes."""
+    if medium == "page":
+        return PAGE_SIZE, PAGE_SIZE
     low, high = {
         "pencil": (100, 200),
         "pen": (120, 400),
@@ -196,11 +203,16 @@ def _placement(
 ) -> np.ndarray:
     """Return a 2x3 affine matrix from a unit box to the canvas: slant, rotation, off-centre.
 
-    The digit is `digit_height` pixels tall, leaning by up to 0.4 of its height and turned by
-    up to 15 degrees, somewhere on the canvas but never cut by its edge.
+    The digit is `digit_height` pixels tall, slanted by up to 0.4 of its height and turned by
+    up to 15 degrees (leaning 25 degrees at most), somewhere on the canvas but never cut by
+    its edge.
     """
     slant = float(rng.uniform(-0.15, 0.4))  # Right-handed writers lean forward more often.
     angle = np.deg2rad(rng.uniform(-15, 15))
+    # Slant and turn both lean the digit; together, by no more than 25 degrees, or a 7 lies
+    # down as a ">".
+    lean_limit = np.deg2rad(25)
+    angle = float(np.clip(angle, -lean_limit - np.arctan(slant), lean_limit - np.arctan(slant)))
     # Unit box centred at 0, scaled, slanted (the top moves right), then turned.
     scale = np.array([[digit_width, 0], [0, digit_height]])
     shear = np.array([[1, -slant], [0, 1]])
@@ -258,6 +270,8 @@ def _thickness(rng: np.random.Generator, medium: str, digit_height: float) -> in
     """Return a pen's width in pixels: 1 for a pencil, up to 35% of the digit for a brush."""
     if medium == "pencil":
         return 1
+    if medium == "page":
+        return int(rng.choice(PAGE_PEN_WIDTHS))
     low, high = {
         "pen": (0.015, 0.06),
         "brush": (0.12, 0.35),
@@ -336,6 +350,10 @@ def _picture(rng: np.random.Generator, ink: np.ndarray, medium: str) -> tuple[by
         colour = np.empty((*ink.shape, 4), dtype=np.uint8)
         colour[..., 0], colour[..., 1], colour[..., 2], colour[..., 3] = blue, green, red, alpha
         return _encode(".png", colour), "png"
+    if medium == "page":
+        page = np.full((*ink.shape, 4), 255, dtype=np.uint8)
+        page[..., :3] = np.rint(255 * (1 - ink))[..., np.newaxis]
+        return _encode(".png", page), "png"
     if medium == "photo":
         return _encode(
             ".jpg", _photo(rng, ink), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 86))]

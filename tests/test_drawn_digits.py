@@ -31,8 +31,8 @@ from mnist_pipeline.errors import UserError
 from mnist_pipeline.pictures import image_to_pixels
 
 SCRIPT = REPO / "make_drawn_digits.py"
-# Enough pictures of each digit to meet every kind: a run of six media, then a German run.
-SMALL = 12
+# Enough pictures of each digit to meet every kind: a run of the media, then a German run.
+SMALL = 2 * len(MEDIA)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
