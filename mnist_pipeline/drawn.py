@@ -441,7 +441,11 @@ def read_drawn_set(folder: str | os.PathLike = DRAWN_DIGITS) -> pd.DataFrame:
         raise UserError(f"{folder}: no such folder; make it with `python make_drawn_digits.py`")
     if not labels.is_file():
         raise UserError(f"{labels}: no such file; make the set with `python make_drawn_digits.py`")
-    frame = pd.read_csv(labels, dtype={"file": str, "label": int, "kind": str})
+    try:
+        frame = pd.read_csv(labels, dtype={"file": str, "label": int, "kind": str})
+    except ValueError as error:  # Also pandas' EmptyDataError and ParserError.
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(f"{labels}: not a table of file,label,kind ({reason})") from None
     if list(frame.columns) != list(COLUMNS):
         raise UserError(f"{labels}: columns {list(frame.columns)}, expected {list(COLUMNS)}")
     missing = [name for name in frame.file if not (folder / name).is_file()]

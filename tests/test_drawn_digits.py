@@ -155,6 +155,11 @@ def test_labels_csv_is_the_digits_in_order():
         (lambda folder: folder.rename(folder.with_name("gone")), "no such folder"),
         (lambda folder: (folder / LABELS_FILE).unlink(), "labels.csv: no such file"),
         (lambda folder: (folder / "0-000-pencil.png").unlink(), "names 1 missing file(s)"),
+        (lambda folder: (folder / LABELS_FILE).write_text(""), "not a table of file,label,kind"),
+        (
+            lambda folder: (folder / LABELS_FILE).write_text("file,label,kind\nx.png,one,pen\n"),
+            "not a table of file,label,kind",
+        ),
     ],
 )
 def test_a_missing_folder_labels_or_file_is_one_line(tmp_path, break_it, message):
