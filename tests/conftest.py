@@ -73,21 +73,41 @@ def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object
     return json.loads(built.read_text())
 
 
+# The longest tests and groups, longest first, from `pytest --durations=30`: the test on
+# the real MNIST, the team's server and its searches, the README's batch block (16 trial
+# processes), the README's other blocks, the stopping tests (a pipeline and a batch each).
+LONGEST_FIRST = (
+    "test_real_pipeline.py",
+    "test_team.py",
+    "test_readme.py::test_batch_block_as_written",
+    "test_readme.py",
+    "test_stopping.py",
+    "test_batch.py",
+)
+
+
+def _rank(item) -> tuple[bool, int]:
+    name = item.nodeid.rsplit("/", 1)[-1]
+    found = (n for n, prefix in enumerate(LONGEST_FIRST) if name.startswith(prefix))
+    return item.get_closest_marker("slow") is None, next(found, len(LONGEST_FIRST))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
     """Order and group the tests for pytest-xdist (`--dist loadgroup`, see pyproject.toml).
 
     The tests of a module that share a module-scoped fixture (a server, a batch) form one
     group, which one worker runs, so that the fixture is built once; every other test goes
-    to whichever worker is free. The slow tests start first, so that the two workers end
-    at about the same time.
+    to whichever worker is free. The longest start first (xdist keeps this order with
+    --no-loadscope-reorder), so that none of them starts on one worker while the other
+    worker is about to finish, and the two end at about the same time.
     """
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         definitions = fixtures.name2fixturedefs.values() if fixtures else ()
         if any(each.scope == "module" for defs in definitions for each in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items.sort(key=_rank)
 
 
 @pytest.fixture(scope="session")
