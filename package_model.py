@@ -99,7 +99,9 @@ def package(
     `experiment` or under `parent_run`), the one whose logged model is at `model_dir`,
     or the newest finished one of `dataset`. Logs to the active MLflow run (MLflow starts
     one if none is active), registers a new version of the model named after the dataset
-    if `register`, and moves the alias `champion` to it if asked. Returns a summary line.
+    if `register`, and moves the alias `champion` to it if asked. Before saving, evaluates
+    the logged model as it is served (see evaluate_served) and tags the version with the
+    figures. Returns a summary line.
     """
     import mlflow
     from mlflow.models import ModelSignature
