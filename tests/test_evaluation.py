@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import render_digit
+from conftest import REPO, render_digit, stop
 
 from mnist_pipeline import evaluation
 from mnist_pipeline.drawn import DRAWN_DIGITS, read_drawn_set
@@ -204,3 +208,46 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
         )
     assert set(figures) == {"served_accuracy", "served_png_accuracy"}
     assert "drawn" not in capsys.readouterr().err
+
+
+def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_model(served):
+    """SIGTERM while the drawn digits and the frames are still to come: no model is saved."""
+    store, client = served["store"], served["client"]
+    experiment = client.create_experiment(
+        "served-evaluation-stopped",
+        artifact_location=(store.root / "mlruns" / "served-evaluation-stopped").as_uri(),
+    )
+    output_dir = store.root / "stopped-model"
+    env = {**store.env, "MLFLOW_EXPERIMENT_ID": experiment}
+    command = [
+        sys.executable,
+        str(REPO / "package_model.py"),
+        *("--train_run", served["run"].data.tags["train_run"]),
+        *("--output_dir", str(output_dir), "--register", "false"),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=store.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in process.stderr:
+            if line.startswith("Served accuracy on PNG files"):
+                os.killpg(process.pid, signal.SIGTERM)
+                break
+        rest = process.stderr.read()
+        process.wait(timeout=300)
+    finally:
+        stop(process)
+    assert process.returncode != 0
+    assert "package_model.py: stopped by SIGTERM" in rest
+    assert "Traceback" not in rest
+    [run] = store.runs("package", experiment="served-evaluation-stopped")
+    assert run.info.status == "KILLED"
+    assert "served_png_accuracy_score" in run.data.metrics
+    assert "served_accuracy" not in run.data.metrics
+    assert not output_dir.exists()
