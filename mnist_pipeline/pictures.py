@@ -132,21 +132,37 @@ def _digit_ink(gray: np.ndarray) -> np.ndarray:
     falling across a photographed sheet is not taken for ink.
     """
     above_paper = cv2.subtract(gray, _paper_surface(gray))
-    return _stretched(above_paper, noise=_paper_noise(above_paper))
+    return _stretched(above_paper, noise=_paper_noise(above_paper), keep_edges=True)
 
 
-def _stretched(above_background: np.ndarray, noise: float) -> np.ndarray:
-    """Return float32 (h, w): what lies above the background, at 0 unless it stands out of
-    the background's noise, scaled to peak at 255."""
+def _stretched(above_background: np.ndarray, noise: float, keep_edges: bool = False) -> np.ndarray:
+    """Return float32 (h, w): what lies above the background, scaled to peak at 255, and 0
+    where it does not stand out of the background's noise.
+
+    With `keep_edges`, the faint edge of a stroke (its anti-aliasing, a photo's blur) is
+    kept where it touches ink that stands out; a faint speck on its own is not.
+    """
     peak = float(above_background.max())
     if peak <= 0:
         return np.zeros_like(above_background)
+    ink = above_background * np.float32(255.0 / peak)
     # Faint noise (JPEG artefacts, paper grain) is not ink: below a tenth of the peak, or
     # below what the paper itself reaches, whichever is higher.
-    floor = max(0.1 * peak, INK_NOISE_MULTIPLE * noise)
-    _, ink = cv2.threshold(above_background, floor, 0, cv2.THRESH_TOZERO)
-    ink *= 255.0 / peak
-    return ink
+    noise_floor = INK_NOISE_MULTIPLE * noise * 255.0 / peak
+    strong = _at_least(ink, max(0.1 * 255.0, noise_floor))
+    if not keep_edges:
+        return strong
+    touching = cv2.dilate((strong > 0).astype(np.uint8), np.ones((3, 3), np.uint8))
+    # Half a grey level: what a fitted surface leaves on a perfectly flat background.
+    faint = _at_least(ink, max(0.5 * 255.0 / peak, noise_floor))
+    return np.where(touching > 0, faint, strong)
+
+
+def _at_least(image: np.ndarray, level: float) -> np.ndarray:
+    """Return float32 `image` with the pixels below `level` at 0."""
+    # THRESH_TOZERO keeps what is above its threshold: the float32 just below `level`.
+    below = float(np.nextafter(np.float32(level), np.float32(-np.inf)))
+    return cv2.threshold(image, below, 0, cv2.THRESH_TOZERO)[1]
 
 
 def _paper_surface(gray: np.ndarray) -> np.ndarray:
