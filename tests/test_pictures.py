@@ -98,6 +98,12 @@ def test_a_photo_in_uneven_light_fills_the_20x20_box_with_the_digit(direction):
     assert np.abs(pixels.astype(int) - clean).mean() < 12
 
 
+def test_a_phone_photo_of_twelve_megapixels_is_read_like_a_small_one():
+    pixels = image_to_pixels(photo_of_a_two(2.0, scale=10))
+    assert pixels.shape == (28, 28) and max(ink_box(pixels, level=64)) >= 19
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
 def mnist_like(strokes) -> np.ndarray:
     """A digit in MNIST's form: 2-3 px strokes in a 20 px box, peak 255, centred by mass.
 
