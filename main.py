@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 epochs=args.epochs,
                 lr=args.lr,
                 nr_conv_1=args.nr_conv_1,
+                architecture=args.architecture,
+                augment=args.augment,
                 seed=args.seed,
             )
             pipeline.stage("package", train_run=train_run, output_dir=args.output_dir)

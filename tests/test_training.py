@@ -1,0 +1,59 @@
+"""The CNN's architectures and the training-only augmentation (model.py), on tiny arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_pipeline.model import ARCHITECTURES, Augmentation, build_cnn
+
+BACKGROUND = -0.42  # a blank pixel after MNIST's normalisation
+
+
+def digits(count: int = 8) -> np.ndarray:
+    """float32 (count, 28, 28, 1): a 2-pixel-wide bar on the background, as normalised digits."""
+    images = np.full((count, 28, 28, 1), BACKGROUND, dtype=np.float32)
+    images[:, 6:22, 13:15, 0] = 2.8
+    return images
+
+
+def test_augmentation_changes_images_in_training_only():
+    augmentation = Augmentation().layers(BACKGROUND, seed=1)
+    images = digits()
+    np.testing.assert_array_equal(augmentation(images, training=False).numpy(), images)
+    distorted = augmentation(images, training=True).numpy()
+    assert not np.allclose(distorted, images)
+    # What a rotation or shift uncovers is background, never 0 (a grey in these units).
+    assert distorted.min() == pytest.approx(BACKGROUND, abs=1e-5)
+    assert distorted[:, 0, 0, 0] == pytest.approx(np.full(len(images), BACKGROUND), abs=1e-5)
+
+
+def test_stroke_width_thickens_and_thins():
+    only_strokes = Augmentation(0, 0, 0, 0, stroke=1.0).layers(BACKGROUND, seed=3)
+    images = digits(64)
+    ink = (only_strokes(images, training=True).numpy() > 0).sum(axis=(1, 2, 3))
+    original = (images[0] > 0).sum()
+    assert ink.max() > original and ink.min() < original
+
+
+def test_augmentation_settings_are_params():
+    assert Augmentation().params() == {
+        "augment_rotation_degrees": 10.0,
+        "augment_shear": 0.15,
+        "augment_zoom": 0.1,
+        "augment_shift": 0.1,
+        "augment_stroke": 1.0,
+    }
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_gives_probabilities(architecture):
+    model = build_cnn(4, num_classes=10, architecture=architecture)
+    probabilities = model(digits(2), training=False).numpy()
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="architecture must be one of deeper, classic"):
+        build_cnn(4, architecture="resnet")
