@@ -107,7 +107,19 @@ def pytest_collection_modifyitems(config, items) -> None:
         definitions = fixtures.name2fixturedefs.values() if fixtures else ()
         if any(each.scope == "module" for defs in definitions for each in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            if config.getoption("loadgroup", False) and "@" not in item.nodeid:
+                _name_the_group(item, item.module.__name__)
     items.sort(key=_rank)
+
+
+def _name_the_group(item, group: str) -> None:
+    """Append `@<group>` to the item's node ID, which is how xdist's scheduler sees groups.
+
+    pytest-xdist 3.8 does this by setting `item._nodeid`, which pytest 9.2 no longer reads
+    (a node ID is `item._id` now): without this, every group was spread over both workers,
+    and each of them started its own team server, batch and browser.
+    """
+    item._id = type(item._id).parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session")
