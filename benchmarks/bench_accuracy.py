@@ -1,8 +1,10 @@
-"""Benchmark: the default training against the previous defaults, both trained in this run.
+"""Benchmark: the deeper, augmented CNN against the default one, both trained in this run.
 
-Targets (issue 11), each next to the baseline, the previous defaults (`-P architecture=classic
--P augment=false`: the two-block CNN without augmentation), trained in the same run on the
-same preprocessed arrays:
+Targets (issue 11), each next to the baseline, the defaults (`-P architecture=classic
+-P augment=false`: the two-block CNN without augmentation, as before issue 11), trained in
+the same run on the same preprocessed arrays as the candidate (`-P architecture=deeper
+-P augment=true`), which stays an option and not the default because it trains 1.7 times
+longer for a few hundredths of a point:
   - MNIST test accuracy >= 0.994 within 60 s of training (model.fit) on 2 cores;
   - the drawn-digits set (drawn_digits/, see drawn.py) through `mlflow models serve` >= 0.98;
   - 2,000 MNIST test images sent as PNG files to the server: as accurate as the same
@@ -45,10 +47,11 @@ TARGET_SECONDS = 60.0
 DRAWN_TARGET_ACCURACY = 0.98
 PNG_IMAGES = 2_000
 PNG_SEED = 0
-# The baseline: what the defaults were before issue 11 (epochs, batch size, lr and filters
-# are unchanged and passed explicitly, so that a change of default cannot move the baseline).
+# The baseline: the defaults, as before issue 11 (every parameter passed explicitly, so
+# that a change of default cannot move the baseline), and the candidate.
+BASELINE, CANDIDATE = "defaults", "deeper, augmented"
 MODELS = {
-    "previous defaults": {
+    BASELINE: {
         "architecture": "classic",
         "augment": "false",
         "epochs": 5,
@@ -56,7 +59,7 @@ MODELS = {
         "lr": 0.002,
         "nr_conv_1": 16,
     },
-    "new defaults": {},
+    CANDIDATE: {"architecture": "deeper", "augment": "true"},
 }
 
 
@@ -170,7 +173,7 @@ def report(results: dict) -> None:
                          "array_acc": figures.get("array_accuracy"),
                          "targets": " ".join(f"{what}:{verdict(ok)}"
                                              for what, ok in verdicts.items())})  # fmt: skip
-    print_table("Accuracy: the default training against the previous defaults", rows)
+    print_table("Accuracy: the deeper, augmented CNN against the defaults", rows)
     print(
         f"targets: MNIST test >= {MNIST_TARGET_ACCURACY}, Fashion-MNIST test >= "
         f"{FASHION_TARGET_ACCURACY}, each within {TARGET_SECONDS:.0f} s of training; drawn "
@@ -178,7 +181,7 @@ def report(results: dict) -> None:
         f"Load average (1/5/15 min) now: {load_average()} on {os.cpu_count()} CPUs."
     )
     for dataset, models in results.items():
-        before, after = models["previous defaults"], models["new defaults"]
+        before, after = models[BASELINE], models[CANDIDATE]
         error_ratio = (1 - after["accuracy"]) / max(1 - before["accuracy"], 1e-9)
         time_ratio = after["train_seconds"] / max(before["train_seconds"], 1e-9)
         print(

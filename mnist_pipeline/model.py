@@ -6,11 +6,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# "deeper" is the default; "classic" is the workshop's first CNN, kept as the baseline.
+# "classic", the workshop's CNN, is the default: "deeper" reached 0.9934-0.9941 on MNIST
+# against 0.9920, in 1.7 times the training time (benchmarks/bench_accuracy.py).
 ARCHITECTURES = ("deeper", "classic")
 
 
-def build_cnn(nr_conv_1: int, num_classes: int = 10, architecture: str = "deeper"):
+def build_cnn(nr_conv_1: int, num_classes: int = 10, architecture: str = "classic"):
     """Return an uncompiled Keras CNN for float32 (n, 28, 28, 1) giving class probabilities.
 
     "deeper": a 5x5 convolution (nr_conv_1 filters), 2x2 max pooling, two 3x3 convolutions
