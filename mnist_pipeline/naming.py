@@ -136,6 +136,13 @@ def _train(run, client) -> tuple[str, str]:
     shown = [name for name in HYPERPARAMETERS if name in params]
     name = "train " + " ".join(f"{n}={_value(params[n])}" for n in shown[:3])
     settings = ", ".join(f"{n}={_value(params[n])}" for n in shown)
+    # Only what differs from the defaults is named: the classic CNN, undistorted digits.
+    if params.get("architecture", "classic") != "classic":
+        name += f" {params['architecture']}"
+        settings += f", architecture={params['architecture']}"
+    if float(params.get("augment_rotation_degrees", 0) or 0) > 0:
+        name += " augmented"
+        settings += ", on randomly distorted digits (params `augment_*`)"
     text = f"Trained the CNN ({settings})"
     if tags.get("preprocess_run"):
         text += f" on the arrays of {_link(tags['preprocess_run'], client)}"
@@ -198,6 +205,17 @@ def _package(run, client) -> tuple[str, str]:
     if tags.get("preprocess_run"):
         text += f" with the transform of {_link(tags['preprocess_run'], client)}"
     text += " into one pyfunc model, logged as `model`"
+    served = [
+        f"**{metrics[metric]:.4f}** {what}"
+        for metric, what in (
+            ("served_accuracy", "on the test images sent as pixels"),
+            ("served_png_accuracy", "on test images sent as PNG files"),
+            ("drawn_accuracy", "on the drawn digits"),
+        )
+        if metric in metrics
+    ]
+    if served:
+        text += ". Served, it answered right " + ", ".join(served)
     if version:
         aliases = "".join(f" `@{alias}`" for alias in version.aliases)
         text += (

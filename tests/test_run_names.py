@@ -45,6 +45,26 @@ def test_the_pipelines_runs_have_names_and_descriptions_that_link_their_inputs(p
     assert link(train) in package_text and link(preprocess) in package_text
     version = package.info.run_name.rsplit("v", 1)[1]
     assert f"registered as **mnist** version {version}" in package_text
+    served = package.data.metrics["served_accuracy"]
+    assert f"Served, it answered right **{served:.4f}** on the test images" in package_text
 
     experiment = client.get_experiment(train.info.experiment_id)
     assert "**Model training**" in experiment.tags[NOTE]
+
+
+def test_a_train_run_names_what_differs_from_the_default_cnn():
+    from types import SimpleNamespace
+
+    from mnist_pipeline.naming import name_and_text
+
+    params = {"nr_conv_1": "16", "lr": "0.002", "epochs": "5", "architecture": "deeper"}
+    params["augment_rotation_degrees"] = "10.0"
+    run = SimpleNamespace(
+        data=SimpleNamespace(tags={"stage": "train"}, metrics={}, params=params),
+        info=SimpleNamespace(run_id="0" * 32),
+    )
+    name, text = name_and_text(run, client=None)
+    assert name == "train nr_conv_1=16 lr=0.002 epochs=5 deeper augmented"
+    assert "architecture=deeper, on randomly distorted digits" in text
+    run.data.params = {**params, "architecture": "classic", "augment_rotation_degrees": "0.0"}
+    assert name_and_text(run, client=None)[0] == "train nr_conv_1=16 lr=0.002 epochs=5"
