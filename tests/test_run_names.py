@@ -18,9 +18,13 @@ def test_the_pipelines_runs_have_names_and_descriptions_that_link_their_inputs(p
     get_data = client.get_run(pipeline["data_run"])
     preprocess = client.get_run(pipeline["preprocess_run"])
     train = client.get_run(pipeline["train_run"])
-    explore = store.last_run("explore_data")
+    # The pipeline's own runs, in the Default experiment: other tests add theirs to the
+    # shared store in experiments of their own, a package run stopped half-way among them.
+    explore = store.last_run("explore_data", experiment="Default")
     package = next(
-        run for run in store.runs("package") if run.data.tags.get("train_run") == train.info.run_id
+        run
+        for run in store.runs("package", experiment="Default")
+        if run.data.tags.get("train_run") == train.info.run_id
     )
 
     assert get_data.info.run_name == "get_data mnist"
