@@ -254,16 +254,7 @@ def replace_directory(model_uri: str, output_dir: str | Path) -> None:
     staging = stopping.staging_folder(output_dir.parent, f".{output_dir.name}.new-")
     try:
         downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(staging)))
-        # SIGINT and SIGTERM wait for the swap: stopped between the two renames, it
-        # would leave no model at all.
-        with stopping.deferred():
-            retired = None
-            if output_dir.exists():
-                retired = stopping.staging_folder(output_dir.parent, f".{output_dir.name}.old-")
-                output_dir.rename(retired / output_dir.name)
-            downloaded.rename(output_dir)
-            if retired is not None:
-                shutil.rmtree(retired)
+        stopping.swap_into_place(downloaded, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

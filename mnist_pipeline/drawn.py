@@ -36,7 +36,7 @@ import pandas as pd
 
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.pictures import image_to_pixels
-from mnist_pipeline.stopping import staging_folder
+from mnist_pipeline.stopping import staging_folder, swap_into_place
 
 DRAWN_DIGITS = Path(__file__).resolve().parent.parent / "drawn_digits"
 LABELS_FILE = "labels.csv"
@@ -403,19 +403,13 @@ def write_drawn_set(folder: str | os.PathLike, per_digit: int, seed: int) -> lis
     if folder.exists() and not (folder / LABELS_FILE).is_file():
         raise UserError(f"{folder}: exists and holds no {LABELS_FILE}; choose a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_folder(folder.parent, f".{folder.name}-new-")
+    staging = staging_folder(folder.parent, f".{folder.name}.new-")
     try:
         digits = list(drawn_digits(per_digit, seed))
         for digit in digits:
             (staging / digit.file).write_bytes(digit.data)
         (staging / LABELS_FILE).write_text(labels_csv(digits))
-        if folder.exists():
-            old = staging_folder(folder.parent, f".{folder.name}-old-")
-            folder.rename(old / folder.name)
-            staging.rename(folder)
-            shutil.rmtree(old)
-        else:
-            staging.rename(folder)
+        swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return digits

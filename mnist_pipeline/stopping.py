@@ -166,6 +166,24 @@ def staging_folder(parent: Path, prefix: str) -> Path:
     return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{process_tag()}-"))
 
 
+def swap_into_place(staged: Path, target: Path) -> None:
+    """Put the folder `staged` at `target`, replacing what was there, in two renames.
+
+    The old folder is moved into a staging folder beside `target` (see staging_folder)
+    and deleted once the new one is in place. SIGINT and SIGTERM wait for the swap:
+    stopped between the two renames, it would leave no folder at all.
+    """
+    staged, target = Path(staged), Path(target)
+    with deferred():
+        retired = None
+        if target.exists():
+            retired = staging_folder(target.parent, f".{target.name}.old-")
+            target.rename(retired / target.name)
+        staged.rename(target)
+        if retired is not None:
+            shutil.rmtree(retired)
+
+
 def stale_runs(experiment_ids: list[str] | None = None) -> tuple[list, list]:
     """Return (stale, unknown): RUNNING runs whose process is gone, and those without one.
 
