@@ -149,10 +149,14 @@ def _to_gray(decoded: np.ndarray) -> np.ndarray:
     return gray
 
 
+def _border_level(gray: np.ndarray) -> float:
+    """Return the median of the picture's outermost pixels: its background, as a first guess."""
+    return float(np.median(np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])))
+
+
 def _light_on_dark(gray: np.ndarray) -> np.ndarray:
     """Return `gray` turned so that the background (the border's median) is the dark side."""
-    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-    return 255.0 - gray if float(np.median(border)) > 127 else gray
+    return 255.0 - gray if _border_level(gray) > 127 else gray
 
 
 def _object_ink(gray: np.ndarray) -> np.ndarray:
@@ -160,8 +164,7 @@ def _object_ink(gray: np.ndarray) -> np.ndarray:
 
     A garment is a large filled shape, so the background is one level, the border's median.
     """
-    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-    return _stretched(gray - float(np.median(border)), noise=0.0)
+    return _stretched(gray - _border_level(gray), noise=0.0)
 
 
 def _digit_ink(gray: np.ndarray) -> np.ndarray:
@@ -239,8 +242,7 @@ def _paper_surface(gray: np.ndarray) -> np.ndarray:
         on_paper = residuals[:, 0] <= max(3.0 * spread, 2.0)
     if coefficients is None:
         # Too few paper pixels to fit a surface: the paper is one level, the border's median.
-        border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-        return np.full_like(gray, float(np.median(border)))
+        return np.full_like(gray, _border_level(gray))
     # Where the sheet is all ink (a corner under a brush stroke) the fit is extrapolated:
     # keep it within the levels the paper really has.
     paper_levels = values[on_paper] if on_paper.any() else values
