@@ -2,8 +2,9 @@
 
 Each hyperparameter takes one value (`16`), a grid list (`8,16,24`; several lists give
 their product) or a range (`8:64`) searched by Optuna (`--strategy random` or `tpe`,
-`--trials` of them). Every trial is a full train.py run, nested under this run, in its
-own process; `--workers` of them run at once. The parent logs `best_accuracy`, the tag
+`--trials` of them). Every trial is a full train.py run, nested under this run;
+`--workers` of them run at once, each worker in a process of its own that imports
+TensorFlow once and runs its trials one after another. The parent logs `best_accuracy`, the tag
 `best_run_id`, a table of trials and a picture of accuracy against each searched value.
 
 With OPTUNA_STORAGE set to a database (a team's PostgreSQL), the search's Optuna study
@@ -211,7 +212,10 @@ def train_batch(
         total=batch.total,
         searched=settings.searched,
     )
-    study.run_workers(lambda: batch.work(runner), workers)
+    try:
+        study.run_workers(lambda: batch.work(runner), workers)
+    finally:
+        runner.close()
     return write_summary(parent.info.run_id, parent.info.experiment_id, settings.searched)
 
 
@@ -244,7 +248,10 @@ def join_search(join: str, workers: int = 1, retry_seconds: int = 120, storage: 
         total=settings.trials,
         searched=settings.searched,
     )
-    study.run_workers(lambda: shared.work(runner), workers)
+    try:
+        study.run_workers(lambda: shared.work(runner), workers)
+    finally:
+        runner.close()
     mlflow.log_metric("trials_run_here", len(runner.results))
     # Whoever finishes last writes the summary; each worker writes the same one.
     summary = write_summary(settings.parent_run_id, settings.experiment_id, settings.searched)

@@ -12,6 +12,7 @@ pruner may stop it early.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import shutil
@@ -445,7 +446,7 @@ def pruning_callbacks() -> list:
 
     study = optuna.load_study(
         study_name=os.environ[TRIAL_STUDY_ENV],
-        storage=open_storage(os.environ[TRIAL_STORAGE_ENV]),
+        storage=_trial_storage(os.environ[TRIAL_STORAGE_ENV]),
     )
     settings = SearchSettings(**json.loads(study.user_attrs["settings"]))
     study.pruner = search.make_pruner(settings.pruner)
@@ -470,6 +471,12 @@ def pruning_callbacks() -> list:
                 )
 
     return [ReportToStudy()]
+
+
+@functools.cache
+def _trial_storage(url: str):
+    """The study storage at `url`, opened once per process: a trial process runs many trials."""
+    return open_storage(url)
 
 
 def was_pruned(callbacks: list) -> bool:

@@ -1,7 +1,9 @@
-"""Running one training trial as a child run, in its own process."""
+"""Running training trials as child runs, in processes that run one trial after another."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -44,12 +47,77 @@ def trial_name(number: int, total: int, params: dict, searched: list[str]) -> st
     return f"trial {number}/{total} {shown}".strip()
 
 
+class TrialProcess:
+    """A `python -m mnist_pipeline.trial_process` child, which runs train.py for each trial sent.
+
+    It imports MLflow and TensorFlow once, and runs trials until it is closed or one of
+    them fails (see trial_process.py).
+    """
+
+    def __init__(self, environment: dict[str, str]):
+        self._startup_output = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mnist_pipeline.trial_process"],
+            cwd=PROJECT_DIR,
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._startup_output,
+            text=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def run(self, arguments: list[str], environment: dict[str, str], log: Path) -> int:
+        """Run train.py with `arguments` and `environment`, its output to `log`; return its exit code.
+
+        If the process dies meanwhile (a signal, a crash), its own exit code is returned.
+        """
+        trial = {"argv": arguments, "environment": environment, "log": str(log)}
+        try:
+            self.process.stdin.write(json.dumps(trial) + "\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline()
+        except (BrokenPipeError, ValueError):  # it has died, or close() closed its pipes
+            answer = ""
+        if answer.strip() == "0":
+            return 0
+        # A failed trial ends its process: wait for it, so that it is gone when the next starts.
+        returncode = self.process.wait()
+        return int(answer) if answer.strip() else returncode
+
+    def startup_output(self) -> str:
+        """What the process printed outside a trial (an import error, say)."""
+        self._startup_output.seek(0)
+        return self._startup_output.read()
+
+    def terminate(self) -> None:
+        """SIGTERM: the trial under way ends KILLED, and the process exits."""
+        if self.alive():
+            self.process.terminate()
+
+    def close(self, timeout: float = 30) -> None:
+        """Let the process finish after its last trial; kill it if it does not within `timeout`."""
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self._startup_output.close()
+
+
 class TrialRunner:
-    """Starts train.py in a subprocess for each trial, as a nested run of `parent_run_id`.
+    """Runs each trial as a nested run of `parent_run_id`, in a trial process per worker thread.
 
     The child run is created here with the parent's ID in `mlflow.parentRunId` and handed
     to the process through MLFLOW_RUN_ID: MLflow's fluent active run is thread-local, so
-    nesting is never left to it. Each process gets an equal share of the CPU cores.
+    nesting is never left to it. Each process gets an equal share of the CPU cores, and
+    runs its thread's trials one after another, so that a batch starts TensorFlow once
+    per worker rather than once per trial. `close()` ends the processes.
     """
 
     def __init__(
@@ -72,9 +140,10 @@ class TrialRunner:
         self.searched = searched
         self.results: list[dict] = []
         self._lock = threading.Lock()
-        # Trial processes now running. On SIGINT or SIGTERM they are told to stop (their
+        self._local = threading.local()
+        # The trial processes started. On SIGINT or SIGTERM they are told to stop (their
         # runs end KILLED) and no new one starts, so that none outlives the batch.
-        self._processes: set[subprocess.Popen] = set()
+        self._processes: list[TrialProcess] = []
         stopping.on_stop(self.stop)
 
     def stop(self) -> None:
@@ -84,6 +153,36 @@ class TrialRunner:
         """
         for process in list(self._processes):
             process.terminate()
+
+    def close(self) -> None:
+        """End the trial processes once the batch is done."""
+        for process in self._processes:
+            process.close()
+
+    def _process_of_this_thread(self) -> TrialProcess:
+        """This worker thread's trial process, started if it has none or the last one ended."""
+        process = getattr(self._local, "process", None)
+        if process is None or not process.alive():
+            if process is not None:
+                process.close()
+                self._processes.remove(process)
+            environment = {
+                name: value for name, value in os.environ.items() if name != "MLFLOW_RUN_ID"
+            }
+            process = TrialProcess(
+                {
+                    **environment,
+                    "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+                    "TF_NUM_INTRAOP_THREADS": str(self.threads),
+                    "TF_NUM_INTEROP_THREADS": "1",
+                    "OMP_NUM_THREADS": str(self.threads),
+                }
+            )
+            self._local.process = process
+            self._processes.append(process)
+            if stopping.stopping():
+                process.terminate()  # stop() may have looked just before the append
+        return process
 
     def run(
         self,
@@ -112,46 +211,23 @@ class TrialRunner:
         run_id = child.info.run_id
         if on_start:
             on_start(run_id)
-        command = [
-            sys.executable,
-            str(PROJECT_DIR / "train.py"),
-            "--preprocess_run",
-            self.preprocess_run,
-        ]
+        arguments = ["--preprocess_run", self.preprocess_run]
         for name, value in params.items():
-            command += [f"--{name}", str(value)]
-        process_environment = {
-            **os.environ,
-            **(environment or {}),
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-            "TF_NUM_INTRAOP_THREADS": str(self.threads),
-            "TF_NUM_INTEROP_THREADS": "1",
-            "OMP_NUM_THREADS": str(self.threads),
-        }
+            arguments += [f"--{name}", str(value)]
         started = time.perf_counter()
-        with tempfile.TemporaryFile(mode="w+") as log:
+        with tempfile.TemporaryDirectory(prefix="trial-") as folder:
+            log = Path(folder) / "output.txt"
             with self._lock:
                 if stopping.stopping():
                     self.client.set_terminated(run_id, "KILLED")
                     raise stopping.Stopped("the batch is stopping")
-                process = subprocess.Popen(
-                    command,
-                    cwd=PROJECT_DIR,
-                    env=process_environment,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-                self._processes.add(process)
-                if stopping.stopping():
-                    process.terminate()  # stop() may have looked just before the add
-            try:
-                returncode = process.wait()
-            finally:
-                with self._lock:
-                    self._processes.discard(process)
-            log.seek(0)
-            output = log.read()
+                process = self._process_of_this_thread()
+            returncode = process.run(
+                arguments, {**(environment or {}), "MLFLOW_RUN_ID": run_id}, log
+            )
+            output = log.read_text() if log.exists() else ""
+            if returncode != 0 and not output.strip():
+                output = process.startup_output()
         seconds = time.perf_counter() - started
         run = self.client.get_run(run_id)
         accuracy = None

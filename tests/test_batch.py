@@ -1,4 +1,4 @@
-"""train_batch: trials as nested runs in parallel processes; the best one packaged and served."""
+"""train_batch: trials as nested runs in parallel trial processes; the best one packaged and served."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 from conftest import free_port, running
+
+from mnist_pipeline.stopping import PROCESS_TAG
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +112,12 @@ def test_tpe_search_over_ranges(pipeline):
     children = store.children_of(parent.info.run_id)
     assert len(children) == 3
     for run in children:
+        assert run.info.status == "FINISHED"
         assert 0.001 <= float(run.data.params["lr"]) <= 0.01
         assert 4 <= int(run.data.params["nr_conv_1"]) <= 8
     assert parent.data.tags["strategy"] == "tpe"
+    # Two trial processes, one per worker, ran the three trials: TensorFlow started twice.
+    assert len({run.data.tags[PROCESS_TAG] for run in children}) == 2
 
 
 @pytest.mark.parametrize(
