@@ -16,7 +16,6 @@ the registered version with the same three figures.
 $ mlflow run . -e package --env-manager local -P train_run=<train run id>
 """
 
-import importlib.metadata
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mnist_pipeline import evaluation, stopping
+from mnist_pipeline import evaluation, requirements, stopping
 from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, boolean, fail, stage_run
 from mnist_pipeline.drawn import DRAWN_DIGITS
 from mnist_pipeline.errors import UserError
@@ -35,17 +34,6 @@ from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 
 SERVED_MODEL_CODE = "mnist_pipeline/served_model.py"
 CHAMPION = "champion"
-# What the served model imports; their installed versions are pinned in the model.
-# Each entry lists the distributions that provide the package, the usual one first.
-SERVING_PACKAGES = (
-    ("mlflow",),
-    ("tensorflow-cpu", "tensorflow"),
-    ("keras",),
-    ("numpy",),
-    ("pandas",),
-    ("opencv-python-headless", "opencv-python"),
-    ("pillow",),
-)
 
 
 def build_parser() -> Parser:
@@ -162,7 +150,7 @@ def package(
             code_paths=[str(runs.PACKAGE_DIR)],
             signature=signature,
             input_example=input_example,
-            pip_requirements=serving_requirements(),
+            pip_requirements=requirements.pinned(requirements.SERVED_MODEL_PACKAGES),
             registered_model_name=spec.dataset if register else None,
             tags={"train_run": train_run_id},
         )
@@ -226,19 +214,6 @@ def evaluate_served(
     mlflow.set_tags({name: f"{figure:.4f}" for name, figure in served.items()})
     print(f"Evaluated the served model in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return served
-
-
-def serving_requirements() -> list[str]:
-    """Return `name==version` of each installed distribution the served model imports."""
-    pinned = []
-    for alternatives in SERVING_PACKAGES:
-        for name in alternatives:
-            try:
-                pinned.append(f"{name}=={importlib.metadata.version(name)}")
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return pinned
 
 
 def replace_directory(model_uri: str, output_dir: str | Path) -> None:

@@ -134,7 +134,7 @@ def train(
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from mnist_pipeline import runs
+    from mnist_pipeline import requirements, runs
     from mnist_pipeline.model import build_cnn, compile_cnn, epoch_logger
     from mnist_pipeline.study import pruning_callbacks, was_pruned
 
@@ -215,6 +215,8 @@ def train(
         name="model",
         signature=infer_signature(example, probabilities[:1]),
         input_example=example,
+        # Written out: inferring them would load the model again in a new process.
+        pip_requirements=requirements.pinned(requirements.KERAS_MODEL_PACKAGES),
     )
     return accuracy, seconds
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +119,13 @@ def test_train_logs_curves_test_metrics_confusion_and_model(pipeline):
     assert [model.name for model in models] == ["model"]
     info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
     assert info.signature is not None and info.saved_input_example_info is not None
+    # The installed versions of what the Keras model imports, pinned (not inferred by
+    # loading the model in another process).
+    logged = mlflow.artifacts.download_artifacts(f"models:/{models[0].model_id}")
+    pins = (Path(logged) / "requirements.txt").read_text().split()
+    assert {pin.split("==")[0] for pin in pins} >= {"mlflow", "keras", "numpy"}
+    assert any(pin.startswith(("tensorflow-cpu==", "tensorflow==")) for pin in pins)
+    assert f"keras=={importlib.metadata.version('keras')}" in pins
 
 
 def test_train_same_seed_same_result(pipeline):
