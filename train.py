@@ -135,7 +135,7 @@ def train(
     from mlflow.models import infer_signature
 
     from mnist_pipeline import requirements, runs
-    from mnist_pipeline.model import build_cnn, compile_cnn, epoch_logger
+    from mnist_pipeline.model import build_cnn, compile_cnn, epoch_logger, training_dtype
     from mnist_pipeline.study import pruning_callbacks, was_pruned
 
     preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
@@ -167,7 +167,9 @@ def train(
     # The same seed and the same data give the same weights, on the CPU at least.
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    model = build_cnn(nr_conv_1, len(spec.class_names), architecture)
+    dtype = training_dtype()
+    mlflow.log_param("training_dtype", dtype)
+    model = build_cnn(nr_conv_1, len(spec.class_names), architecture, dtype)
     # The distortions are those of handwriting (see model.Augmentation). Clothes are
     # not drawn, and Fashion-MNIST lost accuracy with them in five epochs: only
     # datasets of digits are augmented. The logged params say what was done.
@@ -201,6 +203,12 @@ def train(
         # nothing ever picks it as the best.
         mlflow.log_metric("train_seconds", seconds)
         return None, seconds
+    if dtype != "float32":
+        # The model is logged, served and measured in float32, wherever it runs: the
+        # same weights (kept in float32 while training in mixed precision) in a float32 CNN.
+        weights = model.get_weights()
+        model = build_cnn(nr_conv_1, len(spec.class_names), architecture)
+        model.set_weights(weights)
     # The bare model is measured (the augmenting wrapper is what was compiled).
     probabilities = model.predict(x_test, batch_size=1024, verbose=0)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))

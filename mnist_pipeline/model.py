@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -11,8 +12,13 @@ import numpy as np
 ARCHITECTURES = ("deeper", "classic")
 
 
-def build_cnn(nr_conv_1: int, num_classes: int = 10, architecture: str = "classic"):
+def build_cnn(
+    nr_conv_1: int, num_classes: int = 10, architecture: str = "classic", dtype: str = "float32"
+):
     """Return an uncompiled Keras CNN for float32 (n, 28, 28, 1) giving class probabilities.
+
+    `dtype` is the Keras dtype policy of the hidden layers (see training_dtype); the
+    probabilities are always float32.
 
     "deeper": a 5x5 convolution (nr_conv_1 filters), 2x2 max pooling, two 3x3 convolutions
     (2 * nr_conv_1), 2x2 max pooling, a 3x3 convolution (4 * nr_conv_1), then dropout
@@ -31,12 +37,12 @@ def build_cnn(nr_conv_1: int, num_classes: int = 10, architecture: str = "classi
         )
     if architecture == "classic":
         body = [
-            layers.Conv2D(nr_conv_1, 5, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(2 * nr_conv_1, 5, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Flatten(),
-            layers.Dropout(0.4),
+            layers.Conv2D(nr_conv_1, 5, padding="same", activation="relu", dtype=dtype),
+            layers.MaxPooling2D(dtype=dtype),
+            layers.Conv2D(2 * nr_conv_1, 5, padding="same", activation="relu", dtype=dtype),
+            layers.MaxPooling2D(dtype=dtype),
+            layers.Flatten(dtype=dtype),
+            layers.Dropout(0.4, dtype=dtype),
         ]
     else:
         # Two 3x3 convolutions see as far as one 5x5 for fewer multiplications, and the
@@ -44,23 +50,42 @@ def build_cnn(nr_conv_1: int, num_classes: int = 10, architecture: str = "classi
         # better here, and on a CPU normalising the 28x28 maps cost as much as the
         # convolutions.
         body = [
-            layers.Conv2D(nr_conv_1, 5, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(2 * nr_conv_1, 3, padding="same", activation="relu"),
-            layers.Conv2D(2 * nr_conv_1, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(4 * nr_conv_1, 3, padding="same", activation="relu"),
-            layers.Flatten(),
-            layers.Dropout(0.3),
+            layers.Conv2D(nr_conv_1, 5, padding="same", activation="relu", dtype=dtype),
+            layers.MaxPooling2D(dtype=dtype),
+            layers.Conv2D(2 * nr_conv_1, 3, padding="same", activation="relu", dtype=dtype),
+            layers.Conv2D(2 * nr_conv_1, 3, padding="same", activation="relu", dtype=dtype),
+            layers.MaxPooling2D(dtype=dtype),
+            layers.Conv2D(4 * nr_conv_1, 3, padding="same", activation="relu", dtype=dtype),
+            layers.Flatten(dtype=dtype),
+            layers.Dropout(0.3, dtype=dtype),
         ]
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28, 1), name="image"),
             *body,
-            layers.Dense(num_classes, activation="softmax", name="probabilities"),
+            layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32"),
         ],
         name="cnn",
     )
+
+
+def training_dtype() -> str:
+    """Return the Keras dtype policy to train in: "mixed_bfloat16" or "float32".
+
+    On a 2-core CPU that multiplies bfloat16 natively (Intel AMX or AVX-512 BF16), mixed
+    bfloat16 trained the classic CNN for 5 epochs in 0.5-0.6 times the seconds of float32
+    (0.67 times the CPU seconds), to the same MNIST test accuracy (0.9918 against 0.9920).
+    Elsewhere bfloat16 is emulated, which can be slower than float32. The weights stay
+    float32 either way. The CPU's features are read from /proc/cpuinfo, so only on Linux,
+    and not when a GPU trains.
+    """
+    import tensorflow as tf
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if tf.config.list_physical_devices("GPU") or not cpuinfo.exists():
+        return "float32"
+    flags = set(cpuinfo.read_text().split())
+    return "mixed_bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
 
 
 @dataclass(frozen=True)
