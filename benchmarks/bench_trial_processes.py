@@ -3,7 +3,9 @@
 Target (issue 9, the test loop, and any search of many short trials): a train_batch of
 short trials pays for starting Python, MLflow and TensorFlow once per worker rather than
 once per trial. The baseline is the same batch run by an earlier revision of this
-repository (`--baseline`, by default the one before trial processes), checked out with
+repository (`--baseline`, by default the one before trial processes, before trained
+models logged their requirements rather than MLflow inferring them in another process,
+and before training in mixed bfloat16 where the CPU has it), checked out with
 `git worktree` and run in the same store on the same preprocess run, the two taking
 turns. Both the wall time and the CPU seconds of the whole `mlflow run` are printed: the
 CPU seconds hardly depend on what else the machine is doing.
@@ -32,7 +34,7 @@ from common import (
     write_results,
 )
 
-# The last commit that started a process per trial.
+# The last commit that started a process per trial (and inferred each model's requirements).
 BASELINE_REVISION = "16adc51"
 GRID = "4,5,6,7,8,9,10,11"
 
