@@ -23,8 +23,10 @@ from pathlib import Path
 
 
 def main() -> int:
-    # train.py's output goes to each trial's log; the answers go to the runner's pipe.
+    # train.py's output goes to each trial's log; the answers go to the runner's pipe,
+    # and nothing else does: what is printed between trials goes where stderr goes.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     import keras
 
     import train  # the project's train.py (the process starts in the project's folder)
