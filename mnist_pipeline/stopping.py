@@ -16,6 +16,7 @@ stages into the same place removes them.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import socket
 import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,9 +94,16 @@ def killed_when_stopped() -> Iterator[None]:
     """End the active MLflow run as KILLED if the body is interrupted by a signal or Ctrl-C."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         import mlflow
 
+        # A signal that lands in the middle of a SQLite write leaves that write's
+        # connection, with its lock, to the garbage collector (SQLAlchemy does no I/O
+        # on a connection that an exit exception interrupted), and the frames of the
+        # traceback still hold it. Until it is closed, ending the run waits for the lock
+        # (MLflow's busy timeout, 20 s) and then fails.
+        traceback.clear_frames(interruption.__traceback__)
+        gc.collect()
         if mlflow.active_run() is not None:
             mlflow.end_run("KILLED")
         raise

@@ -147,6 +147,49 @@ def held_mirror(folder: Path):
         server.server_close()
 
 
+# A signal that lands inside MLflow's cursor.execute (about one in two SIGTERMs during a
+# loop of log_metric calls) leaves that SQLite connection, with the write lock of its
+# open transaction, referenced only by the frames of the traceback. This does the same
+# deterministically: the interrupted frame holds a connection in a write transaction.
+SIGNAL_DURING_A_WRITE = """
+import os, signal, sqlite3, time, mlflow
+from mnist_pipeline import stopping
+
+def write_interrupted_by_sigterm(database):
+    connection = sqlite3.connect(database)
+    connection.execute("BEGIN IMMEDIATE")  # the write lock, until rolled back or closed
+    connection.execute("UPDATE experiments SET name = name")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # Stopped is raised here
+
+stopping.install()
+with mlflow.start_run() as run, stopping.killed_when_stopped():
+    print(run.info.run_id, flush=True)
+    write_interrupted_by_sigterm("mlflow.db")
+"""
+
+
+def test_a_signal_during_a_database_write_still_ends_the_run_killed(tmp_path):
+    store = make_store(tmp_path / "store")
+    started = time.monotonic()
+    finished = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_A_WRITE],
+        cwd=store.root,
+        env={**store.env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    seconds = time.monotonic() - started
+    assert finished.returncode != 0, finished.stderr[-3000:]
+    run_id = finished.stdout.split()[0]
+    # Without the clean-up, ending the run waited for MLflow's busy timeout (20 s) and then
+    # failed with "database is locked", leaving the run RUNNING.
+    assert "database is locked" not in finished.stderr, finished.stderr[-3000:]
+    assert store.client().get_run(run_id).info.status == "KILLED", finished.stderr[-3000:]
+    assert seconds < 15
+
+
 def test_get_data_stopped_at_once_then_killed_with_sigkill(tmp_path, tiny_data):
     with held_mirror(tiny_data) as url:
         _stop_get_data_then_kill(tmp_path, tiny_data, url)
