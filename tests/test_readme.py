@@ -157,14 +157,28 @@ def test_workshop_block_as_written(tmp_path, tiny_mirror):
         assert "<" not in line, line
         return line
 
+    def tags_of(run_id: str) -> dict:
+        return json.loads(
+            query(project, f"__import__('json').dumps(mlflow.get_run('{run_id}').data.tags)")
+        )
+
     run_lines(store, project, lines[:fashion_starts], replace)
     mnist_train = newest(project, "train", "0")
+    # input_dir=./mlruns/0/<id>/artifacts resolves to that preprocess run.
+    assert tags_of(mnist_train)["preprocess_run"] == newest(project, "preprocess", "0")
     run_lines(store, project, lines[fashion_starts:], replace)
     fashion = query(project, "mlflow.get_experiment_by_name('fashion').experiment_id")
-    package = newest(project, "package", fashion)
-    tags = json.loads(
-        query(project, f"__import__('json').dumps(mlflow.get_run('{package}').data.tags)")
-    )
+    runs_of = {
+        stage: newest(project, stage, fashion)
+        for stage in ("get_data", "explore_data", "preprocess", "train", "package")
+    }
+    # The workshop's own parameter names (type, outdir, in_data, input_dir, model_dir)
+    # each resolve to the run that wrote the folder they name.
+    assert tags_of(runs_of["explore_data"])["data_run"] == runs_of["get_data"]
+    assert tags_of(runs_of["preprocess"])["mean_std_from"] == "parameters"
+    assert tags_of(runs_of["train"])["preprocess_run"] == runs_of["preprocess"]
+    tags = tags_of(runs_of["package"])
+    assert tags["train_run"] == runs_of["train"]
     assert tags["dataset"] == "fashion"
     spec = json.loads((project / "model" / "artifacts" / "transform.json").read_text())
     assert (spec["mean"], spec["std"]) == (72.94, 90.021)

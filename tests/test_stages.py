@@ -194,43 +194,6 @@ def test_preprocess_refuses_non_positive_std(pipeline):
     assert [run.info.status for run in store.runs(experiment="bad-std")] == ["FAILED"]
 
 
-def test_workshop_commands_with_paths_and_aliases(store, tiny_data):
-    """The workshop's own parameter names: type, outdir, in_data, input_dir, model_dir."""
-    outdir = store.root / "data" / "mnist-workshop"
-    store.mlflow_run(
-        "get_data",
-        type="mnist",
-        outdir=outdir,
-        source=tiny_data,
-        allow_unverified="true",
-        experiment="workshop",
-    )
-    data_run = store.last_run("get_data")
-    store.mlflow_run("explore_data", in_data=outdir, experiment="workshop")
-    explore = store.last_run("explore_data")
-    # A folder written by a get_data run resolves to that run.
-    assert explore.data.tags["data_run"] == data_run.info.run_id
-    store.mlflow_run("preprocess", in_data=outdir, mean="33.3", std="78.5", experiment="workshop")
-    preprocess = store.last_run("preprocess")
-    assert preprocess.data.tags["mean_std_from"] == "parameters"
-    input_dir = (
-        store.root / "mlruns" / preprocess.info.experiment_id / preprocess.info.run_id / "artifacts"
-    )
-    assert input_dir.is_dir()
-    store.mlflow_run("train", input_dir=input_dir, epochs="1", nr_conv_1="4", experiment="workshop")
-    train = store.last_run("train")
-    assert train.data.tags["preprocess_run"] == preprocess.info.run_id
-    model_dir = next(
-        (store.root / "mlruns" / train.info.experiment_id / "models").glob("m-*/artifacts")
-    )
-    store.mlflow_run(
-        "package", model_dir=model_dir, output_dir=store.root / "model", experiment="workshop"
-    )
-    package = store.last_run("package")
-    assert package.data.tags["train_run"] == train.info.run_id
-    assert (store.root / "model" / "MLmodel").exists()
-
-
 def test_checksums_are_recorded_as_artifact(pipeline):
     store = pipeline["store"]
     from mnist_pipeline import runs
