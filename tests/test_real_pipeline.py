@@ -1,7 +1,8 @@
-"""The real thing: main on the local mirror of MNIST.
+"""main, the whole pipeline: nested stage runs, reuse of what is done, and a model that learns.
 
-Slow (minutes): these run the real pipeline on 70,000 images. They are skipped where the
-mirror (../shared/data/mnist from the repository) is absent.
+On the local mirror of MNIST (../shared/data/mnist from the repository), where it is
+present: 70,000 real images, and the model must learn them. Elsewhere on the tiny
+generated digits, with the same checks except those on the real data.
 """
 
 from __future__ import annotations
@@ -9,36 +10,60 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import MIRROR, make_store
+from conftest import MIRROR, TINY_TRAINING
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="no local mirror of MNIST"),
-]
 STAGES = ["get_data", "explore_data", "preprocess", "train", "package"]
+ON_THE_MIRROR = (MIRROR / "mnist").is_dir()
 
 
-def test_main_on_mnist_nests_reuses_and_learns(tmp_path):
-    store = make_store(tmp_path / "store")
-    params = {
-        "source": MIRROR / "mnist",
-        "epochs": "1",
-        "data_dir": store.root / "data",
-        "output_dir": store.root / "model",
-    }
-    store.mlflow_run("main", **params)
+def children_of(store, parent_run_id: str) -> dict[str, object]:
+    """The stage runs nested under a main run, by stage."""
+    return {run.data.tags["stage"]: run for run in store.children_of(parent_run_id)}
+
+
+@pytest.mark.slow
+def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
+    params = {"data_dir": store.root / "data", "output_dir": store.root / "model"}
+    if ON_THE_MIRROR:
+        params.update(source=MIRROR / "mnist", epochs="1")
+        lr = "0.002"  # the default
+    else:
+        params.update(source=tiny_data, allow_unverified="true", **TINY_TRAINING)
+        lr = TINY_TRAINING["lr"]
+    first = store.mlflow_run("main", **params)
     parent = store.last_run("main")
-    children = store.children_of(parent.info.run_id)
-    assert sorted(run.data.tags["stage"] for run in children) == sorted(STAGES)
-    data_run = next(run for run in children if run.data.tags["stage"] == "get_data")
-    assert data_run.data.tags["verified"] == "true"
-    assert data_run.data.metrics["train_count"] == 60000
-    train_run = next(run for run in children if run.data.tags["stage"] == "train")
-    assert train_run.data.metrics["accuracy"] >= 0.98
+    children = children_of(store, parent.info.run_id)
+    assert sorted(children) == sorted(STAGES)
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    # Each stage was handed its upstream run.
+    assert children["preprocess"].data.params["data_run"] == children["get_data"].info.run_id
+    assert children["train"].data.params["preprocess_run"] == children["preprocess"].info.run_id
+    assert children["package"].data.params["train_run"] == children["train"].info.run_id
+    assert parent.data.tags["reused_stages"] == "none"
+    assert parent.data.metrics["accuracy"] == children["train"].data.metrics["accuracy"]
+    assert (store.root / "model" / "MLmodel").exists()
+    assert "mlflow ui" in first.stdout and "mlflow models serve" in first.stdout
+    if ON_THE_MIRROR:
+        assert children["get_data"].data.tags["verified"] == "true"
+        assert children["get_data"].data.metrics["train_count"] == 60000
+        assert children["train"].data.metrics["accuracy"] >= 0.98
 
+    # The same again, with the learning rate written another way: nothing runs again.
+    stage_runs_before = len(store.runs()) - 1
     started = time.monotonic()
-    store.mlflow_run("main", **params)
+    second = store.mlflow_run("main", **{**params, "lr": f"{float(lr):.0e}"})  # "2e-03"
     rerun_seconds = time.monotonic() - started
     rerun = store.last_run("main")
     assert rerun.data.tags["reused_stages"] == ",".join(STAGES)
+    assert children_of(store, rerun.info.run_id) == {}
+    assert len(store.runs()) - 1 == stage_runs_before + 1  # only the new parent
+    for stage in STAGES:
+        assert rerun.data.tags[f"{stage}_run"] == children[stage].info.run_id
+        assert f"{stage:<13} reused" in second.stdout
     assert rerun_seconds < 60
+
+    # A changed hyperparameter runs train again, and package after it, but nothing upstream.
+    store.mlflow_run("main", **{**params, "epochs": "2"})
+    third = store.last_run("main")
+    assert third.data.tags["reused_stages"] == "get_data,explore_data,preprocess"
+    assert sorted(children_of(store, third.info.run_id)) == ["package", "train"]
