@@ -63,7 +63,7 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
     assert rerun_seconds < 60
 
     # A changed hyperparameter runs train again, and package after it, but nothing upstream.
-    store.mlflow_run("main", **{**params, "epochs": "2"})
+    store.mlflow_run("main", **{**params, "nr_conv_1": "4"})
     third = store.last_run("main")
     assert third.data.tags["reused_stages"] == "get_data,explore_data,preprocess"
     assert sorted(children_of(store, third.info.run_id)) == ["package", "train"]
