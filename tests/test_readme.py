@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import REPO, free_port, make_store, once_per_session, running, write_tiny_dataset
 
+from mnist_pipeline import runs
 from mnist_pipeline.catalogue import DATASETS
 from mnist_pipeline.idx import read_idx_sha256
 
@@ -79,23 +78,26 @@ def copy_of_the_project(tmp_path: Path, mirror: Path):
     return project, store
 
 
-def query(project: Path, python: str) -> str:
-    """Print the result of a Python expression over the project's store (the default one)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    result = subprocess.run(
-        [sys.executable, "-c", f"import mlflow\nfrom mnist_pipeline import runs\nprint({python})"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**env, "PYTHONPATH": str(project)},
-    )
-    return result.stdout.strip().splitlines()[-1]
+def in_project(project: Path):
+    """Point this process's MLflow at the project's store, ./mlflow.db; return a client."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.MlflowClient()
 
 
 def newest(project: Path, stage: str, experiment: str | None = None) -> str:
-    where = f", experiment_ids_=['{experiment}']" if experiment else ""
-    return query(project, f"runs.finished_runs('{stage}'{where}, max_results=1)[0].info.run_id")
+    in_project(project)
+    experiments = [experiment] if experiment else None
+    return runs.finished_runs(stage, experiment_ids_=experiments, max_results=1)[0].info.run_id
+
+
+def experiment_id(project: Path, name: str) -> str:
+    return in_project(project).get_experiment_by_name(name).experiment_id
+
+
+def tags_of(project: Path, run_id: str) -> dict:
+    return in_project(project).get_run(run_id).data.tags
 
 
 def trial_count(line: str) -> int:
@@ -140,7 +142,7 @@ def test_workshop_block_as_written(tmp_path, tiny_mirror):
         if "./mlruns/0/<preprocess run id>" in line:
             line = line.replace("<preprocess run id>", newest(project, "preprocess", "0"))
         if "<exp id>" in line:
-            experiment = query(project, "mlflow.get_experiment_by_name('fashion').experiment_id")
+            experiment = experiment_id(project, "fashion")
             line = line.replace("<exp id>", experiment)
             if "<preprocess run id>" in line:
                 line = line.replace(
@@ -148,36 +150,28 @@ def test_workshop_block_as_written(tmp_path, tiny_mirror):
                 )
             if "<model id>" in line:
                 train_run = newest(project, "train", experiment)
-                model = query(
-                    project,
-                    "runs.logged_model_uri(mlflow.get_run("
-                    f"'{train_run}')).removeprefix('models:/')",
-                )
+                model = runs.logged_model_uri(in_project(project).get_run(train_run))
+                model = model.removeprefix("models:/")
                 line = line.replace("<model id>", model)
         assert "<" not in line, line
         return line
 
-    def tags_of(run_id: str) -> dict:
-        return json.loads(
-            query(project, f"__import__('json').dumps(mlflow.get_run('{run_id}').data.tags)")
-        )
-
     run_lines(store, project, lines[:fashion_starts], replace)
     mnist_train = newest(project, "train", "0")
     # input_dir=./mlruns/0/<id>/artifacts resolves to that preprocess run.
-    assert tags_of(mnist_train)["preprocess_run"] == newest(project, "preprocess", "0")
+    assert tags_of(project, mnist_train)["preprocess_run"] == newest(project, "preprocess", "0")
     run_lines(store, project, lines[fashion_starts:], replace)
-    fashion = query(project, "mlflow.get_experiment_by_name('fashion').experiment_id")
+    fashion = experiment_id(project, "fashion")
     runs_of = {
         stage: newest(project, stage, fashion)
         for stage in ("get_data", "explore_data", "preprocess", "train", "package")
     }
     # The workshop's own parameter names (type, outdir, in_data, input_dir, model_dir)
     # each resolve to the run that wrote the folder they name.
-    assert tags_of(runs_of["explore_data"])["data_run"] == runs_of["get_data"]
-    assert tags_of(runs_of["preprocess"])["mean_std_from"] == "parameters"
-    assert tags_of(runs_of["train"])["preprocess_run"] == runs_of["preprocess"]
-    tags = tags_of(runs_of["package"])
+    assert tags_of(project, runs_of["explore_data"])["data_run"] == runs_of["get_data"]
+    assert tags_of(project, runs_of["preprocess"])["mean_std_from"] == "parameters"
+    assert tags_of(project, runs_of["train"])["preprocess_run"] == runs_of["preprocess"]
+    tags = tags_of(project, runs_of["package"])
     assert tags["train_run"] == runs_of["train"]
     assert tags["dataset"] == "fashion"
     spec = json.loads((project / "model" / "artifacts" / "transform.json").read_text())
@@ -198,12 +192,13 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
     assert serve == "mlflow models serve -m models:/mnist@champion --env-manager local"
     run_lines(store, project, lines, lambda line: line.replace("<run id>", preprocess_run))
 
-    conv1 = query(project, "mlflow.get_experiment_by_name('conv1').experiment_id")
+    conv1 = experiment_id(project, "conv1")
     batch_lines = [line for line in lines if "-e train_batch" in line]
-    batches = query(project, f"len(runs.finished_runs('train_batch', experiment_ids_=['{conv1}']))")
-    assert batches == str(len(batch_lines)) == "2"
-    trials = query(project, f"len(runs.finished_runs('train', experiment_ids_=['{conv1}']))")
-    assert trials == str(sum(trial_count(line) for line in batch_lines))
+    in_project(project)
+    batches = runs.finished_runs("train_batch", experiment_ids_=[conv1])
+    assert len(batches) == len(batch_lines) == 2
+    trials = runs.finished_runs("train", experiment_ids_=[conv1])
+    assert len(trials) == sum(trial_count(line) for line in batch_lines)
     port = free_port()
     command = ["bash", "-c", f"{serve} -p {port}"]
     with running(command, f"http://127.0.0.1:{port}/ping", cwd=project, env=store.env):
