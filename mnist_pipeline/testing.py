@@ -64,13 +64,18 @@ class Store:
         return self.env["MLFLOW_TRACKING_URI"]
 
     def run(
-        self, command: list[str], check: bool = True, timeout: float = 600, cwd: Path | None = None
+        self,
+        command: list[str],
+        check: bool = True,
+        timeout: float = 600,
+        cwd: Path | None = None,
+        env: dict | None = None,
     ) -> subprocess.CompletedProcess:
         """Run `command` in the store's folder; with `check`, fail with its output if it fails."""
         result = subprocess.run(
             [str(part) for part in command],
             cwd=cwd or self.root,
-            env=self.env,
+            env=env or self.env,
             text=True,
             capture_output=True,
             timeout=timeout,
@@ -93,8 +98,12 @@ class Store:
             command += ["--experiment-name", experiment]
         return self.run(command, check=check)
 
-    def script(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run([sys.executable, str(REPO / name), *args], check=check)
+    def script(
+        self, name: str, *args: str, check: bool = True, experiment: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """`python <repo>/<name> <args>`, its runs in `experiment` (made if missing) if given."""
+        env = {**self.env, "MLFLOW_EXPERIMENT_NAME": experiment} if experiment else None
+        return self.run([sys.executable, str(REPO / name), *args], check=check, env=env)
 
     def client(self):
         """This process's MLflow client, pointed at the store."""

@@ -179,7 +179,9 @@ def test_train_bad_input_is_one_line_and_a_failed_run(pipeline, params, message)
 
 def test_a_run_of_the_wrong_stage_is_refused(pipeline):
     store = pipeline["store"]
-    result = store.script("train.py", "--preprocess_run", pipeline["data_run"], check=False)
+    result = store.script(
+        "train.py", "--preprocess_run", pipeline["data_run"], check=False, experiment="wrong-stage"
+    )
     assert result.returncode != 0
     assert (
         f"run {pipeline['data_run']} is a get_data run, expected a preprocess run" in result.stderr
