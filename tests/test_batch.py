@@ -1,15 +1,12 @@
-"""train_batch: trials as nested runs in parallel trial processes; the best one packaged and served."""
+"""train_batch: trials as nested runs in parallel trial processes, failed ones too.
+
+A TPE search over ranges, and the best trial packaged as champion and served, are
+tested by the README's batch block (tests/test_readme.py), which does both.
+"""
 
 from __future__ import annotations
 
-import json
-import re
-import urllib.request
-
 import pytest
-from conftest import free_port, running
-
-from mnist_pipeline.stopping import PROCESS_TAG
 
 
 @pytest.fixture(scope="module")
@@ -65,59 +62,6 @@ def test_parent_names_the_best_trial_and_logs_a_summary(batch):
     assert parent.data.metrics["best_accuracy"] == best_accuracy
     artifacts = {item.path for item in batch["store"].client().list_artifacts(parent.info.run_id)}
     assert {"trials.json", "trials.csv", "accuracy_by_hyperparameter.png"} <= artifacts
-
-
-def test_package_best_moves_champion_and_the_alias_serves_it(batch):
-    store, parent = batch["store"], batch["parent"]
-    result = store.mlflow_run(
-        "package", experiment="conv1", train_run="best", output_dir=store.root / "best-model"
-    )
-    chosen = re.search(r"Best train run: (\w+) \(test accuracy ([0-9.]+)\)", result.stderr)
-    assert chosen, result.stderr[-2000:]
-    # The best of the experiment is the best of the batch (ties may name either run).
-    assert float(chosen.group(2)) == round(parent.data.metrics["best_accuracy"], 4)
-    client = store.client()
-    version = client.get_model_version_by_alias("mnist", "champion")
-    assert version.tags["train_run"] == chosen.group(1)
-    assert version.tags["accuracy"] == f"{parent.data.metrics['best_accuracy']:.4f}"
-
-    port = free_port()
-    serve = ["mlflow", "models", "serve", "-m", "models:/mnist@champion"]
-    serve += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with running(serve, f"http://127.0.0.1:{port}/ping", cwd=store.root, env=store.env):
-        payload = json.dumps({"inputs": [[[0.0] * 28] * 28]}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=payload,
-            headers={"Content-Type": "application/json"},
-        )
-        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
-        assert set(answer["predictions"][0]) == {"label", "class_name", "probability"}
-
-
-def test_tpe_search_over_ranges(pipeline):
-    store = pipeline["store"]
-    store.mlflow_run(
-        "train_batch",
-        experiment="search",
-        preprocess_run=pipeline["preprocess_run"],
-        strategy="tpe",
-        trials="3",
-        lr="0.001:0.01",
-        nr_conv_1="4:8",
-        epochs="1",
-        workers="2",
-    )
-    parent = store.last_run("train_batch", experiment="search")
-    children = store.children_of(parent.info.run_id)
-    assert len(children) == 3
-    for run in children:
-        assert run.info.status == "FINISHED"
-        assert 0.001 <= float(run.data.params["lr"]) <= 0.01
-        assert 4 <= int(run.data.params["nr_conv_1"]) <= 8
-    assert parent.data.tags["strategy"] == "tpe"
-    # Two trial processes, one per worker, ran the three trials: TensorFlow started twice.
-    assert len({run.data.tags[PROCESS_TAG] for run in children}) == 2
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from conftest import REPO, free_port, make_store, once_per_session, running, wri
 from mnist_pipeline import runs
 from mnist_pipeline.catalogue import DATASETS
 from mnist_pipeline.idx import read_idx_sha256
+from mnist_pipeline.stopping import PROCESS_TAG
 
 README = (REPO / "README.md").read_text()
 
@@ -181,11 +182,18 @@ def test_workshop_block_as_written(tmp_path, tiny_mirror):
 
 
 def test_batch_block_as_written(tmp_path, tiny_mirror):
-    """The README's batch block, on the tiny dataset: grid, TPE, best, champion, serve."""
+    """The README's batch block, on the tiny dataset: grid, TPE, best, champion, serve.
+
+    It is also the test of a TPE search over ranges and of `train_run=best` with the
+    champion alias (tests/test_batch.py tests a grid with failing trials).
+    """
     project, store = copy_of_the_project(tmp_path, tiny_mirror)
     digits = tiny_mirror / "data" / "mnist"
-    store.mlflow_run("get_data", source=digits, allow_unverified="true", outdir=tmp_path / "data")
-    store.mlflow_run("preprocess")
+    # What the block starts from, a preprocess run, made by the scripts (the other two
+    # blocks run these stages with `mlflow run` as written).
+    source = ("--source", str(digits), "--allow_unverified", "true")
+    store.script("download.py", *source, "--outdir", str(tmp_path / "data"))
+    store.script("preprocess.py")
     preprocess_run = newest(project, "preprocess")
     lines = readme_block("## Hyperparameter batches")
     serve = lines.pop()
@@ -194,11 +202,36 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
 
     conv1 = experiment_id(project, "conv1")
     batch_lines = [line for line in lines if "-e train_batch" in line]
-    in_project(project)
+    client = in_project(project)
     batches = runs.finished_runs("train_batch", experiment_ids_=[conv1])
     assert len(batches) == len(batch_lines) == 2
     trials = runs.finished_runs("train", experiment_ids_=[conv1])
     assert len(trials) == sum(trial_count(line) for line in batch_lines)
+
+    # The TPE search: every trial a FINISHED child within the ranges asked for, its
+    # trials run by two trial processes, one per worker (TensorFlow started twice).
+    (tpe_line,) = [line for line in batch_lines if "strategy=tpe" in line]
+    (tpe,) = [run for run in batches if run.data.tags.get("strategy") == "tpe"]
+    children = client.search_runs(
+        [conv1], f"tags.mlflow.parentRunId = '{tpe.info.run_id}'", max_results=100
+    )
+    assert len(children) == trial_count(tpe_line)
+    ranges = dict(re.findall(r"-P (lr|nr_conv_1)=([0-9.]+:[0-9.]+)", tpe_line))
+    for run in children:
+        assert run.info.status == "FINISHED"
+        for name, bounds in ranges.items():
+            low, high = (float(bound) for bound in bounds.split(":"))
+            assert low <= float(run.data.params[name]) <= high, (name, run.data.params[name])
+    assert len({run.data.tags[PROCESS_TAG] for run in children}) == 2
+
+    # train_run=best packaged the most accurate train run of conv1 and made it champion.
+    best_accuracy = max(batch.data.metrics["best_accuracy"] for batch in batches)
+    version = client.get_model_version_by_alias("mnist", "champion")
+    chosen = client.get_run(version.tags["train_run"])
+    assert chosen.info.experiment_id == conv1
+    assert chosen.data.metrics["accuracy"] == best_accuracy  # ties may name either run
+    assert version.tags["accuracy"] == f"{best_accuracy:.4f}"
+
     port = free_port()
     command = ["bash", "-c", f"{serve} -p {port}"]
     with running(command, f"http://127.0.0.1:{port}/ping", cwd=project, env=store.env):
@@ -208,4 +241,5 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
             headers={"Content-Type": "application/json"},
         )
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
-        assert len(answer["predictions"]) == 1
+        (prediction,) = answer["predictions"]
+        assert set(prediction) == {"label", "class_name", "probability"}

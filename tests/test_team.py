@@ -280,11 +280,10 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     assert {"trials.csv", "accuracy_by_hyperparameter.png"} <= artifacts
 
     # The best trial, packaged on the server, is served from a third folder.
-    machines[1].mlflow_run(
-        "package",
-        train_run="best",
-        parent_run=parent_id,
-        output_dir=machines[1].root / "model",
+    machines[1].script(
+        "package_model.py",
+        *("--train_run", "best", "--parent_run", parent_id),
+        *("--output_dir", str(machines[1].root / "model")),
     )
     elsewhere = team.client(tmp_path / "serving")
     port = free_port()
@@ -305,17 +304,12 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
 def test_a_pruned_search_stops_hopeless_trials(team, team_pipeline, tmp_path):
     store = team.client(tmp_path / "pruning")
     preprocess_run = team_pipeline.last_run("preprocess").info.run_id
-    store.mlflow_run(
-        "train_batch",
+    store.script(
+        "batch_train.py",
+        *("--preprocess_run", preprocess_run, "--strategy", "random", "--trials", "6"),
+        *("--pruner", "median", "--lr", "0.0000001,0.004", "--nr_conv_1", "4"),
+        *("--epochs", "4", "--batch_size", "32"),
         experiment="pruning",
-        preprocess_run=preprocess_run,
-        strategy="random",
-        trials="6",
-        pruner="median",
-        lr="0.0000001,0.004",
-        nr_conv_1="4",
-        epochs="4",
-        batch_size="32",
     )
     parent = store.last_run("train_batch")
     children = store.children_of(parent.info.run_id)
