@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_batch(
-    batch_size: str = "128",
+    batch_size: str = "256",
     epochs: str = "5",
-    lr: str = "0.002",
+    lr: str = "0.006",
     nr_conv_1: str = "8,16,24,32",
     seed: str = "42",
     strategy: str = "auto",
@@ -129,9 +129,9 @@ def check_batch(
 def train_batch(
     preprocess_run: str = "",
     dataset: str = "mnist",
-    batch_size: str = "128",
+    batch_size: str = "256",
     epochs: str = "5",
-    lr: str = "0.002",
+    lr: str = "0.006",
     nr_conv_1: str = "8,16,24,32",
     seed: str = "42",
     strategy: str = "auto",

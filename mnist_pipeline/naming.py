@@ -136,10 +136,11 @@ def _train(run, client) -> tuple[str, str]:
     shown = [name for name in HYPERPARAMETERS if name in params]
     name = "train " + " ".join(f"{n}={_value(params[n])}" for n in shown[:3])
     settings = ", ".join(f"{n}={_value(params[n])}" for n in shown)
-    # Only what differs from the defaults is named: the classic CNN, undistorted digits.
-    if params.get("architecture", "classic") != "classic":
-        name += f" {params['architecture']}"
-        settings += f", architecture={params['architecture']}"
+    # The architecture is always named (runs before it was a param trained the classic
+    # CNN), and augmentation when there was some.
+    architecture = params.get("architecture", "classic")
+    name += f" {architecture}"
+    settings += f", architecture={architecture}"
     if float(params.get("augment_rotation_degrees", 0) or 0) > 0:
         name += " augmented"
         settings += ", on randomly distorted digits (params `augment_*`)"

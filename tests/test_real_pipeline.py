@@ -26,7 +26,7 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
     params = {"data_dir": store.root / "data", "output_dir": store.root / "model"}
     if ON_THE_MIRROR:
         params.update(source=MIRROR / "mnist", epochs="1")
-        lr = "0.002"  # the default
+        lr = "0.006"  # the default
     else:
         params.update(source=tiny_data, allow_unverified="true", **TINY_TRAINING)
         lr = TINY_TRAINING["lr"]
@@ -51,7 +51,7 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
     # The same again, with the learning rate written another way: nothing runs again.
     stage_runs_before = len(store.runs()) - 1
     started = time.monotonic()
-    second = store.mlflow_run("main", **{**params, "lr": f"{float(lr):.0e}"})  # "2e-03"
+    second = store.mlflow_run("main", **{**params, "lr": f"{float(lr):.0e}"})  # "6e-03"
     rerun_seconds = time.monotonic() - started
     rerun = store.last_run("main")
     assert rerun.data.tags["reused_stages"] == ",".join(STAGES)

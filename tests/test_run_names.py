@@ -30,7 +30,7 @@ def test_the_pipelines_runs_have_names_and_descriptions_that_link_their_inputs(p
     assert get_data.info.run_name == "get_data mnist"
     assert explore.info.run_name == "explore_data mnist"
     assert preprocess.info.run_name == "preprocess mnist"
-    assert train.info.run_name == "train nr_conv_1=8 lr=0.004 epochs=8"
+    assert train.info.run_name == "train nr_conv_1=8 lr=0.004 epochs=8 classic"
     assert re.fullmatch(r"package mnist v\d+", package.info.run_name)
 
     described = {
@@ -56,19 +56,22 @@ def test_the_pipelines_runs_have_names_and_descriptions_that_link_their_inputs(p
     assert "**Model training**" in experiment.tags[NOTE]
 
 
-def test_a_train_run_names_what_differs_from_the_default_cnn():
+def test_a_train_run_names_its_architecture_and_augmentation():
     from types import SimpleNamespace
 
     from mnist_pipeline.naming import name_and_text
 
-    params = {"nr_conv_1": "16", "lr": "0.002", "epochs": "5", "architecture": "deeper"}
+    params = {"nr_conv_1": "16", "lr": "0.006", "epochs": "5", "architecture": "deeper"}
     params["augment_rotation_degrees"] = "10.0"
     run = SimpleNamespace(
         data=SimpleNamespace(tags={"stage": "train"}, metrics={}, params=params),
         info=SimpleNamespace(run_id="0" * 32),
     )
     name, text = name_and_text(run, client=None)
-    assert name == "train nr_conv_1=16 lr=0.002 epochs=5 deeper augmented"
+    assert name == "train nr_conv_1=16 lr=0.006 epochs=5 deeper augmented"
     assert "architecture=deeper, on randomly distorted digits" in text
     run.data.params = {**params, "architecture": "classic", "augment_rotation_degrees": "0.0"}
-    assert name_and_text(run, client=None)[0] == "train nr_conv_1=16 lr=0.002 epochs=5"
+    assert name_and_text(run, client=None)[0] == "train nr_conv_1=16 lr=0.006 epochs=5 classic"
+    # A run from before the architecture was a param trained the classic CNN.
+    run.data.params = {"nr_conv_1": "16", "lr": "0.006", "epochs": "5"}
+    assert name_and_text(run, client=None)[0] == "train nr_conv_1=16 lr=0.006 epochs=5 classic"
