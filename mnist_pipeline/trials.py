@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import tenacity
 from mlflow.tracking import MlflowClient
 
 from mnist_pipeline import plots, stopping
@@ -283,7 +284,8 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
 
     Logs `trials.csv` (and as a table), the counts, `best_accuracy`, the tag `best_run_id`
     and a picture of accuracy against each searched value. Returns a one-line summary;
-    raises UserError if no trial finished.
+    raises UserError if no trial finished. Every worker of a search writes it when it
+    ends, so two may write it at the same moment (see despite_a_concurrent_writer).
     """
 
     client = MlflowClient()
@@ -322,7 +324,8 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
     seconds = (time.time() * 1000 - parent.info.start_time) / 1000
     client.log_table(parent_run_id, data=table, artifact_file="trials.json")
     client.log_text(parent_run_id, table.to_csv(index=False), "trials.csv")
-    client.log_batch(
+    despite_a_concurrent_writer(
+        client.log_batch,
         parent_run_id,
         metrics=[
             mlflow.entities.Metric(name, float(value), int(time.time() * 1000), 0)
@@ -345,8 +348,10 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
     if finished.empty:
         raise UserError(f"none of the {len(table)} trials finished; see the child runs' logs")
     best = finished.loc[finished["accuracy"].idxmax()]
-    client.log_metric(parent_run_id, "best_accuracy", float(best["accuracy"]))
-    client.set_tag(parent_run_id, "best_run_id", best["run_id"])
+    despite_a_concurrent_writer(
+        client.log_metric, parent_run_id, "best_accuracy", float(best["accuracy"])
+    )
+    despite_a_concurrent_writer(client.set_tag, parent_run_id, "best_run_id", best["run_id"])
     others = [
         f"{counts[state]} {word}"
         for state, word in (("FAILED", "FAILED"), ("PRUNED", "pruned"), ("KILLED", "killed"))
@@ -358,4 +363,31 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
         + (f" on {hosts} machines" if hosts > 1 else "")
         + "".join(f", {other}" for other in others)
         + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}"
+    )
+
+
+def despite_a_concurrent_writer(write: Callable, *args, **kwargs):
+    """Call the MLflow `write`, once more if another process wrote the same key at once.
+
+    MLflow's tracking store inserts a new tag, or a metric's latest value, after looking
+    for it, without a lock. Two workers that end a search at the same moment both insert
+    `best_run_id`, and one fails on the unique key (PostgreSQL: "duplicate key value", SQLite:
+    "UNIQUE constraint failed"); a test of the team server saw it. By the next attempt
+    the row exists, and the write updates it.
+    """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_lost_a_race),
+        wait=tenacity.wait_random(0.1, 0.5),
+        stop=tenacity.stop_after_attempt(4),
+        reraise=True,
+    )
+    return retrying(write, *args, **kwargs)
+
+
+def _lost_a_race(error: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    text = str(error)
+    return isinstance(error, MlflowException) and (
+        "duplicate key value" in text or "UNIQUE constraint failed" in text
     )

@@ -92,3 +92,39 @@ def test_package_best_without_train_runs_is_one_line(pipeline):
     assert result.returncode != 0
     assert "train_run=best: no finished train run with an accuracy in experiment" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_summary_written_by_two_workers_at_once_is_written_once_more(store):
+    """The worker that loses the race for a new tag writes it again; other errors are raised."""
+    from mlflow.exceptions import MlflowException
+
+    from mnist_pipeline.trials import despite_a_concurrent_writer
+
+    client = store.client()
+    run_id = client.create_run("0").info.run_id
+    # What the PostgreSQL of a team server answered the worker that came second.
+    lost = MlflowException(
+        "BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique "
+        'constraint "tag_pk"'
+    )
+    calls = []
+
+    def set_tag(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise lost
+        client.set_tag(*args)
+
+    despite_a_concurrent_writer(set_tag, run_id, "best_run_id", "a" * 32)
+    assert len(calls) == 2
+    assert client.get_run(run_id).data.tags["best_run_id"] == "a" * 32
+
+    calls.clear()
+
+    def set_tag_of_a_missing_run(*args):
+        calls.append(args)
+        client.set_tag(*args)
+
+    with pytest.raises(MlflowException, match="not found"):
+        despite_a_concurrent_writer(set_tag_of_a_missing_run, "0" * 32, "best_run_id", "a" * 32)
+    assert len(calls) == 1  # not a race: said at once
