@@ -129,16 +129,21 @@ def train(
     augmentation settings, the curves per epoch, the test loss and accuracy, a confusion
     matrix and the Keras model as 'model'.
     """
-    import keras
     import mlflow
+
+    from mnist_pipeline import runs
+
+    # Before TensorFlow is imported: a wrong run is said in a few seconds, not ten.
+    preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
+
+    import keras
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from mnist_pipeline import requirements, runs
+    from mnist_pipeline import requirements
     from mnist_pipeline.model import build_cnn, compile_cnn, epoch_logger, training_dtype
     from mnist_pipeline.study import pruning_callbacks, was_pruned
 
-    preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
     artifacts = runs.artifact_dir(preprocess_run)
     spec = TransformSpec.load(artifacts / TRANSFORM_FILE)
     mlflow.set_tags(
