@@ -62,8 +62,10 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
         assert f"{stage:<13} reused" in second.stdout
     assert rerun_seconds < 60
 
-    # A changed hyperparameter runs train again, and package after it, but nothing upstream.
-    store.mlflow_run("main", **{**params, "nr_conv_1": "4"})
+    # Changed hyperparameters run train again, and package after it, but nothing upstream
+    # (a small classic CNN: the quickest training).
+    changed = {"nr_conv_1": "4", "architecture": "classic", "augment": "false"}
+    store.mlflow_run("main", **{**params, **changed})
     third = store.last_run("main")
     assert third.data.tags["reused_stages"] == "get_data,explore_data,preprocess"
     assert sorted(children_of(store, third.info.run_id)) == ["package", "train"]
