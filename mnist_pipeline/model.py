@@ -9,7 +9,8 @@ import numpy as np
 
 # "deeper", trained on distorted digits with batch 256 and a peak learning rate of 0.006,
 # is the default: 0.9946 and 0.9950 on MNIST (two seeds) after 50 s of training, against
-# 0.9918 after 34 s for "classic", the workshop's CNN (benchmarks/bench_accuracy.py).
+# 0.9918 after 34 s for "classic", the workshop's CNN (train.py on the MNIST mirror, one
+# series of runs; benchmarks/bench_accuracy.py compares the two).
 ARCHITECTURES = ("deeper", "classic")
 
 

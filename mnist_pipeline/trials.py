@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import tenacity
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_pipeline import plots, stopping
@@ -385,8 +386,6 @@ def despite_a_concurrent_writer(write: Callable, *args, **kwargs):
 
 
 def _lost_a_race(error: BaseException) -> bool:
-    from mlflow.exceptions import MlflowException
-
     text = str(error)
     return isinstance(error, MlflowException) and (
         "duplicate key value" in text or "UNIQUE constraint failed" in text
