@@ -19,6 +19,7 @@ import pandas as pd
 import tenacity
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from mnist_pipeline import plots, stopping
 from mnist_pipeline.errors import UserError
@@ -283,7 +284,7 @@ def _last_error_line(output: str) -> str:
 def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -> str:
     """Log the batch's summary to its parent run, from every child run, whoever ran it.
 
-    Logs `trials.csv` (and as a table), the counts, `best_accuracy`, the tag `best_run_id`
+    Logs `trials.csv` (and `trials.json`, which the UI shows as a table), the counts, `best_accuracy`, the tag `best_run_id`
     and a picture of accuracy against each searched value. Returns a one-line summary;
     raises UserError if no trial finished. Every worker of a search writes it when it
     ends, so two may write it at the same moment (see despite_a_concurrent_writer).
@@ -323,7 +324,7 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
     finished = table[(table["status"] == "FINISHED") & table["accuracy"].notna()]
     parent = client.get_run(parent_run_id)
     seconds = (time.time() * 1000 - parent.info.start_time) / 1000
-    client.log_table(parent_run_id, data=table, artifact_file="trials.json")
+    log_table_whole(client, parent_run_id, table, "trials.json")
     client.log_text(parent_run_id, table.to_csv(index=False), "trials.csv")
     despite_a_concurrent_writer(
         client.log_batch,
@@ -365,6 +366,26 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
         + "".join(f", {other}" for other in others)
         + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}"
     )
+
+
+def log_table_whole(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str) -> None:
+    """Log `table` as the run's table artifact `name`, replacing what an earlier write left.
+
+    MlflowClient.log_table appends to an existing table, and every worker of a shared
+    search writes the summary, so its rows would repeat once per worker. This writes the
+    file as log_table does (JSON, pandas' "split" layout) and names it in the tag that
+    makes the UI show it as a table (Artifacts, and the Evaluation tab).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        table.to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path))
+    entry = {"path": name, "type": "table"}
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    if entry not in logged:
+        despite_a_concurrent_writer(
+            client.set_tag, run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry])
+        )
 
 
 def despite_a_concurrent_writer(write: Callable, *args, **kwargs):

@@ -128,3 +128,28 @@ def test_a_summary_written_by_two_workers_at_once_is_written_once_more(store):
     with pytest.raises(MlflowException, match="not found"):
         despite_a_concurrent_writer(set_tag_of_a_missing_run, "0" * 32, "best_run_id", "a" * 32)
     assert len(calls) == 1  # not a race: said at once
+
+
+def test_a_summary_written_twice_keeps_one_row_per_trial(store):
+    """Every worker of a shared search writes the summary; trials.json is replaced, not appended."""
+    import mlflow
+
+    from mnist_pipeline.trials import write_summary
+
+    client = store.client()
+    parent = client.create_run("0").info.run_id
+    for number, (nr_conv_1, accuracy) in enumerate([(4, 0.91), (8, 0.93)], start=1):
+        child = client.create_run(
+            "0", tags={"mlflow.parentRunId": parent, "trial": str(number)}
+        ).info.run_id
+        client.log_param(child, "nr_conv_1", nr_conv_1)
+        client.log_metric(child, "accuracy", accuracy)
+        client.set_terminated(child)
+    for _ in range(2):
+        summary = write_summary(parent, "0", ["nr_conv_1"])
+    assert "2 of 2 trials finished" in summary
+    table = mlflow.load_table("trials.json", run_ids=[parent])
+    assert sorted(table["nr_conv_1"]) == [4, 8]
+    run = client.get_run(parent)
+    assert run.data.tags["mlflow.loggedArtifacts"] == '[{"path": "trials.json", "type": "table"}]'
+    assert run.data.tags["best_run_id"] == table.loc[table["accuracy"].idxmax(), "run_id"]
