@@ -16,7 +16,6 @@ stages into the same place removes them.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import shutil
 import signal
@@ -24,7 +23,6 @@ import socket
 import sys
 import tempfile
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,6 +36,10 @@ stopped_by: int | None = None
 # Called in the main thread when the first signal arrives, before Stopped is raised:
 # for what other threads wait on, such as trial processes (see trials.py).
 _on_stop: list[Callable[[], None]] = []
+# How many `uninterrupted()` bodies the main thread is in, and whether a signal came
+# during one of them.
+_uninterruptible = 0
+_pending = False
 
 
 class Stopped(KeyboardInterrupt):
@@ -71,14 +73,41 @@ def on_stop(callback: Callable[[], None]) -> None:
 
 
 def _stop(signum: int, frame) -> None:
-    global stopped_by
+    global stopped_by, _pending
     if stopped_by is not None:
         # Already stopping: let the clean-up finish (SIGKILL still ends it at once).
         return
     stopped_by = signum
     for callback in _on_stop:
         callback()
+    if _uninterruptible:
+        _pending = True  # raised when the write under way is done (see uninterrupted)
+        return
     raise Stopped(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Let a SIGINT or SIGTERM that arrives during the body stop the process when it ends.
+
+    For the tracking store's database sessions (see store.py). A signal raised in the
+    middle of a SQLite write leaves that write's connection, and its lock on the database,
+    to the garbage collector; ending the run KILLED then waits for the lock (MLflow's busy
+    timeout, 20 s, twice) and fails. Only the main thread gets signals; elsewhere the body
+    just runs.
+    """
+    global _uninterruptible, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _uninterruptible += 1
+    try:
+        yield
+    finally:
+        _uninterruptible -= 1
+        if not _uninterruptible and _pending:
+            _pending = False
+            raise Stopped(signal.Signals(stopped_by).name)
 
 
 def _one_line_when_stopped(kind, value, traceback) -> None:
@@ -94,16 +123,9 @@ def killed_when_stopped() -> Iterator[None]:
     """End the active MLflow run as KILLED if the body is interrupted by a signal or Ctrl-C."""
     try:
         yield
-    except KeyboardInterrupt as interruption:
+    except KeyboardInterrupt:
         import mlflow
 
-        # A signal that lands in the middle of a SQLite write leaves that write's
-        # connection, with its lock, to the garbage collector (SQLAlchemy does no I/O
-        # on a connection that an exit exception interrupted), and the frames of the
-        # traceback still hold it. Until it is closed, ending the run waits for the lock
-        # (MLflow's busy timeout, 20 s) and then fails.
-        traceback.clear_frames(interruption.__traceback__)
-        gc.collect()
         if mlflow.active_run() is not None:
             mlflow.end_run("KILLED")
         raise

@@ -14,7 +14,9 @@ then comes through here and gets MLflow's own SQLAlchemy store, built:
 - and when a store that an earlier race damaged cannot be opened, the error is one line
   that says how to recover; nothing is deleted;
 - so that every run it creates names its process (tag `process`, see stopping.py), and
-  a run that MLflow ends FAILED because a signal stops the process ends KILLED instead.
+  a run that MLflow ends FAILED because a signal stops the process ends KILLED instead;
+- so that SIGINT and SIGTERM stop the process between database sessions, never in the
+  middle of one (which would leave the database locked; see stopping.uninterrupted).
 
 In the `mlflow run` command itself it also installs stopping.py's signal handlers, so that
 SIGTERM cancels the entry point's process the way MLflow already does for Ctrl-C.
@@ -89,7 +91,9 @@ def registry_store(store_uri: str, tracking_uri: str | None = None):
     """MLflow's model registry store for `store_uri`, created under the lock (entry point)."""
     from mlflow.tracking._model_registry.utils import _get_sqlalchemy_store
 
-    return _build(store_uri, lambda: _get_sqlalchemy_store(store_uri))
+    store = _build(store_uri, lambda: _get_sqlalchemy_store(store_uri))
+    _sessions_uninterrupted(store)
+    return store
 
 
 def database_path(store_uri: str) -> Path | None:
@@ -240,3 +244,18 @@ def _watch_runs(store) -> None:
     store.create_run = create_run_naming_its_process
     store.update_run_info = update_run_info_truthfully
     atexit.register(end_runs_left_running)
+    _sessions_uninterrupted(store)
+
+
+def _sessions_uninterrupted(store) -> None:
+    """Let a signal that arrives during a database session stop the process after it."""
+    sessions = getattr(store, "ManagedSessionMaker", None)  # SQL stores only
+    if sessions is None:
+        return
+
+    @contextlib.contextmanager
+    def session_uninterrupted(*args, **kwargs):
+        with stopping.uninterrupted(), sessions(*args, **kwargs) as session:
+            yield session
+
+    store.ManagedSessionMaker = session_uninterrupted

@@ -147,29 +147,27 @@ def held_mirror(folder: Path):
         server.server_close()
 
 
-# A signal that lands inside MLflow's cursor.execute (about one in two SIGTERMs during a
-# loop of log_metric calls) leaves that SQLite connection, with the write lock of its
-# open transaction, referenced only by the frames of the traceback. This does the same
-# deterministically: the interrupted frame holds a connection in a write transaction.
+# A signal that lands inside one of MLflow's database sessions (about one SIGTERM in
+# twenty during a loop of log_metric calls) used to leave that SQLite connection, with
+# the write lock of its open transaction, to the garbage collector. Ending the run then
+# waited for MLflow's busy timeout (20 s, twice) and failed, leaving the run RUNNING.
+# This sends the signal from inside a real session, as it is about to commit.
 SIGNAL_DURING_A_WRITE = """
-import os, signal, sqlite3, time, mlflow
+import os, signal, time, mlflow, sqlalchemy
 from mnist_pipeline import stopping
-
-def write_interrupted_by_sigterm(database):
-    connection = sqlite3.connect(database)
-    connection.execute("BEGIN IMMEDIATE")  # the write lock, until rolled back or closed
-    connection.execute("UPDATE experiments SET name = name")
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(30)  # Stopped is raised here
 
 stopping.install()
 with mlflow.start_run() as run, stopping.killed_when_stopped():
     print(run.info.run_id, flush=True)
-    write_interrupted_by_sigterm("mlflow.db")
+    engine = mlflow.MlflowClient()._tracking_client.store.engine
+    sigterm = lambda connection: os.kill(os.getpid(), signal.SIGTERM)
+    sqlalchemy.event.listen(engine, "commit", sigterm, once=True)
+    mlflow.set_tag("written", "before the stop")
+    time.sleep(30)  # not reached: the stop comes as the session ends
 """
 
 
-def test_a_signal_during_a_database_write_still_ends_the_run_killed(tmp_path):
+def test_a_signal_during_a_database_write_stops_the_process_after_the_write(tmp_path):
     store = make_store(tmp_path / "store")
     started = time.monotonic()
     finished = subprocess.run(
@@ -182,11 +180,11 @@ def test_a_signal_during_a_database_write_still_ends_the_run_killed(tmp_path):
     )
     seconds = time.monotonic() - started
     assert finished.returncode != 0, finished.stderr[-3000:]
-    run_id = finished.stdout.split()[0]
-    # Without the clean-up, ending the run waited for MLflow's busy timeout (20 s) and then
-    # failed with "database is locked", leaving the run RUNNING.
+    assert "stopped by SIGTERM" in finished.stderr, finished.stderr[-3000:]
     assert "database is locked" not in finished.stderr, finished.stderr[-3000:]
-    assert store.client().get_run(run_id).info.status == "KILLED", finished.stderr[-3000:]
+    run = store.client().get_run(finished.stdout.split()[0])
+    assert run.info.status == "KILLED", finished.stderr[-3000:]
+    assert run.data.tags["written"] == "before the stop"
     assert seconds < 15
 
 
