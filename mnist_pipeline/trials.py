@@ -284,10 +284,11 @@ def _last_error_line(output: str) -> str:
 def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -> str:
     """Log the batch's summary to its parent run, from every child run, whoever ran it.
 
-    Logs `trials.csv` (and `trials.json`, which the UI shows as a table), the counts, `best_accuracy`, the tag `best_run_id`
-    and a picture of accuracy against each searched value. Returns a one-line summary;
-    raises UserError if no trial finished. Every worker of a search writes it when it
-    ends, so two may write it at the same moment (see despite_a_concurrent_writer).
+    Logs `trials.csv` and `trials.json` (which the UI shows as a table), the counts,
+    `best_accuracy`, the tag `best_run_id` and a picture of accuracy against each searched
+    value. Returns a one-line summary; raises UserError if no trial finished. Every worker
+    of a search writes it when it ends, so two may write it at the same moment (see
+    despite_a_concurrent_writer).
     """
 
     client = MlflowClient()
@@ -374,7 +375,8 @@ def log_table_whole(client: MlflowClient, run_id: str, table: pd.DataFrame, name
     MlflowClient.log_table appends to an existing table, and every worker of a shared
     search writes the summary, so its rows would repeat once per worker. This writes the
     file as log_table does (JSON, pandas' "split" layout) and names it in the tag that
-    makes the UI show it as a table (Artifacts, and the Evaluation tab).
+    makes the run's Artifacts tab show it as a table, which is also what
+    `mlflow.load_table` reads.
     """
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
