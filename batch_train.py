@@ -101,16 +101,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_batch(
-    batch_size: str = "256",
-    epochs: str = "5",
-    lr: str = "0.006",
-    nr_conv_1: str = "8,16,24,32",
-    seed: str = "42",
-    strategy: str = "auto",
-    pruner: str = "none",
-    storage: str = "",
+    batch_size: str,
+    epochs: str,
+    lr: str,
+    nr_conv_1: str,
+    seed: str,
+    strategy: str,
+    pruner: str,
+    storage: str,
 ) -> tuple[list, str]:
     """Return the parsed hyperparameter choices and the strategy; UserError if anything is off.
+
+    Called with train_batch's arguments, whose defaults are the only ones.
 
     With a `storage`, the study database is opened once, so that a wrong URL or password
     is said before anything is created.
