@@ -115,9 +115,10 @@ def pytest_collection_modifyitems(config, items) -> None:
         fixtures = getattr(item, "_fixtureinfo", None)
         definitions = fixtures.name2fixturedefs.values() if fixtures else ()
         if any(each.scope == "module" for defs in definitions for each in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-            if config.getoption("loadgroup", False) and "@" not in item.nodeid:
-                _name_the_group(item, item.module.__name__)
+            group = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(group))
+            if config.getoption("loadgroup", False) and not item.nodeid.endswith(f"@{group}"):
+                _name_the_group(item, group)
     items.sort(key=_rank)
 
 
