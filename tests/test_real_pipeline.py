@@ -62,10 +62,27 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
         assert f"{stage:<13} reused" in second.stdout
     assert rerun_seconds < 60
 
-    # Changed hyperparameters run train again, and package after it, but nothing upstream
-    # (a small classic CNN: the quickest training).
-    changed = {"nr_conv_1": "4", "architecture": "classic", "augment": "false"}
-    store.mlflow_run("main", **{**params, **changed})
-    third = store.last_run("main")
-    assert third.data.tags["reused_stages"] == "get_data,explore_data,preprocess"
-    assert sorted(children_of(store, third.info.run_id)) == ["package", "train"]
+    # Changed hyperparameters: main's own look-up, asked in this process about the runs
+    # above, finds no train run to reuse (so train runs again, and package after it with
+    # a new train_run), while every stage upstream is still found. The reruns after a
+    # stop (tests/test_stopping.py) run train and package again end to end.
+    from main import STAGES as MODULES
+    from main import already_ran, canonical_params
+    from mnist_pipeline.runs import code_version
+
+    def reusable(stage: str, params: dict):
+        module = MODULES[stage]
+        parser = module.build_parser()
+        wanted = canonical_params(parser, params)
+        version = code_version(module.__file__)
+        return already_ran(stage, parser, wanted, version, parent.info.experiment_id)
+
+    store.client()  # this process's MLflow reads the store
+    for stage in STAGES:
+        found = reusable(stage, children[stage].data.params)
+        assert found is not None and found.info.run_id == children[stage].info.run_id, stage
+    trained = children["train"].data.params
+    for name, value in {"nr_conv_1": "4", "architecture": "classic", "lr": "0.003"}.items():
+        assert reusable("train", {**trained, name: value}) is None, name
+    packaged = children["package"].data.params
+    assert reusable("package", {**packaged, "train_run": "0" * 32}) is None
