@@ -161,29 +161,9 @@ def store_environment(root: Path) -> dict:
             # Servers on 127.0.0.1 are reached directly, whatever proxy the machine names.
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
-            **_threads_of_a_test_worker(),
         }
     )
     return env
-
-
-def _threads_of_a_test_worker() -> dict:
-    """Under pytest-xdist, the thread counts that share the cores among the test workers.
-
-    TensorFlow sizes its thread pools to every core, in each process. Two test workers
-    on two cores then run two such processes at once, whose threads spin waiting for
-    each other: on this machine, two trainings at once took 10% longer than with one
-    thread each. A batch's trial processes set their own (trials.py).
-    """
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers < 2:
-        return {}
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    return {
-        "TF_NUM_INTRAOP_THREADS": threads,
-        "TF_NUM_INTEROP_THREADS": "1",
-        "OMP_NUM_THREADS": threads,
-    }
 
 
 def make_store(root: Path) -> Store:
