@@ -82,13 +82,13 @@ def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object
     return json.loads(built.read_text())
 
 
-# The longest tests and groups, longest first, from `pytest --durations=30`: the team's
-# server and its searches (about five minutes on one worker), the test on the real MNIST,
-# the README's batch block (12 trials in four trial processes), the README's other blocks,
-# the stopping tests (a pipeline and a batch each).
+# The longest tests and groups, longest first, from `pytest --durations=30`: the test on
+# the real MNIST (marked slow, which starts it first anyway), the team's server and its
+# searches (about five minutes on one worker), the README's batch block (12 trials in four
+# trial processes), the README's other blocks, the stopping tests (a pipeline and a batch each).
 LONGEST_FIRST = (
-    "test_team.py",
     "test_real_pipeline.py",
+    "test_team.py",
     "test_readme.py::test_batch_block_as_written",
     "test_readme.py",
     "test_stopping.py",
