@@ -131,10 +131,8 @@ class Pipeline:
         self.experiment_id = experiment_id
         self.stages: list[dict] = []
 
-    def stage(self, entry_point: str, **parameters) -> str:
-        """Return the run ID of `entry_point` with `parameters`, reused or freshly run."""
-        import mlflow
-
+    def reusable(self, entry_point: str, **parameters):
+        """Return the finished run of `entry_point` that `stage` would reuse, or None."""
         from mnist_pipeline import runs
 
         module = STAGES[entry_point]
@@ -143,6 +141,15 @@ class Pipeline:
         version = runs.code_version(module.__file__)
         found = already_ran(entry_point, parser, wanted, version, self.experiment_id)
         if found is not None and self._still_valid(entry_point, found, parameters):
+            return found
+        return None
+
+    def stage(self, entry_point: str, **parameters) -> str:
+        """Return the run ID of `entry_point` with `parameters`, reused or freshly run."""
+        import mlflow
+
+        found = self.reusable(entry_point, **parameters)
+        if found is not None:
             run_id, reused = found.info.run_id, True
             print(f"[main] {entry_point}: reusing finished run {run_id}", file=sys.stderr)
         else:

@@ -66,23 +66,15 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
     # above, finds no train run to reuse (so train runs again, and package after it with
     # a new train_run), while every stage upstream is still found. The reruns after a
     # stop (tests/test_stopping.py) run train and package again end to end.
-    from main import STAGES as MODULES
-    from main import already_ran, canonical_params
-    from mnist_pipeline.runs import code_version
-
-    def reusable(stage: str, params: dict):
-        module = MODULES[stage]
-        parser = module.build_parser()
-        wanted = canonical_params(parser, params)
-        version = code_version(module.__file__)
-        return already_ran(stage, parser, wanted, version, parent.info.experiment_id)
+    from main import Pipeline
 
     store.client()  # this process's MLflow reads the store
+    pipeline = Pipeline(parent.info.experiment_id)
     for stage in STAGES:
-        found = reusable(stage, children[stage].data.params)
+        found = pipeline.reusable(stage, **children[stage].data.params)
         assert found is not None and found.info.run_id == children[stage].info.run_id, stage
     trained = children["train"].data.params
     for name, value in {"nr_conv_1": "4", "architecture": "classic", "lr": "0.003"}.items():
-        assert reusable("train", {**trained, name: value}) is None, name
+        assert pipeline.reusable("train", **{**trained, name: value}) is None, name
     packaged = children["package"].data.params
-    assert reusable("package", {**packaged, "train_run": "0" * 32}) is None
+    assert pipeline.reusable("package", **{**packaged, "train_run": "0" * 32}) is None
