@@ -128,10 +128,27 @@ def test_stage_by_stage_block_as_written(tmp_path, tiny_mirror):
     run_lines(store, project, lines[:-1], replace)
     assert (project / "mlflow.db").exists() and (project / "model" / "MLmodel").exists()
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     ui = ["bash", "-c", f"{lines[-1]} --port {port}"]
-    with running(ui, f"http://127.0.0.1:{port}/", cwd=project, env=store.env, timeout=300):
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+    # One web worker and no job runner (which serves GenAI jobs): the same UI on the same
+    # store, started for 9 CPU-s instead of the 42 of MLflow's four workers and eight job
+    # processes.
+    env = {**store.env, "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with running(ui, f"{url}/", cwd=project, env=env, timeout=300):
+        page = urllib.request.urlopen(f"{url}/", timeout=10).read()
         assert b"MLflow" in page or b"mlflow" in page
+        # The UI reads the block's runs: the train run in conv1, the others in Default.
+        search = urllib.request.Request(
+            f"{url}/ajax-api/2.0/mlflow/runs/search",
+            data=json.dumps(
+                {"experiment_ids": ["0", experiment_id(project, "conv1")], "max_results": 50}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        listed = json.loads(urllib.request.urlopen(search, timeout=30).read())["runs"]
+        listed_ids = {run["info"]["run_id"] for run in listed}
+        for stage in ("get_data", "explore_data", "preprocess", "train", "package"):
+            assert newest(project, stage) in listed_ids, stage
 
 
 def test_workshop_block_as_written(tmp_path, tiny_mirror):
