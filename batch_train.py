@@ -255,7 +255,8 @@ def join_search(join: str, workers: int = 1, retry_seconds: int = 120, storage: 
     finally:
         runner.close()
     mlflow.log_metric("trials_run_here", len(runner.results))
-    # Whoever finishes last writes the summary; each worker writes the same one.
+    # Every worker writes the summary as it ends, and again if a trial ended meanwhile:
+    # the last one to end leaves the whole search's.
     summary = write_summary(settings.parent_run_id, settings.experiment_id, settings.searched)
     return f"ran {len(runner.results)} trials of search {settings.parent_run_id}; {summary}"
 

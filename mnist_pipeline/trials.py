@@ -286,12 +286,33 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
 
     Logs `trials.csv` and `trials.json` (which the UI shows as a table), the counts,
     `best_accuracy`, the tag `best_run_id` and a picture of accuracy against each searched
-    value. Returns a one-line summary; raises UserError if no trial finished. Every worker
-    of a search writes it when it ends, so two may write it at the same moment (see
-    despite_a_concurrent_writer).
-    """
+    value. Returns a one-line summary; raises UserError if no trial finished.
 
+    Every worker of a search writes it when it ends, and another machine's trial may
+    finish while this one writes: a summary read before that trial finished could land
+    after the other worker's complete one. So the trials are read again once written, and
+    the summary is written again until it is the one that the store still holds. Two
+    writes at the same moment are handled by despite_a_concurrent_writer.
+    """
     client = MlflowClient()
+    table = trial_table(parent_run_id, experiment_id)
+    for _ in range(SUMMARY_ATTEMPTS):
+        summary = _log_summary(client, parent_run_id, table, searched)
+        now = trial_table(parent_run_id, experiment_id)
+        if now.equals(table):
+            break
+        table = now
+    return summary
+
+
+# How many times a worker writes the summary before it leaves the rest to the worker
+# whose trials are still finishing (each of them rewrites it as it ends).
+SUMMARY_ATTEMPTS = 5
+
+
+def trial_table(parent_run_id: str, experiment_id: str) -> pd.DataFrame:
+    """One row per child run of `parent_run_id`: trial, run_id, status, the hyperparameters,
+    accuracy, seconds, host and error, in the order of the trials."""
     children = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -321,6 +342,13 @@ def write_summary(parent_run_id: str, experiment_id: str, searched: list[str]) -
             }
         )
     table = pd.DataFrame(rows).sort_values(["trial", "started"]).drop(columns="started")
+    return table.reset_index(drop=True)
+
+
+def _log_summary(
+    client: MlflowClient, parent_run_id: str, table: pd.DataFrame, searched: list[str]
+) -> str:
+    """Log what write_summary logs, from `table`; return the one-line summary."""
     counts = table["status"].value_counts()
     finished = table[(table["status"] == "FINISHED") & table["accuracy"].notna()]
     parent = client.get_run(parent_run_id)

@@ -6,6 +6,8 @@ tested by the README's batch block (tests/test_readme.py), which does both.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -153,3 +155,48 @@ def test_a_summary_written_twice_keeps_one_row_per_trial(store):
     run = client.get_run(parent)
     assert run.data.tags["mlflow.loggedArtifacts"] == '[{"path": "trials.json", "type": "table"}]'
     assert run.data.tags["best_run_id"] == table.loc[table["accuracy"].idxmax(), "run_id"]
+
+
+def test_a_trial_that_ends_while_the_summary_is_written_is_in_it(store, monkeypatch):
+    """A worker reads the trials, another machine's trial ends, and then the write lands.
+
+    The summary is read again once written, and written again: it ends with the trial.
+    """
+    import mlflow
+
+    from mnist_pipeline import plots, trials
+
+    client = store.client()
+    parent = client.create_run("0").info.run_id
+    children = []
+    for number, nr_conv_1 in enumerate([4, 8], start=1):
+        child = client.create_run(
+            "0", tags={"mlflow.parentRunId": parent, "trial": str(number)}
+        ).info.run_id
+        client.log_param(child, "nr_conv_1", nr_conv_1)
+        children.append(child)
+    client.log_metric(children[0], "accuracy", 0.91)
+    client.set_terminated(children[0])
+    drawn = []
+    draw = plots.metric_against_params
+
+    def the_other_trial_ends_meanwhile(*args, **kwargs):
+        if not drawn:  # the first write, from the trials as first read
+            client.log_metric(children[1], "accuracy", 0.95)
+            client.set_terminated(children[1])
+        drawn.append(len(args[0]))
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "metric_against_params", the_other_trial_ends_meanwhile)
+    summary = trials.write_summary(parent, "0", ["nr_conv_1"])
+
+    assert drawn == [1, 2]  # written from one finished trial, then again from both
+    assert "2 of 2 trials finished" in summary
+    table = mlflow.load_table("trials.json", run_ids=[parent])
+    assert list(table["status"]) == ["FINISHED", "FINISHED"]
+    run = client.get_run(parent)
+    assert run.data.tags["best_run_id"] == children[1]
+    assert run.data.metrics["best_accuracy"] == 0.95
+    assert run.data.metrics["trials_finished"] == 2
+    csv = Path(client.download_artifacts(parent, "trials.csv", str(store.root))).read_text()
+    assert "RUNNING" not in csv and csv.count("FINISHED") == 2
