@@ -312,7 +312,8 @@ SUMMARY_ATTEMPTS = 5
 
 def trial_table(parent_run_id: str, experiment_id: str) -> pd.DataFrame:
     """One row per child run of `parent_run_id`: trial, run_id, status, the hyperparameters,
-    accuracy, seconds, host and error, in the order of the trials."""
+    accuracy, seconds, host and error, in the order of the trials. Raises UserError if
+    there is none."""
     children = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -341,6 +342,8 @@ def trial_table(parent_run_id: str, experiment_id: str) -> pd.DataFrame:
                 "started": run.info.start_time,
             }
         )
+    if not rows:
+        raise UserError(f"run {parent_run_id} has no trial runs to sum up")
     table = pd.DataFrame(rows).sort_values(["trial", "started"]).drop(columns="started")
     return table.reset_index(drop=True)
 

@@ -200,3 +200,12 @@ def test_a_trial_that_ends_while_the_summary_is_written_is_in_it(store, monkeypa
     assert run.data.metrics["trials_finished"] == 2
     csv = Path(client.download_artifacts(parent, "trials.csv", str(store.root))).read_text()
     assert "RUNNING" not in csv and csv.count("FINISHED") == 2
+
+
+def test_a_summary_of_a_run_without_trials_is_one_line(store):
+    from mnist_pipeline.errors import UserError
+    from mnist_pipeline.trials import write_summary
+
+    parent = store.client().create_run("0").info.run_id
+    with pytest.raises(UserError, match=f"run {parent} has no trial runs to sum up"):
+        write_summary(parent, "0", ["nr_conv_1"])
