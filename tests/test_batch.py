@@ -132,6 +132,13 @@ def test_a_summary_written_by_two_workers_at_once_is_written_once_more(store):
     assert len(calls) == 1  # not a race: said at once
 
 
+def trial_run(client, parent: str, number: int, nr_conv_1: int) -> str:
+    """A RUNNING child of `parent` in the Default experiment, as a batch makes for a trial."""
+    child = client.create_run("0", tags={"mlflow.parentRunId": parent, "trial": str(number)})
+    client.log_param(child.info.run_id, "nr_conv_1", nr_conv_1)
+    return child.info.run_id
+
+
 def test_a_summary_written_twice_keeps_one_row_per_trial(store):
     """Every worker of a shared search writes the summary; trials.json is replaced, not appended."""
     import mlflow
@@ -141,10 +148,7 @@ def test_a_summary_written_twice_keeps_one_row_per_trial(store):
     client = store.client()
     parent = client.create_run("0").info.run_id
     for number, (nr_conv_1, accuracy) in enumerate([(4, 0.91), (8, 0.93)], start=1):
-        child = client.create_run(
-            "0", tags={"mlflow.parentRunId": parent, "trial": str(number)}
-        ).info.run_id
-        client.log_param(child, "nr_conv_1", nr_conv_1)
+        child = trial_run(client, parent, number, nr_conv_1)
         client.log_metric(child, "accuracy", accuracy)
         client.set_terminated(child)
     for _ in range(2):
@@ -168,13 +172,10 @@ def test_a_trial_that_ends_while_the_summary_is_written_is_in_it(store, monkeypa
 
     client = store.client()
     parent = client.create_run("0").info.run_id
-    children = []
-    for number, nr_conv_1 in enumerate([4, 8], start=1):
-        child = client.create_run(
-            "0", tags={"mlflow.parentRunId": parent, "trial": str(number)}
-        ).info.run_id
-        client.log_param(child, "nr_conv_1", nr_conv_1)
-        children.append(child)
+    children = [
+        trial_run(client, parent, number, nr_conv_1)
+        for number, nr_conv_1 in enumerate([4, 8], start=1)
+    ]
     client.log_metric(children[0], "accuracy", 0.91)
     client.set_terminated(children[0])
     drawn = []
