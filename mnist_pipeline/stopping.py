@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PROCESS_TAG = "process"
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # Whether this process is one of the pipeline's (or `mlflow run`), which install() says.
 installed = False
@@ -56,7 +56,7 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     installed = True
-    for signum in _SIGNALS:
+    for signum in SIGNALS:
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, _stop)
     if sys.excepthook is sys.__excepthook__:
@@ -142,7 +142,7 @@ def deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(signum, lambda signum, frame: received.append(signum))

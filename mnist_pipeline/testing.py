@@ -12,6 +12,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import importlib
+import io
 import os
 import shutil
 import signal
@@ -50,6 +52,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+@dataclass
+class Called:
+    """What a script's main did when Store.call ran it in this process."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 @dataclass
@@ -104,6 +115,57 @@ class Store:
         """`python <repo>/<name> <args>`, its runs in `experiment` (made if missing) if given."""
         env = {**self.env, "MLFLOW_EXPERIMENT_NAME": experiment} if experiment else None
         return self.run([sys.executable, str(REPO / name), *args], check=check, env=env)
+
+    def call(self, name: str, *args: str, experiment: str | None = None) -> Called:
+        """`<name>`'s main(args) in this process, in the store's folder and against it.
+
+        For tests of what a script says and records, where a new Python, which spends
+        two seconds importing MLflow, is not the point. What main prints to stdout and
+        stderr is returned with its exit code; an exception that main lets through (a
+        bug) is raised. Afterwards this process is as before: working directory,
+        environment, MLflow's tracking URI and experiment, signal handlers.
+        """
+        import mlflow
+
+        from mnist_pipeline import stopping
+
+        module = importlib.import_module(name.removesuffix(".py"))
+        stdout, stderr = io.StringIO(), io.StringIO()
+        saved_environment, saved_folder = dict(os.environ), Path.cwd()
+        saved_uri = mlflow.tracking._tracking_service.utils._tracking_uri
+        saved_handlers = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
+        saved_hook, saved_installed = sys.excepthook, stopping.installed
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        if experiment:
+            os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
+        else:
+            os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.tracking.fluent._active_experiment_id = None
+        os.chdir(self.root)
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    code = module.main([str(arg) for arg in args])
+                except SystemExit as exit:
+                    code = exit.code
+        finally:
+            left_active = mlflow.active_run()
+            if left_active:
+                mlflow.end_run("FAILED")
+            os.chdir(saved_folder)
+            mlflow.set_tracking_uri(saved_uri)
+            mlflow.tracking.fluent._active_experiment_id = None
+            os.environ.clear()
+            os.environ.update(saved_environment)
+            for signum, handler in saved_handlers.items():
+                signal.signal(signum, handler)
+            sys.excepthook, stopping.installed = saved_hook, saved_installed
+        if left_active:
+            raise AssertionError(f"{name} left its run {left_active.info.run_id} active")
+        if not isinstance(code, int):  # sys.exit("message") prints it and exits 1
+            code = 0 if code is None else 1
+        return Called(code, stdout.getvalue(), stderr.getvalue())
 
     def client(self):
         """This process's MLflow client, pointed at the store."""

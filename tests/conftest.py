@@ -107,20 +107,36 @@ def pytest_collection_modifyitems(config, items) -> None:
     """Order and group the tests for pytest-xdist (`--dist loadgroup`, see pyproject.toml).
 
     The tests of a module that share a module-scoped fixture (a server, a batch) form one
-    group, which one worker runs, so that the fixture is built once; every other test goes
-    to whichever worker is free. The longest start first (xdist keeps this order with
-    --no-loadscope-reorder), so that none of them starts on one worker while the other
-    worker is about to finish, and the two end at about the same time.
+    group, which one worker runs, so that the fixture is built once. So do the tests that
+    ask the session's model server (test_serving.py, test_draw.py), which each worker
+    would otherwise start for itself. Every other test goes to whichever worker is free.
+    The longest start first (xdist keeps this order with --no-loadscope-reorder), so that
+    none of them starts on one worker while the other worker is about to finish, and the
+    two end at about the same time.
     """
+    serving = {item.module for item in items if "model_server" in item.fixturenames}
     for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        definitions = fixtures.name2fixturedefs.values() if fixtures else ()
-        if any(each.scope == "module" for defs in definitions for each in defs):
-            group = item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(group))
-            if config.getoption("loadgroup", False) and not item.nodeid.endswith(f"@{group}"):
-                _name_the_group(item, group)
+        group = _group_of(item, serving)
+        if group is None:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+        if config.getoption("loadgroup", False) and not item.nodeid.endswith(f"@{group}"):
+            _name_the_group(item, group)
     items.sort(key=_rank)
+
+
+def _group_of(item, serving: set) -> str | None:
+    """The group whose tests one worker runs, or None for a test any worker may run.
+
+    `serving` holds the modules with tests that ask the session's model server: their
+    tests that ask it, or share a module-scoped fixture, form one group.
+    """
+    fixtures = getattr(item, "_fixtureinfo", None)
+    definitions = fixtures.name2fixturedefs.values() if fixtures else ()
+    shares = any(each.scope == "module" for defs in definitions for each in defs)
+    if item.module in serving and (shares or "model_server" in item.fixturenames):
+        return "model_server"
+    return item.module.__name__ if shares else None
 
 
 def _name_the_group(item, group: str) -> None:

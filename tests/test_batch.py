@@ -82,7 +82,7 @@ def test_batch_bad_input_is_one_line(pipeline, params, message):
     arguments = ["--preprocess_run", pipeline["preprocess_run"]]
     for name, value in params.items():
         arguments += [f"--{name}", value]
-    result = pipeline["store"].script("batch_train.py", *arguments, check=False, experiment="bad")
+    result = pipeline["store"].call("batch_train.py", *arguments, experiment="bad")
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,11 +1,14 @@
 """A user's mistake is one line; anything else is a bug and fails loudly, with its traceback.
 
-Each stage script runs as `python <script>` against a store of its own, so that the run it
-starts is the only one there. Both kinds of error exit non-zero and end the run FAILED.
+Each stage's main runs in the test's process (Store.call), against a store of its own, so
+that the run it starts is the only one there. Both kinds of error end the run FAILED. One
+test of each kind runs the script itself, for what Python does with them: the exit code,
+and the traceback on stderr.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import pytest
@@ -36,7 +39,7 @@ def only_run(store):
 
 @pytest.mark.parametrize(("script", "arguments", "expected"), USER_MISTAKES)
 def test_a_user_error_is_one_line_and_a_failed_run(store, script, arguments, expected):
-    result = store.script(script, *arguments, check=False)
+    result = store.call(script, *arguments)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: ")
@@ -44,10 +47,37 @@ def test_a_user_error_is_one_line_and_a_failed_run(store, script, arguments, exp
     assert only_run(store).info.status == "FAILED"
 
 
-@pytest.mark.parametrize(("script", "target"), INSIDE_THE_STAGE.items())
-def test_a_bug_inside_a_stage_prints_its_traceback_and_fails_the_run(store, script, target):
-    """The stage's work raises what no user can cause: the traceback shows where, not one line."""
-    module, name = target
+def test_a_user_error_from_the_command_line_exits_1_with_one_line(store):
+    script, arguments, expected = USER_MISTAKES[3]  # train.py
+    result = store.script(script, *arguments, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: {expected}")
+    assert only_run(store).info.status == "FAILED"
+
+
+def break_the_stage(monkeypatch, script: str) -> None:
+    """Make what `script`'s stage calls once its run has started raise a RuntimeError."""
+    module, name = INSIDE_THE_STAGE[script]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an internal mistake")
+
+    monkeypatch.setattr(importlib.import_module(module), name, broken)
+
+
+@pytest.mark.parametrize("script", INSIDE_THE_STAGE)
+def test_a_bug_inside_a_stage_is_raised_and_fails_the_run(store, monkeypatch, script):
+    """The stage's work raises what no user can cause: it is raised, not made one line."""
+    break_the_stage(monkeypatch, script)
+    with pytest.raises(RuntimeError, match="an internal mistake"):
+        store.call(script)
+    assert only_run(store).info.status == "FAILED"
+
+
+def test_a_bug_from_the_command_line_prints_its_traceback(store):
+    script = "package_model.py"
+    module, name = INSIDE_THE_STAGE[script]
     probe = "\n".join(
         [
             "import importlib, sys",

@@ -1,7 +1,8 @@
 """Each entry point through `mlflow run . -e ... --env-manager local`, on the tiny dataset.
 
-Refusals that happen inside the stage's script are checked by running the script itself
-(`python train.py ...`, what `mlflow run` starts), which saves starting MLflow's CLI.
+Refusals that happen inside the stage's script are checked by calling the script's main in
+the test's process (Store.call), which saves starting MLflow's CLI and a new Python; one
+test shows what `mlflow run` makes of such a refusal.
 """
 
 from __future__ import annotations
@@ -159,28 +160,41 @@ def test_train_same_seed_same_result(pipeline):
 
 
 @pytest.mark.parametrize(
-    ("params", "message"),
+    ("arguments", "message", "statuses"),
     [
-        ({"epochs": "many"}, "argument --epochs: expected a whole number, got 'many'"),
-        ({"lr": "fast"}, "argument --lr: expected a number, got 'fast'"),
-        ({"preprocess_run": "0" * 32}, f"run '{'0' * 32}' does not exist"),
+        (["--epochs", "many"], "argument --epochs: expected a whole number, got 'many'", []),
+        (["--lr", "fast"], "argument --lr: expected a number, got 'fast'", []),
+        (["--preprocess_run", "0" * 32], f"run '{'0' * 32}' does not exist", ["FAILED"]),
     ],
 )
-def test_train_bad_input_is_one_line_and_a_failed_run(pipeline, params, message):
+def test_train_bad_input_is_one_line(pipeline, arguments, message, statuses):
+    """train.py's main, in this process: a refused argument starts no run, a missing run fails it."""
     store = pipeline["store"]
-    experiment = f"bad-train-{'-'.join(params)}"
-    result = store.mlflow_run("train", check=False, experiment=experiment, **params)
+    experiment = f"bad-train-{arguments[0].removeprefix('--')}"
+    result = store.call("train.py", *arguments, experiment=experiment)
     assert result.returncode != 0
-    assert message in result.stderr
     assert "Traceback" not in result.stderr
-    [failed] = store.runs(experiment=experiment)
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("train.py: error: ")
+    assert message in last_line
+    assert [run.info.status for run in store.runs(experiment=experiment)] == statuses
+
+
+def test_bad_input_through_mlflow_run_is_one_line_and_a_failed_run(pipeline):
+    """`mlflow run` shows the script's line and ends the run that it started FAILED."""
+    store = pipeline["store"]
+    result = store.mlflow_run("train", check=False, experiment="bad-train-mlflow-run", lr="fast")
+    assert result.returncode != 0
+    assert "train.py: error: argument --lr: expected a number, got 'fast'" in result.stderr
+    assert "Traceback" not in result.stderr
+    [failed] = store.runs(experiment="bad-train-mlflow-run")
     assert failed.info.status == "FAILED"
 
 
 def test_a_run_of_the_wrong_stage_is_refused(pipeline):
     store = pipeline["store"]
-    result = store.script(
-        "train.py", "--preprocess_run", pipeline["data_run"], check=False, experiment="wrong-stage"
+    result = store.call(
+        "train.py", "--preprocess_run", pipeline["data_run"], experiment="wrong-stage"
     )
     assert result.returncode != 0
     assert (
@@ -215,7 +229,7 @@ def test_get_data_missing_file_is_one_line(store, tiny_data, tmp_path):
         (partial / path.name).write_bytes(path.read_bytes())
     arguments = ["--source", partial, "--allow_unverified", "true"]
     arguments += ["--outdir", store.root / "data" / "partial"]
-    result = store.script("download.py", *arguments, check=False)
+    result = store.call("download.py", *arguments)
     assert result.returncode != 0
     assert "t10k-images-idx3-ubyte.gz: file missing from source folder" in result.stderr
     assert "Traceback" not in result.stderr
@@ -230,7 +244,7 @@ def test_get_data_corrupt_file_is_one_line(store, tiny_data, tmp_path):
     (corrupt / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     arguments = ["--source", corrupt, "--allow_unverified", "true"]
     arguments += ["--outdir", store.root / "data" / "corrupt"]
-    result = store.script("download.py", *arguments, check=False)
+    result = store.call("download.py", *arguments)
     assert result.returncode != 0
     assert "t10k-labels-idx1-ubyte.gz: corrupt gzip data" in result.stderr
     assert "Traceback" not in result.stderr
