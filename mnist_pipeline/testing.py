@@ -122,8 +122,9 @@ class Store:
         For tests of what a script says and records, where a new Python, which spends
         two seconds importing MLflow, is not the point. What main prints to stdout and
         stderr is returned with its exit code; an exception that main lets through (a
-        bug) is raised. Afterwards this process is as before: working directory,
-        environment, MLflow's tracking URI and experiment, signal handlers.
+        bug) is raised. main sees the environment that Store.script gives the script;
+        afterwards this process is as before: working directory, environment, MLflow's
+        tracking URI and experiment, signal handlers.
         """
         import mlflow
 
@@ -135,11 +136,10 @@ class Store:
         saved_uri = mlflow.tracking._tracking_service.utils._tracking_uri
         saved_handlers = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
         saved_hook, saved_installed = sys.excepthook, stopping.installed
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        if experiment:
-            os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
-        else:
-            os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+        os.environ.clear()  # the environment that Store.script gives the script
+        os.environ.update(
+            {**self.env, "MLFLOW_EXPERIMENT_NAME": experiment} if experiment else self.env
+        )
         mlflow.set_tracking_uri(self.uri)
         mlflow.tracking.fluent._active_experiment_id = None
         os.chdir(self.root)

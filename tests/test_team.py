@@ -367,7 +367,7 @@ def test_bad_join_and_grid_requests_are_one_line(team, team_pipeline):
         (["--strategy", "grid", "--nr_conv_1", "4,8"], "strategy grid runs on one machine"),
     ]
     for arguments, message in cases:
-        result = store.script("batch_train.py", *arguments, check=False)
+        result = store.call("batch_train.py", *arguments)
         assert result.returncode != 0, arguments
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
