@@ -90,7 +90,7 @@ def test_batch_bad_input_is_one_line(pipeline, params, message):
 
 def test_package_best_without_train_runs_is_one_line(pipeline):
     store = pipeline["store"]
-    result = store.mlflow_run("package", check=False, experiment="empty", train_run="best")
+    result = store.call("package_model.py", "--train_run", "best", experiment="empty")
     assert result.returncode != 0
     assert "train_run=best: no finished train run with an accuracy in experiment" in result.stderr
     assert "Traceback" not in result.stderr

@@ -43,8 +43,8 @@ def test_get_data_logs_files_checksums_and_datasets(store, tiny_data):
 
 
 def test_get_data_refuses_unofficial_mirror_and_fails_the_run(store, tiny_data):
-    result = store.mlflow_run(
-        "get_data", check=False, source=tiny_data, outdir=store.root / "data" / "refused"
+    result = store.call(
+        "download.py", "--source", tiny_data, "--outdir", store.root / "data" / "refused"
     )
     assert result.returncode != 0
     assert "allow_unverified=true" in result.stderr
@@ -55,7 +55,7 @@ def test_get_data_refuses_unofficial_mirror_and_fails_the_run(store, tiny_data):
 
 
 def test_get_data_unknown_dataset_lists_choices(store):
-    result = store.mlflow_run("get_data", check=False, dataset="cifar")
+    result = store.call("download.py", "--dataset", "cifar")
     assert result.returncode != 0
     assert "unknown dataset 'cifar'; choose one of: fashion, mnist" in result.stderr
     assert "Traceback" not in result.stderr
@@ -204,8 +204,8 @@ def test_a_run_of_the_wrong_stage_is_refused(pipeline):
 
 def test_preprocess_refuses_non_positive_std(pipeline):
     store = pipeline["store"]
-    result = store.mlflow_run(
-        "preprocess", check=False, experiment="bad-std", data_run=pipeline["data_run"], std="0"
+    result = store.call(
+        "preprocess.py", "--data_run", pipeline["data_run"], "--std", "0", experiment="bad-std"
     )
     assert result.returncode != 0
     assert "std must be greater than 0, got 0.0" in result.stderr
