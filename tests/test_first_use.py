@@ -16,6 +16,8 @@ import urllib.request
 
 from conftest import REPO, free_port, make_store, stop, store_environment, wait_until_up
 
+from mnist_pipeline.testing import ONE_UI_PROCESS
+
 
 def test_the_store_plugin_is_installed():
     plugins = {
@@ -47,7 +49,7 @@ def test_four_commands_at_once_on_a_fresh_folder(tmp_path, tiny_data):
         ui = subprocess.Popen(
             ["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)],
             cwd=root,
-            env=env,
+            env={**env, **ONE_UI_PROCESS},
             stdout=ui_output,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -23,6 +23,7 @@ from mnist_pipeline import runs
 from mnist_pipeline.catalogue import DATASETS
 from mnist_pipeline.idx import read_idx_sha256
 from mnist_pipeline.stopping import PROCESS_TAG
+from mnist_pipeline.testing import ONE_UI_PROCESS
 
 README = (REPO / "README.md").read_text()
 
@@ -130,10 +131,7 @@ def test_stage_by_stage_block_as_written(tmp_path, tiny_mirror):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ui = ["bash", "-c", f"{lines[-1]} --port {port}"]
-    # One web worker and no job runner (which serves GenAI jobs): the same UI on the same
-    # store, started for 9 CPU-s instead of the 42 of MLflow's four workers and eight job
-    # processes.
-    env = {**store.env, "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**store.env, **ONE_UI_PROCESS}
     with running(ui, f"{url}/", cwd=project, env=env, timeout=300):
         page = urllib.request.urlopen(f"{url}/", timeout=10).read()
         assert b"MLflow" in page or b"mlflow" in page
