@@ -133,34 +133,39 @@ class Store:
         tracking URI and experiment, signal handlers.
         """
         import mlflow
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         from mnist_pipeline import stopping
 
         module = importlib.import_module(name.removesuffix(".py"))
         stdout, stderr = io.StringIO(), io.StringIO()
         saved_environment, saved_folder = dict(os.environ), Path.cwd()
-        saved_uri = mlflow.tracking._tracking_service.utils._tracking_uri
         saved_handlers = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
         saved_hook, saved_installed = sys.excepthook, stopping.installed
         os.environ.clear()  # the environment that Store.script gives the script
         os.environ.update(
             {**self.env, "MLFLOW_EXPERIMENT_NAME": experiment} if experiment else self.env
         )
-        mlflow.set_tracking_uri(self.uri)
+        # The experiment comes from the environment, as in a new process, not from an
+        # earlier mlflow.set_experiment in this one.
         mlflow.tracking.fluent._active_experiment_id = None
         os.chdir(self.root)
         try:
-            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            with (
+                _use_tracking_uri(self.uri),
+                contextlib.redirect_stdout(stdout),
+                contextlib.redirect_stderr(stderr),
+            ):
                 try:
                     code = module.main([str(arg) for arg in args])
                 except SystemExit as exit:
                     code = exit.code
+                finally:
+                    left_active = mlflow.active_run()
+                    if left_active:
+                        mlflow.end_run("FAILED")
         finally:
-            left_active = mlflow.active_run()
-            if left_active:
-                mlflow.end_run("FAILED")
             os.chdir(saved_folder)
-            mlflow.set_tracking_uri(saved_uri)
             mlflow.tracking.fluent._active_experiment_id = None
             os.environ.clear()
             os.environ.update(saved_environment)
