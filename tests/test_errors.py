@@ -48,7 +48,7 @@ def test_a_user_error_is_one_line_and_a_failed_run(store, script, arguments, exp
 
 
 def test_a_user_error_from_the_command_line_exits_1_with_one_line(store):
-    script, arguments, expected = USER_MISTAKES[3]  # train.py
+    script, arguments, expected = next(case for case in USER_MISTAKES if case[0] == "train.py")
     result = store.script(script, *arguments, check=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
