@@ -14,6 +14,7 @@ import contextlib
 import functools
 import importlib
 import io
+import logging
 import os
 import shutil
 import signal
@@ -128,7 +129,7 @@ class Store:
         For tests of what a script says and records, where a new Python, which spends
         two seconds importing MLflow, is not the point. What main prints to stdout and
         stderr is returned with its exit code; an exception that main lets through (a
-        bug) is raised. main sees the environment that Store.script gives the script;
+        bug) is raised, and so is an AssertionError if main leaves a run active. main sees the environment that Store.script gives the script;
         afterwards this process is as before: working directory, environment, MLflow's
         tracking URI and experiment, signal handlers.
         """
@@ -139,6 +140,7 @@ class Store:
 
         module = importlib.import_module(name.removesuffix(".py"))
         stdout, stderr = io.StringIO(), io.StringIO()
+        streams = {stdout: sys.stdout, stderr: sys.stderr}
         saved_environment, saved_folder = dict(os.environ), Path.cwd()
         saved_handlers = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
         saved_hook, saved_installed = sys.excepthook, stopping.installed
@@ -161,10 +163,15 @@ class Store:
                 except SystemExit as exit:
                     code = exit.code
                 finally:
+                    # Raised over any exception of main's, which it then names as its cause.
                     left_active = mlflow.active_run()
                     if left_active:
                         mlflow.end_run("FAILED")
+                        raise AssertionError(
+                            f"{name} left its run {left_active.info.run_id} active"
+                        )
         finally:
+            _point_log_handlers_back(streams)
             os.chdir(saved_folder)
             mlflow.tracking.fluent._active_experiment_id = None
             os.environ.clear()
@@ -172,10 +179,11 @@ class Store:
             for signum, handler in saved_handlers.items():
                 signal.signal(signum, handler)
             sys.excepthook, stopping.installed = saved_hook, saved_installed
-        if left_active:
-            raise AssertionError(f"{name} left its run {left_active.info.run_id} active")
-        if not isinstance(code, int):  # sys.exit("message") prints it and exits 1
-            code = 0 if code is None else 1
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):  # as Python does with sys.exit("message")
+            print(code, file=stderr)
+            code = 1
         return Called(code, stdout.getvalue(), stderr.getvalue())
 
     def client(self):
@@ -218,6 +226,15 @@ class Store:
     def children_of(self, parent_run_id: str) -> list:
         """The runs nested under `parent_run_id`, newest first."""
         return self.runs(query=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
+def _point_log_handlers_back(streams: dict) -> None:
+    """Give the log handlers made during Store.call (optuna's, say) the streams they replaced."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and handler.stream in streams:
+                handler.setStream(streams[handler.stream])
 
 
 def store_environment(root: Path) -> dict:
