@@ -120,8 +120,12 @@ class Store:
         self, name: str, *args: str, check: bool = True, experiment: str | None = None
     ) -> subprocess.CompletedProcess:
         """`python <repo>/<name> <args>`, its runs in `experiment` (made if missing) if given."""
-        env = {**self.env, "MLFLOW_EXPERIMENT_NAME": experiment} if experiment else None
+        env = self.environment(experiment)
         return self.run([sys.executable, str(REPO / name), *args], check=check, env=env)
+
+    def environment(self, experiment: str | None = None) -> dict:
+        """The environment of a script whose runs go to `experiment` (made if missing)."""
+        return {**self.env, "MLFLOW_EXPERIMENT_NAME": experiment} if experiment else self.env
 
     def call(self, name: str, *args: str, experiment: str | None = None) -> Called:
         """`<name>`'s main(args) in this process, in the store's folder and against it.
@@ -129,9 +133,10 @@ class Store:
         For tests of what a script says and records, where a new Python, which spends
         two seconds importing MLflow, is not the point. What main prints to stdout and
         stderr is returned with its exit code; an exception that main lets through (a
-        bug) is raised, and so is an AssertionError if main leaves a run active. main sees the environment that Store.script gives the script;
-        afterwards this process is as before: working directory, environment, MLflow's
-        tracking URI and experiment, signal handlers.
+        bug) is raised, and so is an AssertionError if main leaves a run active. main sees
+        the environment that Store.script gives the script; afterwards this process is as
+        before: working directory, environment, MLflow's tracking URI and experiment,
+        signal handlers.
         """
         import mlflow
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -144,10 +149,9 @@ class Store:
         saved_environment, saved_folder = dict(os.environ), Path.cwd()
         saved_handlers = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
         saved_hook, saved_installed = sys.excepthook, stopping.installed
-        os.environ.clear()  # the environment that Store.script gives the script
-        os.environ.update(
-            {**self.env, "MLFLOW_EXPERIMENT_NAME": experiment} if experiment else self.env
-        )
+        saved_experiment = mlflow.tracking.fluent._active_experiment_id
+        os.environ.clear()
+        os.environ.update(self.environment(experiment))
         # The experiment comes from the environment, as in a new process, not from an
         # earlier mlflow.set_experiment in this one.
         mlflow.tracking.fluent._active_experiment_id = None
@@ -173,7 +177,7 @@ class Store:
         finally:
             _point_log_handlers_back(streams)
             os.chdir(saved_folder)
-            mlflow.tracking.fluent._active_experiment_id = None
+            mlflow.tracking.fluent._active_experiment_id = saved_experiment
             os.environ.clear()
             os.environ.update(saved_environment)
             for signum, handler in saved_handlers.items():
