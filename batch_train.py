@@ -75,7 +75,9 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    from mnist_pipeline import runs, search, study
+    from mnist_pipeline.search import choices as search
+    from mnist_pipeline.search import study
+    from mnist_pipeline.tracking import runs
 
     try:
         if unknown:
@@ -117,7 +119,8 @@ def check_batch(
     With a `storage`, the study database is opened once, so that a wrong URL or password
     is said before anything is created.
     """
-    from mnist_pipeline import search, study
+    from mnist_pipeline.search import choices as search
+    from mnist_pipeline.search import study
 
     texts = {"batch_size": batch_size, "epochs": epochs, "lr": lr, "nr_conv_1": nr_conv_1}
     choices = search.parse_choices({**texts, "seed": seed})
@@ -155,8 +158,9 @@ def train_batch(
     """
     import mlflow
 
-    from mnist_pipeline import runs, study
-    from mnist_pipeline.trials import TrialRunner, write_summary
+    from mnist_pipeline.search import study
+    from mnist_pipeline.search.trials import TrialRunner, write_summary
+    from mnist_pipeline.tracking import runs
 
     choices, strategy = check_batch(
         batch_size, epochs, lr, nr_conv_1, seed, strategy, pruner, storage
@@ -229,8 +233,8 @@ def join_search(join: str, workers: int = 1, retry_seconds: int = 120, storage: 
     """
     import mlflow
 
-    from mnist_pipeline import study
-    from mnist_pipeline.trials import HOST, TrialRunner, write_summary
+    from mnist_pipeline.search import study
+    from mnist_pipeline.search.trials import HOST, TrialRunner, write_summary
 
     shared = study.StudySearch.join(join, storage, retry_seconds)
     settings = shared.settings

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mnist_pipeline.catalogue import dataset_spec
 from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, stage_run
-from mnist_pipeline.fetch import FetchedFile, fetch_dataset
-from mnist_pipeline.idx import load_folder
+from mnist_pipeline.data.catalogue import dataset_spec
+from mnist_pipeline.data.fetch import FetchedFile, fetch_dataset
+from mnist_pipeline.data.idx import load_folder
 
 DATA_ARTIFACTS = "data"
 

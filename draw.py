@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import uvicorn
 
-    from mnist_pipeline.drawing import create_app
+    from mnist_pipeline.drawing_page.server import create_app
 
     try:
         app = create_app(args.model_url, timeout=args.timeout)

@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import mlflow
 
-    from mnist_pipeline import stopping
+    from mnist_pipeline.tracking import stale_runs
 
     try:
-        stale, unknown = stopping.stale_runs()
+        stale, unknown = stale_runs.stale_runs()
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     to_end = stale + unknown if args.all else stale

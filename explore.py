@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from mnist_pipeline import plots
-from mnist_pipeline.catalogue import dataset_spec
 from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, fail, stage_run
-from mnist_pipeline.idx import load_folder
-from mnist_pipeline.transform import pixel_statistics
+from mnist_pipeline.data.catalogue import dataset_spec
+from mnist_pipeline.data.idx import load_folder
+from mnist_pipeline.data.transform import pixel_statistics
 
 
 def build_parser() -> Parser:
@@ -46,7 +46,7 @@ def explore(data_run: str = "", in_data: str = "", dataset: str = "mnist") -> tu
     """
     import mlflow
 
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     folder, data_run, dataset_name = runs.resolve_data(data_run, in_data, dataset)
     spec = dataset_spec(dataset_name)

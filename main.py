@@ -21,10 +21,10 @@ import explore
 import package_model
 import preprocess
 import train
-from mnist_pipeline import stopping
-from mnist_pipeline.catalogue import dataset_spec
 from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, param_text
+from mnist_pipeline.data.catalogue import dataset_spec
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.tracking import signals, stale_runs
 
 PROJECT_DIR = Path(__file__).resolve().parent
 STAGES = {
@@ -56,11 +56,11 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    stopping.install()
+    signals.install()
     import mlflow
     from mlflow.exceptions import ExecutionException
 
-    from mnist_pipeline import naming
+    from mnist_pipeline.tracking import naming
 
     try:
         dataset_spec(args.dataset)
@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(parser.prog, error)
     started = time.perf_counter()
     try:
-        with mlflow.start_run() as parent, stopping.killed_when_stopped():
+        with mlflow.start_run() as parent, signals.killed_when_stopped():
             mlflow.set_tags(
                 {
                     "stage": "main",
                     "dataset": args.dataset,
-                    stopping.PROCESS_TAG: stopping.process_tag(),
+                    signals.PROCESS_TAG: signals.process_tag(),
                 }
             )
             warn_about_stale_runs(parent.info.experiment_id)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def warn_about_stale_runs(experiment_id: str) -> None:
     """One line when runs of killed processes (SIGKILL) are still RUNNING; they are never reused."""
-    stale, _ = stopping.stale_runs([experiment_id])
+    stale, _ = stale_runs.stale_runs([experiment_id])
     if stale:
         print(
             f"[main] {len(stale)} stale RUNNING runs (their process was killed), never reused; "
@@ -133,7 +133,7 @@ class Pipeline:
 
     def reusable(self, entry_point: str, **parameters):
         """Return the finished run of `entry_point` that `stage` would reuse, or None."""
-        from mnist_pipeline import runs
+        from mnist_pipeline.tracking import runs
 
         module = STAGES[entry_point]
         parser = module.build_parser()
@@ -207,7 +207,7 @@ def already_ran(
     Parameters are compared after both sides went through the stage's own parser, so
     "0.001" matches "1e-3" and "16" matches "16", never a string against an int.
     """
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     candidates = runs.finished_runs(
         stage, f"tags.{runs.CODE_VERSION_TAG} = '{version}'", experiment_ids_=[experiment_id]

@@ -19,7 +19,13 @@ from pathlib import Path
 import cv2
 
 from mnist_pipeline.cli import USER_ERRORS, Parser, fail, positive_int
-from mnist_pipeline.drawn import DRAWN_DIGITS, MEDIA, DrawnDigit, contact_sheet, write_drawn_set
+from mnist_pipeline.serving.drawn_digits import (
+    DRAWN_DIGITS,
+    MEDIA,
+    DrawnDigit,
+    contact_sheet,
+    write_drawn_set,
+)
 
 
 def build_parser() -> Parser:

@@ -7,7 +7,7 @@ to the preprocess run's `transform.json`, logs the model from code (served_model
 to this run, registers a new version of the model named after the dataset, and saves
 the same model to `--output_dir`, replacing what was there in one move.
 
-Then evaluates the logged model as it is served (see mnist_pipeline/evaluation.py): all
+Then evaluates the logged model as it is served (see mnist_pipeline/serving/evaluation.py): all
 test images as frames, 2,000 of them as PNG files and, for mnist, the drawn digits of
 drawn_digits/. Logs `served_accuracy`, `served_png_accuracy` and `drawn_accuracy` with
 the evaluator's metrics, per-class reports and confusion matrices, and tags the run and
@@ -26,13 +26,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mnist_pipeline import evaluation, requirements, stopping
+from mnist_pipeline import files
 from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, boolean, fail, stage_run
-from mnist_pipeline.drawn import DRAWN_DIGITS
+from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, load_arrays
+from mnist_pipeline.serving import (
+    evaluation,
+    requirements,
+)
+from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS
 
-SERVED_MODEL_CODE = "mnist_pipeline/served_model.py"
+SERVED_MODEL_CODE = "mnist_pipeline/serving/served_model.py"
 CHAMPION = "champion"
 
 
@@ -95,7 +99,7 @@ def package(
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     if train_run and model_dir:
         raise UserError("give either train_run or model_dir, not both")
@@ -126,7 +130,7 @@ def package(
     x_test, y_test = load_arrays(preprocess_dir, "test")
     test_pixels = evaluation.pixels_from_arrays(x_test, spec)
     input_example = pd.DataFrame(test_pixels[0], columns=[str(column) for column in range(28)])
-    # The model takes several request formats (see mnist_pipeline/serving.py), so only
+    # The model takes several request formats (see mnist_pipeline/serving/request_formats.py), so only
     # the answer has a fixed schema; an input schema would refuse all but one of them.
     signature = ModelSignature(
         outputs=Schema(
@@ -226,10 +230,10 @@ def replace_directory(model_uri: str, output_dir: str | Path) -> None:
 
     output_dir = Path(output_dir).resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = stopping.staging_folder(output_dir.parent, f".{output_dir.name}.new-")
+    staging = files.staging_folder(output_dir.parent, f".{output_dir.name}.new-")
     try:
         downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(staging)))
-        stopping.swap_into_place(downloaded, output_dir)
+        files.swap_into_place(downloaded, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from mnist_pipeline.cli import USER_ERRORS, Parser, fail
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.pictures import image_to_pixels
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 
 def build_parser() -> Parser:

@@ -15,17 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_pipeline.catalogue import dataset_spec
 from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, fail, stage_run
-from mnist_pipeline.errors import UserError
-from mnist_pipeline.idx import Dataset, load_folder
-from mnist_pipeline.transform import (
+from mnist_pipeline.data.catalogue import dataset_spec
+from mnist_pipeline.data.idx import Dataset, load_folder
+from mnist_pipeline.data.transform import (
     TRANSFORM_FILE,
     TransformSpec,
     normalize,
     pixel_statistics,
     save_arrays,
 )
+from mnist_pipeline.errors import UserError
 
 
 def optional_float(text: str) -> float | None:
@@ -78,7 +78,7 @@ def preprocess(
     """
     import mlflow
 
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     if std is not None and not std > 0:
         raise UserError(f"std must be greater than 0, got {std}")
@@ -137,7 +137,7 @@ def _mean_and_std(
     explore_run: str, data_run: str | None, data: Dataset
 ) -> tuple[float, float, str]:
     """Return mean, std and where they came from: the explore_data run, or measured here."""
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     if explore_run:
         found = runs.get_run(explore_run, "explore_data")

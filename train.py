@@ -16,7 +16,6 @@ import time
 import numpy as np
 
 from mnist_pipeline import plots
-from mnist_pipeline.catalogue import sha256_of_file
 from mnist_pipeline.cli import (
     USER_ERRORS,
     Parser,
@@ -28,9 +27,10 @@ from mnist_pipeline.cli import (
     positive_int,
     stage_run,
 )
+from mnist_pipeline.data.catalogue import sha256_of_file
+from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, arrays_path, load_arrays
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.model import ARCHITECTURES, Augmentation, confusion_counts
-from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, arrays_path, load_arrays
+from mnist_pipeline.training.model import ARCHITECTURES, Augmentation, confusion_counts
 
 VALIDATION_FRACTION = 0.1
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def resolve_preprocess_run(preprocess_run: str = "", input_dir: str = "", dataset: str = "") -> str:
     """Return the ID of the preprocess run named by ID or by path, else the newest of `dataset`."""
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     if preprocess_run and input_dir:
         raise UserError("give either preprocess_run or input_dir, not both")
@@ -131,7 +131,7 @@ def train(
     """
     import mlflow
 
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     # Before TensorFlow is imported: a wrong run is said in a few seconds, not ten.
     preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
@@ -140,9 +140,9 @@ def train(
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from mnist_pipeline import requirements
-    from mnist_pipeline.model import build_cnn, compile_cnn, epoch_logger, training_dtype
-    from mnist_pipeline.study import pruning_callbacks, was_pruned
+    from mnist_pipeline.search.study import pruning_callbacks, was_pruned
+    from mnist_pipeline.serving import requirements
+    from mnist_pipeline.training.model import build_cnn, compile_cnn, epoch_logger, training_dtype
 
     artifacts = runs.artifact_dir(preprocess_run)
     spec = TransformSpec.load(artifacts / TRANSFORM_FILE)

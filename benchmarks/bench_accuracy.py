@@ -88,8 +88,8 @@ def train(preprocess_run: str, parameters: dict, environment: dict, root: Path) 
 
 def served_figures(model_dir: Path, environment: dict, root: Path, png_images: int) -> dict:
     """Serve the packaged model; return its accuracy on the drawn set, and on test PNGs and arrays."""
-    from mnist_pipeline.drawn import read_drawn_set
-    from mnist_pipeline.serving import MAX_FILES_PER_REQUEST
+    from mnist_pipeline.serving.drawn_digits import read_drawn_set
+    from mnist_pipeline.serving.request_formats import MAX_FILES_PER_REQUEST
 
     drawn = read_drawn_set()
     drawn_bodies = [
@@ -125,7 +125,7 @@ def files_frame(files: list[bytes]) -> bytes:
 
 def mnist_test_pixels(root: Path) -> tuple[np.ndarray, np.ndarray]:
     """The MNIST test set as get_data left it: uint8 (10000, 28, 28) and its labels."""
-    from mnist_pipeline.idx import read_idx
+    from mnist_pipeline.data.idx import read_idx
 
     folder = root / "data" / "mnist"
     return (read_idx(folder / "t10k-images-idx3-ubyte.gz"),

@@ -37,8 +37,8 @@ EIGHT_TRIALS = "4,6,8,10,12,14,16,18"
 
 def write_subset(folder: Path, train_images: int) -> Path:
     """Write the first `train_images` training and a sixth as many test images as IDX files."""
-    from mnist_pipeline.catalogue import DATASETS
-    from mnist_pipeline.idx import load_folder, write_idx
+    from mnist_pipeline.data.catalogue import DATASETS
+    from mnist_pipeline.data.idx import load_folder, write_idx
 
     data = load_folder(MIRROR / "mnist", DATASETS["mnist"])
     test_images = max(10, train_images // 6)

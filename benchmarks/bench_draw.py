@@ -39,7 +39,7 @@ from common import (
 )
 from serving_client import ScoringServer, free_port, percentiles
 
-from mnist_pipeline.testing import CHROMIUM, CHROMIUM_ARGS
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 
 TARGET_P50_MS = 100.0
 WARM_UP_STROKES = 3

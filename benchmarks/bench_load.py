@@ -190,7 +190,7 @@ def measure(
 
 
 def test_images(count: int = 1000) -> np.ndarray:
-    from mnist_pipeline.idx import read_idx
+    from mnist_pipeline.data.idx import read_idx
 
     return read_idx(MIRROR / "mnist" / "t10k-images-idx3-ubyte.gz")[:count]
 

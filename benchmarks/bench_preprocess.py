@@ -40,7 +40,7 @@ PIPELINE_RUNS = 10
 
 def time_preprocess_script(environment: dict, root: Path, data_run: str, explore_run: str) -> dict:
     """Run preprocess.py once as a user would; return its metrics and the command's wall time."""
-    from mnist_pipeline.runs import artifact_dir
+    from mnist_pipeline.tracking.runs import artifact_dir
 
     command = [sys.executable, REPO / "preprocess.py", "--data_run", data_run]
     wall = run_command(command + ["--explore_run", explore_run], environment, root)
@@ -55,10 +55,10 @@ def time_uncompressed_baseline(data_folder: Path, preprocess_run: str, output: P
     """Read, normalise with the run's transform and np.save the four arrays uncompressed."""
     import numpy as np
 
-    from mnist_pipeline.catalogue import DATASETS
-    from mnist_pipeline.idx import load_folder
-    from mnist_pipeline.runs import artifact_dir
-    from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, normalize
+    from mnist_pipeline.data.catalogue import DATASETS
+    from mnist_pipeline.data.idx import load_folder
+    from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, normalize
+    from mnist_pipeline.tracking.runs import artifact_dir
 
     spec = TransformSpec.load(artifact_dir(preprocess_run) / TRANSFORM_FILE)
     output.mkdir(parents=True, exist_ok=True)

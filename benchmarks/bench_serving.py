@@ -79,7 +79,7 @@ def labels_of(answer: bytes) -> np.ndarray:
 
 
 def measure_packaged(server: ScoringServer, x_test, y_test, requests: int, png_images: int) -> dict:
-    from mnist_pipeline.serving import MAX_FILES_PER_REQUEST
+    from mnist_pipeline.serving.request_formats import MAX_FILES_PER_REQUEST
 
     single = [frame_28(x_test[n % len(x_test)]) for n in range(requests)]
     batch = x_test[:BATCH_IMAGES]
@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     requests = 50 if args.quick else args.requests
     png_images = 1000 if args.quick else args.png_images
     args.epochs = args.epochs or (1 if args.quick else 5)
-    from mnist_pipeline.idx import read_idx
-    from mnist_pipeline.runs import artifact_dir
-    from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, normalize
+    from mnist_pipeline.data.idx import read_idx
+    from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, normalize
+    from mnist_pipeline.tracking.runs import artifact_dir
 
     x_test = read_idx(MIRROR / "mnist" / "t10k-images-idx3-ubyte.gz")
     y_test = read_idx(MIRROR / "mnist" / "t10k-labels-idx1-ubyte.gz")

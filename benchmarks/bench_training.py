@@ -69,7 +69,7 @@ def train_keras_reference(
     import keras
     import numpy as np
 
-    from mnist_pipeline.runs import artifact_dir
+    from mnist_pipeline.tracking.runs import artifact_dir
 
     arrays = artifact_dir(preprocess_run, "arrays")
     with np.load(arrays / "train.npz") as train_arrays:

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mnist_pipeline import testing  # noqa: E402 (found through the path above)
-from mnist_pipeline.testing import MIRROR, REPO, VENV_BIN  # noqa: E402, F401 (for the benchmarks)
+from tests.helpers import MIRROR, REPO, VENV_BIN  # noqa: E402, F401 (for the benchmarks)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The baselines import TensorFlow here too; its start-up chatter is noise on a CPU machine.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from common import testing
 
-from mnist_pipeline.testing import free_port  # noqa: F401 (the benchmarks import it from here)
+from tests.helpers import free_port  # noqa: F401 (the benchmarks import it from here)
 
 START_TIMEOUT_SECONDS = 240
 WARM_UP_REQUESTS = 10

@@ -113,21 +113,21 @@ def stage_run(
     """Start (or join, under `mlflow run`) the run of `stage`, tagged and with its params.
 
     The run ends FINISHED, or FAILED if the body raises, or KILLED if SIGINT or SIGTERM
-    stops it (see stopping.py).
+    stops it (see tracking/signals.py).
     """
-    from mnist_pipeline import stopping
+    from mnist_pipeline.tracking import signals
 
-    stopping.install()
+    signals.install()
     import mlflow
 
-    from mnist_pipeline import naming, runs
+    from mnist_pipeline.tracking import naming, runs
 
-    with mlflow.start_run() as run, stopping.killed_when_stopped():
+    with mlflow.start_run() as run, signals.killed_when_stopped():
         mlflow.set_tags(
             {
                 runs.STAGE_TAG: stage,
                 runs.CODE_VERSION_TAG: runs.code_version(script),
-                stopping.PROCESS_TAG: stopping.process_tag(),
+                signals.PROCESS_TAG: signals.process_tag(),
             }
         )
         canonical = {name: param_text(value) for name, value in vars(args).items()}

@@ -5,7 +5,7 @@ database, and the artifacts beside it in ./mlruns), and runs the real commands i
 folder: `mlflow run <repo> -e ... --env-manager local`, the scripts, the server. Tests that
 read the tiny pipeline share one per test session, across pytest-xdist's workers too: the
 first worker that needs it builds it under a lock, the others wait and read what it left.
-The helpers themselves live in mnist_pipeline/testing.py, which the benchmarks use too.
+The helpers themselves live in tests/helpers.py, which the benchmarks use too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mnist_pipeline.testing import (  # noqa: F401 (the tests import these from here)
+from tests.helpers import (  # noqa: F401 (the tests import these from here)
     MIRROR,
     REPO,
     VENV_BIN,

@@ -100,7 +100,7 @@ def test_a_summary_written_by_two_workers_at_once_is_written_once_more(store):
     """The worker that loses the race for a new tag writes it again; other errors are raised."""
     from mlflow.exceptions import MlflowException
 
-    from mnist_pipeline.trials import despite_a_concurrent_writer
+    from mnist_pipeline.search.trials import despite_a_concurrent_writer
 
     client = store.client()
     run_id = client.create_run("0").info.run_id
@@ -143,7 +143,7 @@ def test_a_summary_written_twice_keeps_one_row_per_trial(store):
     """Every worker of a shared search writes the summary; trials.json is replaced, not appended."""
     import mlflow
 
-    from mnist_pipeline.trials import write_summary
+    from mnist_pipeline.search.trials import write_summary
 
     client = store.client()
     parent = client.create_run("0").info.run_id
@@ -168,7 +168,8 @@ def test_a_trial_that_ends_while_the_summary_is_written_is_in_it(store, monkeypa
     """
     import mlflow
 
-    from mnist_pipeline import plots, trials
+    from mnist_pipeline import plots
+    from mnist_pipeline.search.choices import trials
 
     client = store.client()
     parent = client.create_run("0").info.run_id
@@ -205,7 +206,7 @@ def test_a_trial_that_ends_while_the_summary_is_written_is_in_it(store, monkeypa
 
 def test_a_summary_of_a_run_without_trials_is_one_line(store):
     from mnist_pipeline.errors import UserError
-    from mnist_pipeline.trials import write_summary
+    from mnist_pipeline.search.trials import write_summary
 
     parent = store.client().create_run("0").info.run_id
     with pytest.raises(UserError, match=f"run {parent} has no trial runs to sum up"):

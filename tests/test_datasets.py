@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import MIRROR
 
-from mnist_pipeline.catalogue import DATASETS
+from mnist_pipeline.data.catalogue import DATASETS
+from mnist_pipeline.data.fetch import OFFICIAL, DownloadError, Retry, fetch_dataset
+from mnist_pipeline.data.idx import load_folder, read_idx, write_idx
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.fetch import OFFICIAL, DownloadError, Retry, fetch_dataset
-from mnist_pipeline.idx import load_folder, read_idx, write_idx
 
 
 def test_read_idx_round_trip(tmp_path):

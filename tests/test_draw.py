@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import REPO, free_port, render_digit, running
 
-from mnist_pipeline.testing import CHROMIUM, CHROMIUM_ARGS
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -300,7 +300,7 @@ def test_a_20_mb_body_is_refused_with_413(page, page_without_model):
 
 
 def test_a_model_that_never_answers_gives_a_timeout_line():
-    from mnist_pipeline.drawing import ModelClient, ModelError
+    from mnist_pipeline.drawing_page.server import ModelClient, ModelError
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -317,7 +317,7 @@ def test_a_model_that_never_answers_gives_a_timeout_line():
 
 def test_the_page_server_forwards_only_to_its_model(tmp_path):
     """Whatever the browser sends, the request goes to the model URL given at start."""
-    from mnist_pipeline.drawing import ModelClient
+    from mnist_pipeline.drawing_page.server import ModelClient
 
     received = []
 

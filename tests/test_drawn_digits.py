@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from mnist_pipeline.drawn import (
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.serving.drawn_digits import (
     DRAWN_DIGITS,
     KINDS,
     LABELS_FILE,
@@ -27,8 +28,7 @@ from mnist_pipeline.drawn import (
     labels_csv,
     read_drawn_set,
 )
-from mnist_pipeline.errors import UserError
-from mnist_pipeline.pictures import image_to_pixels
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 SCRIPT = REPO / "make_drawn_digits.py"
 # Enough pictures of each digit to meet every kind: a run of the media, then a German run.

@@ -17,10 +17,10 @@ MISSING_RUN = "0" * 32
 # Something each stage calls once its run has started: the module and the name to break.
 INSIDE_THE_STAGE = {
     "download.py": ("download", "fetch_dataset"),
-    "explore.py": ("mnist_pipeline.runs", "resolve_data"),
-    "preprocess.py": ("mnist_pipeline.runs", "resolve_data"),
+    "explore.py": ("mnist_pipeline.tracking.runs", "resolve_data"),
+    "preprocess.py": ("mnist_pipeline.tracking.runs", "resolve_data"),
     "train.py": ("train", "resolve_preprocess_run"),
-    "package_model.py": ("mnist_pipeline.runs", "latest_run"),
+    "package_model.py": ("mnist_pipeline.tracking.runs", "latest_run"),
 }
 # A mistake a user can make with each stage, and the line that tells them.
 USER_MISTAKES = [

@@ -20,10 +20,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, render_digit, stop
 
-from mnist_pipeline import evaluation
-from mnist_pipeline.drawn import DRAWN_DIGITS, read_drawn_set
-from mnist_pipeline.serving import IMAGE_COLUMN
-from mnist_pipeline.transform import TRANSFORM_FILE, TransformSpec, load_arrays
+from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_arrays
+from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS, read_drawn_set
+from mnist_pipeline.serving.request_formats import IMAGE_COLUMN, evaluation
 
 FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
 
@@ -33,7 +32,7 @@ def served(pipeline) -> dict:
     """The pipeline's package run, its logged model loaded here, and the test set as pixels."""
     import mlflow
 
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     store = pipeline["store"]
     client = store.client()
@@ -132,7 +131,7 @@ def test_served_figures_are_what_the_model_answers_to_the_same_requests(served):
 
 
 def test_pixels_from_arrays_gives_back_the_idx_pixels(served):
-    from mnist_pipeline.transform import normalize
+    from mnist_pipeline.data.transform import normalize
 
     pixels = served["pixels"]
     assert pixels.dtype == np.uint8 and pixels.shape[1:] == (28, 28)

@@ -2,7 +2,7 @@
 
 MLflow creates and migrates a new SQLite store in whichever process opens it first, and
 two processes doing that at once can damage it for good. The project's MLflow plugin
-(mnist_pipeline/store.py, installed by `make setup`) creates it once, under a lock, in
+(mnist_pipeline/tracking/store.py, installed by `make setup`) creates it once, under a lock, in
 `mlflow run` and `mlflow ui` as well as in the scripts.
 """
 
@@ -16,7 +16,7 @@ import urllib.request
 
 from conftest import REPO, free_port, make_store, stop, store_environment, wait_until_up
 
-from mnist_pipeline.testing import ONE_UI_PROCESS
+from tests.helpers import ONE_UI_PROCESS
 
 
 def test_the_store_plugin_is_installed():
@@ -25,10 +25,11 @@ def test_the_store_plugin_is_installed():
         for group in ("mlflow.tracking_store", "mlflow.model_registry_store")
     }
     assert (
-        plugins["mlflow.tracking_store"].get("sqlite") == "mnist_pipeline.store:tracking_store"
+        plugins["mlflow.tracking_store"].get("sqlite")
+        == "mnist_pipeline.tracking.store:tracking_store"
     ), "`make setup` installs the project's MLflow plugin (pip install -e .)"
     assert plugins["mlflow.model_registry_store"].get("sqlite") == (
-        "mnist_pipeline.store:registry_store"
+        "mnist_pipeline.tracking.store:registry_store"
     )
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mnist_pipeline.pictures import image_to_pixels
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 # MNIST's strokes at 28x28, measured on its test set as below: 1.7 px at the 10th
 # percentile, 2.25 px at the median, 3.2 px at the 90th.

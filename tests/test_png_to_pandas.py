@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import REPO, drawing
 
-from mnist_pipeline.pictures import image_to_pixels
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 SCRIPT = REPO / "png_to_pandas.py"
 COLUMNS = [str(column) for column in range(28)]

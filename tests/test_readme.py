@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port, make_store, once_per_session, running, write_tiny_dataset
 
-from mnist_pipeline import runs
-from mnist_pipeline.catalogue import DATASETS
-from mnist_pipeline.idx import read_idx_sha256
-from mnist_pipeline.stopping import PROCESS_TAG
-from mnist_pipeline.testing import ONE_UI_PROCESS
+from mnist_pipeline.data.catalogue import DATASETS
+from mnist_pipeline.data.idx import read_idx_sha256
+from mnist_pipeline.tracking import runs
+from mnist_pipeline.tracking.signals import PROCESS_TAG
+from tests.helpers import ONE_UI_PROCESS
 
 README = (REPO / "README.md").read_text()
 

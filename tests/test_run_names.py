@@ -59,7 +59,7 @@ def test_the_pipelines_runs_have_names_and_descriptions_that_link_their_inputs(p
 def test_a_train_run_names_its_architecture_and_augmentation():
     from types import SimpleNamespace
 
-    from mnist_pipeline.naming import name_and_text
+    from mnist_pipeline.tracking.naming import name_and_text
 
     params = {"nr_conv_1": "16", "lr": "0.006", "epochs": "5", "architecture": "deeper"}
     params["augment_rotation_degrees"] = "10.0"

@@ -65,8 +65,8 @@ def test_explore_logs_mean_std_counts_and_pictures(pipeline):
     store = pipeline["store"]
     run = store.last_run("explore_data")
     assert run.data.tags["data_run"] == pipeline["data_run"]
-    from mnist_pipeline.catalogue import DATASETS
-    from mnist_pipeline.idx import load_folder
+    from mnist_pipeline.data.catalogue import DATASETS
+    from mnist_pipeline.data.idx import load_folder
 
     data = load_folder(store.root / "data" / "mnist", DATASETS["mnist"])
     assert run.data.metrics["mean"] == pytest.approx(data.x_train.mean(), rel=1e-6)
@@ -86,8 +86,8 @@ def test_preprocess_uses_explore_statistics_and_writes_the_transform(pipeline):
     run = store.client().get_run(pipeline["preprocess_run"])
     explore = store.last_run("explore_data")
     assert run.data.tags["explore_run"] == explore.info.run_id
-    from mnist_pipeline import runs
-    from mnist_pipeline.transform import TransformSpec
+    from mnist_pipeline.data.transform import TransformSpec
+    from mnist_pipeline.tracking import runs
 
     store.client()
     folder = runs.artifact_dir(run.info.run_id)
@@ -214,7 +214,7 @@ def test_preprocess_refuses_non_positive_std(pipeline):
 
 def test_checksums_are_recorded_as_artifact(pipeline):
     store = pipeline["store"]
-    from mnist_pipeline import runs
+    from mnist_pipeline.tracking import runs
 
     store.client()
     checksums = json.loads((runs.artifact_dir(pipeline["data_run"]) / "checksums.json").read_text())

@@ -154,10 +154,10 @@ def held_mirror(folder: Path):
 # This sends the signal from inside a real session, as it is about to commit.
 SIGNAL_DURING_A_WRITE = """
 import os, signal, time, mlflow, sqlalchemy
-from mnist_pipeline import stopping
+from mnist_pipeline.tracking import signals
 
-stopping.install()
-with mlflow.start_run() as run, stopping.killed_when_stopped():
+signals.install()
+with mlflow.start_run() as run, signals.killed_when_stopped():
     print(run.info.run_id, flush=True)
     engine = mlflow.MlflowClient()._tracking_client.store.engine
     sigterm = lambda connection: os.kill(os.getpid(), signal.SIGTERM)

@@ -324,7 +324,7 @@ def test_a_pruned_search_stops_hopeless_trials(team, team_pipeline, tmp_path):
     assert parent.data.metrics["trials_pruned"] == len(pruned)
     assert parent.data.tags["best_run_id"] not in {run.info.run_id for run in pruned}
 
-    from mnist_pipeline.runs import best_train_run
+    from mnist_pipeline.tracking.runs import best_train_run
 
     assert best_train_run(parent_run=parent.info.run_id).info.run_id not in {
         run.info.run_id for run in pruned

@@ -21,10 +21,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
-from mnist_pipeline import plots, stopping
+from mnist_pipeline import plots
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.runs import PROJECT_DIR
-from mnist_pipeline.search import HYPERPARAMETERS
+from mnist_pipeline.search.choices import HYPERPARAMETERS
+from mnist_pipeline.tracking import signals
+from mnist_pipeline.tracking.runs import PROJECT_DIR
 
 HOST = socket.gethostname()
 # A trial's run carries these tags: its number in the batch, the machine and process
@@ -51,7 +52,7 @@ def trial_name(number: int, total: int, params: dict, searched: list[str]) -> st
 
 
 class TrialProcess:
-    """A `python -m mnist_pipeline.trial_process` child, which runs train.py for each trial sent.
+    """A `python -m mnist_pipeline.search.trial_process` child, which runs train.py for each trial sent.
 
     It imports MLflow and TensorFlow once, and runs trials until it is closed or one of
     them fails (see trial_process.py).
@@ -60,7 +61,7 @@ class TrialProcess:
     def __init__(self, environment: dict[str, str]):
         self._startup_output = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mnist_pipeline.trial_process"],
+            [sys.executable, "-m", "mnist_pipeline.search.trial_process"],
             cwd=PROJECT_DIR,
             env=environment,
             stdin=subprocess.PIPE,
@@ -147,7 +148,7 @@ class TrialRunner:
         # The trial processes started. On SIGINT or SIGTERM they are told to stop (their
         # runs end KILLED) and no new one starts, so that none outlives the batch.
         self._processes: list[TrialProcess] = []
-        stopping.on_stop(self.stop)
+        signals.on_stop(self.stop)
 
     def stop(self) -> None:
         """Send SIGTERM to every running trial process; `run` starts no new one.
@@ -183,7 +184,7 @@ class TrialRunner:
             )
             self._local.process = process
             self._processes.append(process)
-            if stopping.stopping():
+            if signals.stopping():
                 process.terminate()  # stop() may have looked just before the append
         return process
 
@@ -221,9 +222,9 @@ class TrialRunner:
         with tempfile.TemporaryDirectory(prefix="trial-") as folder:
             log = Path(folder) / "output.txt"
             with self._lock:
-                if stopping.stopping():
+                if signals.stopping():
                     self.client.set_terminated(run_id, "KILLED")
-                    raise stopping.Stopped("the batch is stopping")
+                    raise signals.Stopped("the batch is stopping")
                 process = self._process_of_this_thread()
             returncode = process.run(
                 arguments, {**(environment or {}), "MLFLOW_RUN_ID": run_id}, log
@@ -242,7 +243,7 @@ class TrialRunner:
             if run.info.status == "RUNNING":
                 # The process died before MLflow could end its run (killed, or it
                 # refused its arguments): the run must not stay RUNNING forever.
-                self.client.set_terminated(run_id, "KILLED" if stopping.stopping() else "FAILED")
+                self.client.set_terminated(run_id, "KILLED" if signals.stopping() else "FAILED")
             self.client.log_text(run_id, output, "trial_output.txt")
             reason = _last_error_line(output)
             self.client.set_tag(run_id, ERROR_TAG, reason[:500])

@@ -7,24 +7,19 @@ a KeyboardInterrupt, so that MLflow's own `mlflow run` cancels its child process
 for Ctrl-C, and `killed_when_stopped()` ends the active run KILLED.
 
 A process killed with SIGKILL cannot clean up. Its runs stay RUNNING; each run names the
-process responsible for it (tag `process`, `<host>:<pid>`), so `stale_runs()` can tell
-them from runs whose process still works, and end_stale_runs.py ends them as KILLED. Its
-half-done folders carry the same name (`staging_folder()`), and the next process that
-stages into the same place removes them.
+process responsible for it (tag `process`, `<host>:<pid>`, see `process_tag()`), so
+stale_runs.py can tell them from runs whose process still works.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 PROCESS_TAG = "process"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -158,89 +153,3 @@ def deferred() -> Iterator[None]:
 def process_tag() -> str:
     """`<host>:<pid>` of this process, the value of the tag `process`."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def process_is_gone(tag: str) -> bool | None:
-    """True if the process named by a `process` tag no longer runs, None if unknowable.
-
-    Unknowable for another host, or a tag that is not `<host>:<pid>`. A zombie (exited,
-    not yet reaped by its parent) counts as gone.
-    """
-    host, _, pid_text = tag.rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def staging_folder(parent: Path, prefix: str) -> Path:
-    """Make a new folder `<prefix><host>:<pid>-<random>` in `parent` for work renamed into place.
-
-    Folders with the same prefix whose process is gone (killed with SIGKILL, a power cut)
-    are removed first; those of live processes, such as a second command at work on the
-    same folder, are left alone.
-    """
-    for folder in Path(parent).glob(f"{prefix}*"):
-        owner = folder.name[len(prefix) :].rpartition("-")[0]
-        if process_is_gone(owner):
-            shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{process_tag()}-"))
-
-
-def swap_into_place(staged: Path, target: Path) -> None:
-    """Put the folder `staged` at `target`, replacing what was there, in two renames.
-
-    The old folder is moved into a staging folder beside `target` (see staging_folder)
-    and deleted once the new one is in place. SIGINT and SIGTERM wait for the swap:
-    stopped between the two renames, it would leave no folder at all.
-    """
-    staged, target = Path(staged), Path(target)
-    with deferred():
-        retired = None
-        if target.exists():
-            retired = staging_folder(target.parent, f".{target.name}.old-")
-            target.rename(retired / target.name)
-        staged.rename(target)
-        if retired is not None:
-            shutil.rmtree(retired)
-
-
-def stale_runs(experiment_ids: list[str] | None = None) -> tuple[list, list]:
-    """Return (stale, unknown): RUNNING runs whose process is gone, and those without one.
-
-    `unknown` holds RUNNING runs that name no process (started by another tool) or a
-    process on another host; they may well be alive.
-    """
-    import mlflow
-    from mlflow.entities import ViewType
-
-    client = mlflow.MlflowClient()
-    if experiment_ids is None:
-        experiment_ids = [
-            e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
-        ]
-    if not experiment_ids:
-        return [], []
-    running = mlflow.search_runs(
-        experiment_ids=experiment_ids,
-        filter_string="attributes.status = 'RUNNING'",
-        output_format="list",
-    )
-    stale, unknown = [], []
-    for run in running:
-        gone = process_is_gone(run.data.tags.get(PROCESS_TAG, ""))
-        if gone is None:
-            unknown.append(run)
-        elif gone:
-            stale.append(run)
-    return stale, unknown

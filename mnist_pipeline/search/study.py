@@ -36,9 +36,10 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
 
-from mnist_pipeline import search, stopping
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.runs import experiment_ids
+from mnist_pipeline.search import choices as search
+from mnist_pipeline.tracking import signals
+from mnist_pipeline.tracking.runs import experiment_ids
 
 # Where a team's study lives: an SQLAlchemy database URL, as Optuna's own CLI reads it.
 STORAGE_ENV = "OPTUNA_STORAGE"
@@ -291,11 +292,11 @@ class StudySearch:
                 },
                 on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             )
-            if stopping.stopping():
+            if signals.stopping():
                 # This worker is being stopped: hand its trial back for another to run.
                 current = next(t for t in self.study.get_trials() if t.number == trial.number)
                 RetryFailedTrialCallback(max_retry=MAX_RETRIES)(self.study, current)
-                raise stopping.Stopped("the batch is stopping")
+                raise signals.Stopped("the batch is stopping")
             if result["status"] == "PRUNED":
                 raise optuna.TrialPruned()
             if result["status"] != "FINISHED" or result["accuracy"] is None:

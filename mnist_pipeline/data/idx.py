@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline.catalogue import DatasetSpec, IdxFile
+from mnist_pipeline.data.catalogue import DatasetSpec, IdxFile
 from mnist_pipeline.errors import UserError
 
 IMAGE_MAGIC = 0x00000803

@@ -22,9 +22,9 @@ import binascii
 import numpy as np
 import pandas as pd
 
+from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.pictures import image_to_pixels
-from mnist_pipeline.transform import TransformSpec
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 MAX_IMAGES_PER_REQUEST = 10_000
 MAX_FILES_PER_REQUEST = 100

@@ -30,9 +30,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.serving import IMAGE_COLUMN, MAX_FILES_PER_REQUEST, PIXELS
-from mnist_pipeline.transform import TransformSpec
+from mnist_pipeline.serving.request_formats import (
+    IMAGE_COLUMN,
+    MAX_FILES_PER_REQUEST,
+    PIXELS,
+)
 
 PNG_SAMPLE = 2_000
 SEED = 0
@@ -138,7 +142,7 @@ def test_png_files(
 
 def drawn_files(folder: str | os.PathLike, spec: TransformSpec) -> RequestSet:
     """The drawn-digits set in `folder` (see drawn.py), its files base64 in the column `image`."""
-    from mnist_pipeline.drawn import read_drawn_set
+    from mnist_pipeline.serving.drawn_digits import read_drawn_set
 
     drawn = read_drawn_set(folder)
     files = [base64.b64encode(data).decode("ascii") for data in drawn["image"]]

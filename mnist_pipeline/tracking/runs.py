@@ -14,13 +14,13 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_pipeline.catalogue import dataset_spec
+from mnist_pipeline.data.catalogue import dataset_spec
+from mnist_pipeline.data.idx import read_idx_sha256
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.idx import read_idx_sha256
 
 STAGE_TAG = "stage"
 CODE_VERSION_TAG = "code_version"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_DIR = PACKAGE_DIR.parent
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")

@@ -10,7 +10,7 @@ than a short trial's own training; this way a batch pays it once per worker.
 A trial that fails, or that a signal stops, ends the process, so that nothing it left
 behind reaches the next trial: the runner starts a fresh process for the next one.
 
-$ python -m mnist_pipeline.trial_process   # started by trials.TrialRunner, not by hand
+$ python -m mnist_pipeline.search.trial_process   # started by trials.TrialRunner, not by hand
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _exit_code_of(main, argv: list[str]) -> int:
             return exit.code or 0
         print(exit.code, file=sys.stderr)
         return 1
-    except BaseException as error:  # a bug, or SIGINT or SIGTERM (see stopping.py)
+    except BaseException as error:  # a bug, or SIGINT or SIGTERM (see tracking/signals.py)
         sys.excepthook(type(error), error, error.__traceback__)
         return 130 if isinstance(error, KeyboardInterrupt) else 1
 

@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.pictures import image_to_pixels
-from mnist_pipeline.stopping import staging_folder, swap_into_place
+from mnist_pipeline.files import staging_folder, swap_into_place
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
-DRAWN_DIGITS = Path(__file__).resolve().parent.parent / "drawn_digits"
+DRAWN_DIGITS = Path(__file__).resolve().parents[2] / "drawn_digits"
 LABELS_FILE = "labels.csv"
 COLUMNS = ("file", "label", "kind")
 MEDIA = ("pencil", "pen", "brush", "font", "rgba", "page", "photo")
@@ -108,7 +108,7 @@ HERSHEY_FONTS = (
 # Ink as BGR: a blue, a black and a dark blue ballpoint, then a red felt-tip (not in photos).
 PEN_INKS = ((150, 60, 20), (40, 35, 30), (120, 40, 10), (30, 30, 170))
 PNG_SETTINGS = [cv2.IMWRITE_PNG_COMPRESSION, 9]
-# The drawing page's pad (mnist_pipeline/static/draw): its size and its pen's widths in pixels.
+# The drawing page's pad (mnist_pipeline/drawing_page/static/draw): its size and its pen's widths in pixels.
 PAGE_SIZE = 280
 PAGE_PEN_WIDTHS = range(4, 49, 2)
 

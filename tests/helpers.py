@@ -33,8 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mnist_pipeline.idx import write_idx
-from mnist_pipeline.pictures import image_to_pixels
+from mnist_pipeline.data.idx import write_idx
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 REPO = Path(__file__).resolve().parent.parent
 # The interpreter running the tests is the project's venv; its bin holds mlflow and uvicorn.
@@ -141,14 +141,14 @@ class Store:
         import mlflow
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        from mnist_pipeline import stopping
+        from mnist_pipeline.tracking import signals
 
         module = importlib.import_module(name.removesuffix(".py"))
         stdout, stderr = io.StringIO(), io.StringIO()
         streams = {stdout: sys.stdout, stderr: sys.stderr}
         saved_environment, saved_folder = dict(os.environ), Path.cwd()
-        saved_handlers = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
-        saved_hook, saved_installed = sys.excepthook, stopping.installed
+        saved_handlers = {signum: signal.getsignal(signum) for signum in signals.SIGNALS}
+        saved_hook, saved_installed = sys.excepthook, signals.installed
         saved_experiment = mlflow.tracking.fluent._active_experiment_id
         os.environ.clear()
         os.environ.update(self.environment(experiment))
@@ -182,7 +182,7 @@ class Store:
             os.environ.update(saved_environment)
             for signum, handler in saved_handlers.items():
                 signal.signal(signum, handler)
-            sys.excepthook, stopping.installed = saved_hook, saved_installed
+            sys.excepthook, signals.installed = saved_hook, saved_installed
         if code is None:
             code = 0
         elif not isinstance(code, int):  # as Python does with sys.exit("message")

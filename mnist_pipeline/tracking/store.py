@@ -13,12 +13,12 @@ then comes through here and gets MLflow's own SQLAlchemy store, built:
   store is created and migrated exactly once, with SIGINT and SIGTERM held back meanwhile;
 - and when a store that an earlier race damaged cannot be opened, the error is one line
   that says how to recover; nothing is deleted;
-- so that every run it creates names its process (tag `process`, see stopping.py), and
+- so that every run it creates names its process (tag `process`, see tracking/signals.py), and
   a run that MLflow ends FAILED because a signal stops the process ends KILLED instead;
 - so that SIGINT and SIGTERM stop the process between database sessions, never in the
-  middle of one (which would leave the database locked; see stopping.uninterrupted).
+  middle of one (which would leave the database locked; see signals.uninterrupted).
 
-In the `mlflow run` command itself it also installs stopping.py's signal handlers, so that
+In the `mlflow run` command itself it also installs signals.py's signal handlers, so that
 SIGTERM cancels the entry point's process the way MLflow already does for Ctrl-C.
 
 This module is imported while MLflow registers its stores: it imports MLflow lazily.
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import click
 
-from mnist_pipeline import stopping
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.tracking import signals
 
 LOCK_TIMEOUT_SECONDS = 300
 # The databases whose lock this process holds, so that building one store while building
@@ -55,7 +55,7 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None):
     from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
 
     if _is_mlflow_run_command():
-        stopping.install()
+        signals.install()
     database = database_path(store_uri)
 
     def build():
@@ -81,7 +81,7 @@ def rest_tracking_store(store_uri: str, artifact_uri: str | None = None):
     from mlflow.tracking._tracking_service.utils import _get_rest_store
 
     if _is_mlflow_run_command():
-        stopping.install()
+        signals.install()
     store = _get_rest_store(store_uri)
     _watch_runs(store)
     return store
@@ -114,7 +114,7 @@ def _build(store_uri: str, build):
         return build()  # MLflow's own error says that the folder does not exist
     if database in _locked_here:
         return build()  # a store built while this process builds another one
-    with stopping.deferred(), _exclusive_lock(database.with_name(database.name + ".lock")):
+    with signals.deferred(), _exclusive_lock(database.with_name(database.name + ".lock")):
         _locked_here.add(database)
         try:
             return build()
@@ -220,21 +220,21 @@ def _watch_runs(store) -> None:
         # Only in the pipeline's processes and `mlflow run`: a tracking server that uses
         # this store creates runs for processes elsewhere.
         tags = list(kwargs.get("tags") or [])
-        if stopping.installed and all(tag.key != stopping.PROCESS_TAG for tag in tags):
-            kwargs["tags"] = [*tags, RunTag(stopping.PROCESS_TAG, stopping.process_tag())]
+        if signals.installed and all(tag.key != signals.PROCESS_TAG for tag in tags):
+            kwargs["tags"] = [*tags, RunTag(signals.PROCESS_TAG, signals.process_tag())]
         run = create_run(*args, **kwargs)
         _created_here.append(run.info.run_id)
         return run
 
     def update_run_info_truthfully(run_id, run_status, *args, **kwargs):
-        if stopping.stopping() and run_status == RunStatus.FAILED:
+        if signals.stopping() and run_status == RunStatus.FAILED:
             run_status = RunStatus.KILLED
         return update_run_info(run_id, run_status, *args, **kwargs)
 
     def end_runs_left_running() -> None:
         # A signal that arrives between creating a run and starting its process (inside
         # `mlflow run`) would otherwise leave it RUNNING.
-        if not stopping.stopping():
+        if not signals.stopping():
             return
         for run_id in _created_here:
             with contextlib.suppress(MlflowException):
@@ -255,7 +255,7 @@ def _sessions_uninterrupted(store) -> None:
 
     @contextlib.contextmanager
     def session_uninterrupted(*args, **kwargs):
-        with stopping.uninterrupted(), sessions(*args, **kwargs) as session:
+        with signals.uninterrupted(), sessions(*args, **kwargs) as session:
             yield session
 
     store.ManagedSessionMaker = session_uninterrupted

@@ -12,9 +12,13 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from mnist_pipeline.data.transform import TransformSpec, normalize
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.serving import answer, detailed_answer, pixels_from_request
-from mnist_pipeline.transform import TransformSpec, normalize
+from mnist_pipeline.serving.request_formats import (
+    answer,
+    detailed_answer,
+    pixels_from_request,
+)
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
