@@ -370,8 +370,8 @@ def test_draw_py_refuses_bad_arguments_in_one_line(argv, message):
 
 @needs_chromium
 def test_the_readme_block_as_written(browser, pipeline, tmp_path):
-    """README's "Draw in the browser": its two commands, with free ports and the test model."""
-    readme = (REPO / "README.md").read_text()
+    """Chapter 3's "Draw in the browser": its two commands, with free ports and the test model."""
+    readme = (REPO / "docs" / "3-serving-and-drawing.md").read_text()
     section = readme[readme.index("## Draw in the browser") :]
     block = section[section.index("```bash\n") + 8 : section.index("```\n", 8)]
     serve, draw = [line for line in block.splitlines() if line.strip()]

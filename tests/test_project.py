@@ -17,6 +17,8 @@ from main import canonical_params
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
 ENTRY_POINTS = MLPROJECT["entry_points"]
 README = (REPO / "README.md").read_text()
+# The whole guide: the README and its chapters in docs/.
+GUIDE = README + "".join(path.read_text() for path in sorted((REPO / "docs").glob("*.md")))
 
 
 def script_of(entry_point: str) -> str:
@@ -104,12 +106,13 @@ def test_every_stage_is_a_function_with_typed_named_arguments():
 
 
 def test_readme_names_existing_files_and_entry_points():
-    for name in set(re.findall(r"\b([\w/]+\.(?:py|md))\b", README)):
-        if "/" in name or name in {"README.md"}:
-            continue
-        assert list(REPO.rglob(name)), f"README names {name}, which does not exist"
-    for entry_point in re.findall(r"-e (\w+)", README):
-        assert entry_point in ENTRY_POINTS, f"README runs unknown entry point {entry_point}"
+    for name in set(re.findall(r"\b([\w/-]+\.(?:py|md))\b", GUIDE)):
+        if "/" in name:  # a path from the repository's root, as the guide writes them
+            assert (REPO / name).is_file(), f"the guide names {name}, which does not exist"
+        elif name != "README.md":
+            assert list(REPO.rglob(name)), f"the guide names {name}, which does not exist"
+    for entry_point in re.findall(r"-e (\w+)", GUIDE):
+        assert entry_point in ENTRY_POINTS, f"the guide runs unknown entry point {entry_point}"
     assert "0/" in README
 
 

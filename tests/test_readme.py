@@ -1,4 +1,5 @@
-"""The README's command blocks, run as written in a copy of the project.
+"""The guide's command blocks (README.md and its chapters, docs/*.md), run as written in a
+copy of the project.
 
 Only the placeholders (`<train run id>`, ...) are replaced, by the runs that the commands
 before them made, and a server's port by a free one. The copy's `../shared/data` holds a
@@ -25,7 +26,8 @@ from mnist_pipeline.tracking import runs
 from mnist_pipeline.tracking.signals import PROCESS_TAG
 from tests.helpers import ONE_UI_PROCESS
 
-README = (REPO / "README.md").read_text()
+# The guide: the README, then its chapters in the order a participant reads them.
+GUIDE = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +42,33 @@ def tiny_mirror(tmp_path_factory) -> Path:
     return Path(once_per_session(tmp_path_factory, "tiny-mirror", build))
 
 
-def readme_block(heading: str) -> list[str]:
-    """The command lines of the first bash block after `heading` in README.md."""
-    section = README[README.index(heading) :]
+def guide_block(heading: str) -> list[str]:
+    """The command lines of the first bash block after the line `heading`, in the one file of
+    the guide (README.md or a chapter in docs/) that has that heading."""
+    line = re.compile(rf"^{re.escape(heading)}$", re.MULTILINE)
+    found = [(path, match) for path in GUIDE if (match := line.search(path.read_text()))]
+    assert len(found) == 1, f"{heading!r} is a heading in {[str(path) for path, _ in found]}"
+    path, match = found[0]
+    section = path.read_text()[match.start() :]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_leads_through_the_chapters_in_order():
+    """One link per chapter, in the order the file names sort; each chapter has its commands
+    and one thing to try; every link and picture of the guide is there."""
+    chapters = [path.name for path in GUIDE[1:] if path.name[0].isdigit()]
+    readme = GUIDE[0].read_text()
+    linked = [name for name in re.findall(r"\]\(docs/([\w-]+\.md)\)", readme) if name[0].isdigit()]
+    assert list(dict.fromkeys(linked)) == chapters
+    assert "docs/reference.md" in readme
+    for path in GUIDE:
+        text = path.read_text()
+        if path.name in chapters:
+            assert "```bash\n" in text and "## Try this" in text, path.name
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" not in target:
+                assert (path.parent / target).exists(), f"{path.name} links {target}"
 
 
 def copy_of_the_project(tmp_path: Path, mirror: Path):
@@ -52,7 +76,7 @@ def copy_of_the_project(tmp_path: Path, mirror: Path):
 
     `../shared` is the tiny `mirror`. Its MNIST files are not the official ones, so the
     copy's catalogue pins their checksums instead: get_data verifies them as it would the
-    real files, and the README's commands need no `allow_unverified` that they do not show.
+    real files, and the guide's commands need no `allow_unverified` that they do not show.
     The store is MLflow's default, ./mlflow.db in the project, as for a user.
     """
     project = tmp_path / "project"
@@ -68,7 +92,7 @@ def copy_of_the_project(tmp_path: Path, mirror: Path):
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, project / name)
     (tmp_path / "shared").symlink_to(mirror)
-    catalogue = project / "mnist_pipeline" / "catalogue.py"
+    catalogue = project / "mnist_pipeline" / "data" / "catalogue.py"
     text = catalogue.read_text()
     for idx_file in DATASETS["mnist"].files:
         tiny = read_idx_sha256(mirror / "data" / "mnist" / idx_file.name)
@@ -103,7 +127,7 @@ def tags_of(project: Path, run_id: str) -> dict:
 
 
 def trial_count(line: str) -> int:
-    """How many trials a README `train_batch` line asks for: `trials`, or the grid's size."""
+    """How many trials a guide's `train_batch` line asks for: `trials`, or the grid's size."""
     params = dict(re.findall(r"-P (\w+)=(\S+)", line))
     if "trials" in params:
         return int(params["trials"])
@@ -117,7 +141,7 @@ def run_lines(store, project: Path, lines: list[str], replace) -> None:
 
 def test_stage_by_stage_block_as_written(tmp_path, tiny_mirror):
     project, store = copy_of_the_project(tmp_path, tiny_mirror)
-    lines = readme_block("## The pipeline, stage by stage")
+    lines = guide_block("## The pipeline, stage by stage")
     assert lines[-1] == "mlflow ui"
 
     def replace(line: str) -> str:
@@ -151,7 +175,7 @@ def test_stage_by_stage_block_as_written(tmp_path, tiny_mirror):
 
 def test_workshop_block_as_written(tmp_path, tiny_mirror):
     project, store = copy_of_the_project(tmp_path, tiny_mirror)
-    lines = readme_block("### The workshop's own commands")
+    lines = guide_block("## The workshop's own commands")
     fashion_starts = next(n for n, line in enumerate(lines) if "experiments create" in line)
 
     def replace(line: str) -> str:
@@ -197,7 +221,7 @@ def test_workshop_block_as_written(tmp_path, tiny_mirror):
 
 
 def test_batch_block_as_written(tmp_path, tiny_mirror):
-    """The README's batch block, on the tiny dataset: grid, TPE, best, champion, serve.
+    """The batch chapter's block, on the tiny dataset: grid, TPE, best, champion, serve.
 
     It is also the test of a TPE search over ranges and of `train_run=best` with the
     champion alias (tests/test_batch.py tests a grid with failing trials).
@@ -210,7 +234,7 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
     store.script("download.py", *source, "--outdir", str(tmp_path / "data"))
     store.script("preprocess.py")
     preprocess_run = newest(project, "preprocess")
-    lines = readme_block("## Hyperparameter batches")
+    lines = guide_block("## Hyperparameter batches")
     serve = lines.pop()
     assert serve == "mlflow models serve -m models:/mnist@champion --env-manager local"
     run_lines(store, project, lines, lambda line: line.replace("<run id>", preprocess_run))

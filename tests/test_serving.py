@@ -634,7 +634,10 @@ def test_the_readme_curl_one_liner_sends_a_png(server, tmp_path):
 
 
 def test_the_readme_documents_this_one_liner_and_the_limits():
-    readme = (REPO / "README.md").read_text()
+    # The guide: the README and its chapters (the one-liner in 3, the limits in reference.md).
+    readme = "".join(
+        path.read_text() for path in [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+    )
     assert README_CURL in readme
     assert f"at most {serving.MAX_IMAGES_PER_REQUEST:,} images" in readme
     assert f"{serving.MAX_FILES_PER_REQUEST} image files" in readme
