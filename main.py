@@ -133,12 +133,12 @@ class Pipeline:
 
     def reusable(self, entry_point: str, **parameters):
         """Return the finished run of `entry_point` that `stage` would reuse, or None."""
-        from mnist_pipeline.tracking import runs
+        from mnist_pipeline.tracking.code_version import code_version
 
         module = STAGES[entry_point]
         parser = module.build_parser()
         wanted = canonical_params(parser, {k: param_text(v) for k, v in parameters.items()})
-        version = runs.code_version(module.__file__)
+        version = code_version(module.__file__)
         found = already_ran(entry_point, parser, wanted, version, self.experiment_id)
         if found is not None and self._still_valid(entry_point, found, parameters):
             return found

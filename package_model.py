@@ -35,6 +35,7 @@ from mnist_pipeline.serving import (
     requirements,
 )
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS
+from mnist_pipeline.tracking.code_version import PROJECT_DIR, copy_package_modules
 
 SERVED_MODEL_CODE = "mnist_pipeline/serving/served_model.py"
 CHAMPION = "champion"
@@ -147,11 +148,14 @@ def package(
     with tempfile.TemporaryDirectory() as staging:
         keras_path = Path(staging) / "model.keras"
         mlflow.tensorflow.load_model(keras_model_uri).save(keras_path)
+        # The model carries the package modules that serving runs, and nothing else.
+        served_code = PROJECT_DIR / SERVED_MODEL_CODE
+        package_code = copy_package_modules(served_code, Path(staging) / "code")
         model_info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(runs.PROJECT_DIR / SERVED_MODEL_CODE),
+            python_model=str(served_code),
             artifacts={"keras_model": str(keras_path), "transform": str(transform_path)},
-            code_paths=[str(runs.PACKAGE_DIR)],
+            code_paths=[str(package_code)],
             signature=signature,
             input_example=input_example,
             pip_requirements=requirements.pinned(requirements.SERVED_MODEL_PACKAGES),

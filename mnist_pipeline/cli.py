@@ -76,7 +76,13 @@ def positive_float(text: str) -> float:
 
 
 def param_text(value) -> str:
-    """Return a parameter's value as a run logs it: MLproject's true/false, floats in full."""
+    """Return a parameter's value as a run logs it: MLproject's true/false, floats in full.
+
+    A value left unset is "", as MLproject passes it, so that a run that a script logged
+    compares equal with one that `mlflow run` started.
+    """
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -121,12 +127,13 @@ def stage_run(
     import mlflow
 
     from mnist_pipeline.tracking import naming, runs
+    from mnist_pipeline.tracking.code_version import code_version
 
     with mlflow.start_run() as run, signals.killed_when_stopped():
         mlflow.set_tags(
             {
                 runs.STAGE_TAG: stage,
-                runs.CODE_VERSION_TAG: runs.code_version(script),
+                runs.CODE_VERSION_TAG: code_version(script),
                 signals.PROCESS_TAG: signals.process_tag(),
             }
         )

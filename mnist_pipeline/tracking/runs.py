@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import urllib.parse
@@ -17,24 +16,12 @@ from mlflow.tracking import MlflowClient
 from mnist_pipeline.data.catalogue import dataset_spec
 from mnist_pipeline.data.idx import read_idx_sha256
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.tracking.code_version import PROJECT_DIR  # noqa: F401 (used by the search)
 
 STAGE_TAG = "stage"
 CODE_VERSION_TAG = "code_version"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-PROJECT_DIR = PACKAGE_DIR.parent
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
-
-
-def code_version(script: str | Path) -> str:
-    """Return a short hash of `script` and of every module of this package.
-
-    A stage whose code changed has a new code version, so its old runs are not reused.
-    """
-    digest = hashlib.sha256()
-    for path in [Path(script).resolve(), *sorted(PACKAGE_DIR.glob("*.py"))]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def get_run(run_id: str, stage: str) -> Run:
