@@ -93,7 +93,9 @@ def team(tmp_path_factory):
     # PostgreSQL runs as the `postgres` user when we are root: its folder must be reachable.
     base = Path(tempfile.mkdtemp(prefix="team-server-"))
     base.chmod(0o755)
-    server = TeamServer(base / "server")
+    # In the default folder of a clone of the project, whose `git status` must stay clean.
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(base / "project")], check=True)
+    server = TeamServer(base / "project" / "team-server")
     server.command("start")
     # This process reads the server too (the tests' own look-ups), as the admin.
     saved = {name: os.environ.get(name) for name in CREDENTIALS}
@@ -156,6 +158,30 @@ def test_the_server_asks_for_credentials_and_a_second_start_reuses_it(team):
     short = team.command("add-user", "bob", input="short\n", check=False)
     assert short.returncode != 0
     assert short.stderr.count("\n") == 1
+
+
+def test_a_clone_stays_clean_when_the_server_starts_and_stops(team):
+    """What start and stop make is in ./team-server, which the clone's .gitignore ignores.
+
+    The clone is of HEAD: a change to .gitignore counts once it is committed.
+    """
+
+    def changes() -> str:
+        status = ["git", "status", "--porcelain", "--untracked-files=all"]
+        return subprocess.run(status, cwd=team.folder.parent, capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+    assert (team.folder / "secrets").stat().st_mode & 0o777 == 0o700
+    assert changes() == ""
+    team.command("stop")
+    try:
+        assert changes() == ""
+    finally:
+        again = team.command("start")
+    assert "Initialising" not in again.stderr  # the cluster, and its passwords, are reused
+    assert changes() == ""
+    search = f"{team.url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert get(search, ("admin", team.secret("admin_password"))) == 200
 
 
 def test_main_runs_through_the_server_with_nothing_on_the_client(team, team_pipeline):
