@@ -43,33 +43,28 @@ from common import (
     write_results,
 )
 
+from mnist_pipeline.tracking.team_server import ADMIN_USERNAME, TeamServer
+from tests.helpers import free_port
+
 SAME_COST = {"lr": "0.001:0.01", "nr_conv_1": "16", "batch_size": "128"}
 
 
 def start_team_server(folder: Path) -> tuple[dict, list[str]]:
     """Start a team server in `folder`; return a client's environment and the stop command."""
-    import socket
-
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(str(probe.getsockname()[1]))
+    server = TeamServer(folder, port=free_port(), db_port=free_port())
     command = [sys.executable, str(REPO / "team_server.py"), "start", "--dir", str(folder)]
-    command += ["--port", ports[0], "--db-port", ports[1], "--workers", "2"]
+    command += ["--port", str(server.port), "--db-port", str(server.db_port), "--workers", "2"]
     subprocess.run(command, check=True, capture_output=True, text=True)
-    secrets = folder / "secrets"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     environment.update(
         {
             "PATH": f"{VENV_BIN}{os.pathsep}{environment.get('PATH', '')}",
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "GIT_PYTHON_REFRESH": "quiet",
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports[0]}",
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": (secrets / "admin_password").read_text().strip(),
-            "OPTUNA_STORAGE": "postgresql://optuna:"
-            f"{(secrets / 'optuna_password').read_text().strip()}@127.0.0.1:{ports[1]}/optuna",
+            "MLFLOW_TRACKING_URI": server.url,
+            "MLFLOW_TRACKING_USERNAME": ADMIN_USERNAME,
+            "MLFLOW_TRACKING_PASSWORD": server.secret("admin_password"),
+            "OPTUNA_STORAGE": server.database_url("optuna"),
         }
     )
     return environment, [part if part != "start" else "stop" for part in command]
