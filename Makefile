@@ -53,7 +53,8 @@ run: setup
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
 
-# A team's tracking server: PostgreSQL and `mlflow server` with basic-auth (README, "For a team").
+# A team's tracking server: PostgreSQL and `mlflow server` with basic-auth (docs/5-team.md).
+# `python team_server.py status` says what runs; --dir, --host, --port or TEAM_SERVER_* change it.
 team-server: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python team_server.py start
 

@@ -244,8 +244,8 @@ class TeamServer:
                     return
             except OSError:  # Not listening, or not answering, yet.
                 time.sleep(0.5)
-        tail = self.log.read_text(errors="replace").strip().splitlines()[-1:]
-        raise UserError(f"mlflow server exited with {process.returncode}: {tail} (see {self.log})")
+        last = (self.log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"mlflow server exited with {process.returncode}: {last} (see {self.log})")
 
 
 @functools.cache
