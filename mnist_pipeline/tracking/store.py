@@ -21,6 +21,11 @@ then comes through here and gets MLflow's own SQLAlchemy store, built:
 In the `mlflow run` command itself it also installs signals.py's signal handlers, so that
 SIGTERM cancels the entry point's process the way MLflow already does for Ctrl-C.
 
+It builds MLflow's public store classes (SqlAlchemyStore, RestStore) and wraps three of
+their public members on the instance: `create_run`, `update_run_info` and, for SQL stores,
+`ManagedSessionMaker`. Checked against MLflow 3.17.2; tests/test_store_plugin.py fails
+loudly if a later MLflow renames them or changes their arguments.
+
 This module is imported while MLflow registers its stores: it imports MLflow lazily.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import sqlite3
 import sys
 import time
@@ -52,7 +58,8 @@ class DamagedStoreError(UserError, click.ClickException):
 
 def tracking_store(store_uri: str, artifact_uri: str | None = None):
     """MLflow's tracking store for `store_uri`, created under the lock (entry point)."""
-    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     if _is_mlflow_run_command():
         signals.install()
@@ -64,8 +71,8 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None):
             # artifacts. `mlflow ui` would choose `mlflow-artifacts:/0`, which only that
             # server's clients can use, so the store is created as any command creates it:
             # with the artifacts in ./mlruns beside the database.
-            _get_sqlalchemy_store(store_uri, str(database.parent / "mlruns"))
-        return _get_sqlalchemy_store(store_uri, artifact_uri)
+            SqlAlchemyStore(store_uri, str(database.parent / "mlruns"))
+        return SqlAlchemyStore(store_uri, artifact_uri or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
 
     store = _build(store_uri, build)
     _watch_runs(store)
@@ -78,20 +85,21 @@ def rest_tracking_store(store_uri: str, artifact_uri: str | None = None):
     The server owns its database; only the `mlflow run` signal handlers and the run
     bookkeeping of `_watch_runs` apply.
     """
-    from mlflow.tracking._tracking_service.utils import _get_rest_store
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.utils.credentials import get_default_host_creds
 
     if _is_mlflow_run_command():
         signals.install()
-    store = _get_rest_store(store_uri)
+    store = RestStore(functools.partial(get_default_host_creds, store_uri))
     _watch_runs(store)
     return store
 
 
 def registry_store(store_uri: str, tracking_uri: str | None = None):
     """MLflow's model registry store for `store_uri`, created under the lock (entry point)."""
-    from mlflow.tracking._model_registry.utils import _get_sqlalchemy_store
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
-    store = _build(store_uri, lambda: _get_sqlalchemy_store(store_uri))
+    store = _build(store_uri, lambda: SqlAlchemyStore(store_uri))
     _sessions_uninterrupted(store)
     return store
 

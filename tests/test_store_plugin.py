@@ -1,0 +1,39 @@
+"""The store plugin's hold on MLflow: the public members it wraps still exist, as it calls them.
+
+mnist_pipeline/tracking/store.py builds MLflow's own store classes and wraps `create_run`,
+`update_run_info` and `ManagedSessionMaker`. If an MLflow upgrade renames or reshapes any of
+them, this fails with the name, before the pipeline's runs quietly lose their `process` tag
+or end FAILED instead of KILLED.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from mlflow.store.tracking.rest_store import RestStore
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+from mnist_pipeline.tracking import signals, store
+
+
+def test_the_wrapped_members_exist_with_the_arguments_the_plugin_passes():
+    for cls in (SqlAlchemyStore, RestStore):
+        create = inspect.signature(cls.create_run).parameters
+        assert "tags" in create, (cls.__name__, "create_run", list(create))
+        update = list(inspect.signature(cls.update_run_info).parameters)
+        assert update[1:3] == ["run_id", "run_status"], (cls.__name__, "update_run_info", update)
+
+
+def test_the_plugin_gives_mlflow_its_store_and_tags_each_run_with_its_process(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    built = store.tracking_store(uri, str(tmp_path / "mlruns"))
+    assert isinstance(built, SqlAlchemyStore)
+    assert callable(built.ManagedSessionMaker)
+    installed = signals.installed
+    signals.installed = True  # as in the pipeline's processes
+    try:
+        run = built.create_run("0", user_id="test", start_time=0, tags=[], run_name="r")
+    finally:
+        signals.installed = installed
+    assert run.data.tags[signals.PROCESS_TAG] == signals.process_tag()
+    assert (tmp_path / "mlflow.db.lock").exists()  # built under the lock
