@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 # MNIST's strokes at 28x28, measured on its test set as below: 1.7 px at the 10th
@@ -147,3 +148,40 @@ def test_a_faint_speck_away_from_the_digit_is_not_ink():
     specked = canvas.copy()
     specked[10:12, 280:282] = 240
     assert np.array_equal(image_to_pixels(png(specked)), image_to_pixels(png(canvas)))
+
+
+def soft_bar(size: int, width: int, grey: int, blur: float) -> np.ndarray:
+    """A plain 1: a thick vertical bar of grey ink on white, blurred as a low-resolution scan."""
+    image = np.full((size, size), 255, np.uint8)
+    width, top = max(1, width * size // 64), size // 20
+    image[top : size - top, (size - width) // 2 : (size + width) // 2] = grey
+    return cv2.GaussianBlur(image, (0, 0), blur * size / 64)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize(
+    "width, grey, blur", [(20, 128, 8), (14, 60, 8), (20, 200, 8), (8, 128, 4)]
+)
+def test_a_thick_soft_grey_bar_is_a_one_not_a_flat_colour(size, width, grey, blur):
+    pixels = image_to_pixels(png(soft_bar(size, width, grey, blur)))
+    columns = np.flatnonzero(pixels.max(axis=0) > 64)
+    rows = np.flatnonzero(pixels.max(axis=1) > 64)
+    # Taller than wide, in the middle, bright: a vertical stroke, as MNIST draws a 1.
+    assert len(rows) >= 16 and len(columns) <= 12, (rows, columns)
+    assert abs(columns.mean() - 13.5) <= 3
+    assert pixels.max() == 255
+
+
+@pytest.mark.parametrize(
+    "blank",
+    [
+        np.full((40, 40), 200, np.uint8),
+        np.full((300, 400), 255, np.uint8),
+        # A sheet lit from one side: its border varies as much as its inside.
+        (180 + 60 * np.mgrid[0:300, 0:400][1] / 400).astype(np.uint8),
+    ],
+    ids=["grey", "white", "lit-from-one-side"],
+)
+def test_a_blank_picture_is_still_a_single_flat_colour(blank):
+    with pytest.raises(UserError, match="single flat colour"):
+        image_to_pixels(png(blank))
