@@ -26,26 +26,28 @@ from mnist_pipeline.errors import UserError
 from mnist_pipeline.tracking import signals
 from mnist_pipeline.tracking.team_server import TeamServer
 
+# Flag, type, default, help; each also comes from the environment (TEAM_SERVER_DB_PORT...).
+SETTINGS = [
+    ("--dir", Path, "team-server", "the server's folder: database, artifacts, secrets, logs"),
+    ("--host", str, "127.0.0.1", "address that mlflow server and PostgreSQL listen on; "
+     "0.0.0.0 for other machines"),
+    ("--port", int, "5005", "mlflow server's port"),
+    ("--db-port", int, "5433", "PostgreSQL's port, beside a system PostgreSQL on 5432"),
+    ("--workers", int, "4", "mlflow server's worker processes"),
+    ("--allowed-hosts", str, "", "host names that clients use, if not localhost or a private "
+     "IP (mlflow server's flag)"),
+]  # fmt: skip
+
 
 def build_parser() -> Parser:
-    def setting(name: str, default: str) -> str:
-        return os.environ.get(f"TEAM_SERVER_{name}", default)
-
     parser = Parser(prog="team_server.py", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("start", "stop", "status", "add-user"))
     parser.add_argument("username", nargs="?", help="for add-user: the new user's name")
-    parser.add_argument("--dir", type=Path, default=Path(setting("DIR", "team-server")),
-                        help="the server's folder: database, artifacts, secrets, logs (env TEAM_SERVER_DIR)")  # fmt: skip
-    parser.add_argument("--host", default=setting("HOST", "127.0.0.1"),
-                        help="address that mlflow server and PostgreSQL listen on; 0.0.0.0 for other machines (env TEAM_SERVER_HOST)")  # fmt: skip
-    parser.add_argument("--port", type=int, default=int(setting("PORT", "5005")),
-                        help="mlflow server's port (env TEAM_SERVER_PORT)")  # fmt: skip
-    parser.add_argument("--db-port", type=int, default=int(setting("DB_PORT", "5433")),
-                        help="PostgreSQL's port, beside a system PostgreSQL on 5432 (env TEAM_SERVER_DB_PORT)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=int(setting("WORKERS", "4")),
-                        help="mlflow server's worker processes (env TEAM_SERVER_WORKERS)")  # fmt: skip
-    parser.add_argument("--allowed-hosts", default="",
-                        help="host names that clients use, if not localhost or a private IP (mlflow server's flag)")  # fmt: skip
+    for flag, kind, default, what in SETTINGS:
+        variable = "TEAM_SERVER_" + flag.removeprefix("--").replace("-", "_").upper()
+        # argparse converts a default string as it does the flag's value, with its one-line error.
+        default = os.environ.get(variable, default)
+        parser.add_argument(flag, type=kind, default=default, help=f"{what} (env {variable})")
     return parser
 
 
