@@ -20,17 +20,15 @@ from mnist_pipeline.cli import (
     USER_ERRORS,
     Parser,
     arguments_for,
-    boolean,
     defaults_of,
     fail,
-    positive_float,
-    positive_int,
     stage_run,
 )
 from mnist_pipeline.data.catalogue import sha256_of_file
 from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, arrays_path, load_arrays
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.training.model import ARCHITECTURES, Augmentation, confusion_counts
+from mnist_pipeline.training.hyperparameters import HYPERPARAMETERS
+from mnist_pipeline.training.model import Augmentation, confusion_counts
 
 VALIDATION_FRACTION = 0.1
 
@@ -38,30 +36,14 @@ VALIDATION_FRACTION = 0.1
 def add_hyperparameters(parser: Parser) -> None:
     """Add train's hyperparameters, with their types and defaults, to `parser` (main's too)."""
     defaults = defaults_of(train)
-    parser.add_argument("--batch_size", type=positive_int, default=defaults["batch_size"])
-    parser.add_argument("--epochs", type=positive_int, default=defaults["epochs"])
-    parser.add_argument(
-        "--lr", type=positive_float, default=defaults["lr"], help="peak learning rate"
-    )
-    parser.add_argument(
-        "--nr_conv_1",
-        type=positive_int,
-        default=defaults["nr_conv_1"],
-        help="filters of the first convolution",
-    )
-    parser.add_argument(
-        "--architecture",
-        choices=ARCHITECTURES,
-        default=defaults["architecture"],
-        help="deeper (four convolutions, the default) or classic (the workshop's two 5x5 blocks)",
-    )
-    parser.add_argument(
-        "--augment",
-        type=boolean,
-        default=defaults["augment"],
-        help="randomly rotate, shear, zoom, shift and re-stroke training digits (not clothes)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults["seed"])
+    for hyperparameter in HYPERPARAMETERS:
+        parser.add_argument(
+            f"--{hyperparameter.name}",
+            type=hyperparameter.check,
+            default=defaults[hyperparameter.name],
+            help=hyperparameter.help,
+            choices=hyperparameter.choices if hyperparameter.check is str else None,
+        )
 
 
 def build_parser() -> Parser:

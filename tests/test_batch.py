@@ -1,4 +1,4 @@
-"""train_batch: trials as nested runs in parallel trial processes, failed ones too.
+"""train_batch: trials as nested runs in a pool of trial processes, failed ones too.
 
 A TPE search over ranges, and the best trial packaged as champion and served, are
 tested by the README's batch block (tests/test_readme.py), which does both.
@@ -73,8 +73,11 @@ def test_parent_names_the_best_trial_and_logs_a_summary(batch):
         ({"lr": "0.1:0.01"}, "lr: range '0.1:0.01' needs low < high"),
         ({"lr": "1:2:3"}, "lr: malformed range '1:2:3', expected low:high"),
         ({"workers": "0"}, "argument --workers: expected a number of at least 1, got 0"),
-        ({"dropout": "0.5"}, "unknown hyperparameter 'dropout'; choose from batch_size"),
+        ({"dropout": "0.5"}, "unknown hyperparameter 'dropout'; choose from nr_conv_1, lr"),
         ({"strategy": "grid", "lr": "0.001:0.01"}, "strategy grid cannot search ranges (lr)"),
+        ({"architecture": "classic:deeper"}, "architecture: 'classic:deeper' is a range"),
+        ({"architecture": "classic,wide"}, "architecture: expected deeper or classic, got"),
+        ({"augment": "true,maybe"}, "augment: expected true or false, got 'true,maybe'"),
     ],
 )
 def test_batch_bad_input_is_one_line(pipeline, params, message):
@@ -96,118 +99,76 @@ def test_package_best_without_train_runs_is_one_line(pipeline):
     assert "Traceback" not in result.stderr
 
 
-def test_a_summary_written_by_two_workers_at_once_is_written_once_more(store):
-    """The worker that loses the race for a new tag writes it again; other errors are raised."""
-    from mlflow.exceptions import MlflowException
-
-    from mnist_pipeline.search.trials import despite_a_concurrent_writer
-
-    client = store.client()
-    run_id = client.create_run("0").info.run_id
-    # What the PostgreSQL of a team server answered the worker that came second.
-    lost = MlflowException(
-        "BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique "
-        'constraint "tag_pk"'
-    )
-    calls = []
-
-    def set_tag(*args):
-        calls.append(args)
-        if len(calls) == 1:
-            raise lost
-        client.set_tag(*args)
-
-    despite_a_concurrent_writer(set_tag, run_id, "best_run_id", "a" * 32)
-    assert len(calls) == 2
-    assert client.get_run(run_id).data.tags["best_run_id"] == "a" * 32
-
-    calls.clear()
-
-    def set_tag_of_a_missing_run(*args):
-        calls.append(args)
-        client.set_tag(*args)
-
-    with pytest.raises(MlflowException, match="not found"):
-        despite_a_concurrent_writer(set_tag_of_a_missing_run, "0" * 32, "best_run_id", "a" * 32)
-    assert len(calls) == 1  # not a race: said at once
-
-
-def trial_run(client, parent: str, number: int, nr_conv_1: int) -> str:
-    """A RUNNING child of `parent` in the Default experiment, as a batch makes for a trial."""
-    child = client.create_run("0", tags={"mlflow.parentRunId": parent, "trial": str(number)})
+def trial_run(client, parent: str, number: int, nr_conv_1: int, host: str) -> str:
+    """A RUNNING child of `parent` in the Default experiment, as a search makes for a trial."""
+    tags = {"mlflow.parentRunId": parent, "trial": str(number), "host": host}
+    child = client.create_run("0", tags=tags)
     client.log_param(child.info.run_id, "nr_conv_1", nr_conv_1)
     return child.info.run_id
 
 
-def test_a_summary_written_twice_keeps_one_row_per_trial(store):
-    """Every worker of a shared search writes the summary; trials.json is replaced, not appended."""
+def a_search(parent: str, nr_conv_1: str = "4,8,16"):
+    from mnist_pipeline.search.study import Search
+
+    hyperparameters = {"nr_conv_1": nr_conv_1, "lr": "0.004", "epochs": "1", "batch_size": "32"}
+    hyperparameters |= {"architecture": "classic", "augment": "false", "seed": "1"}
+    return Search(parent, "0", "p" * 32, hyperparameters, "grid", 3, "none", 20, 60)
+
+
+def test_a_shared_search_summary_names_the_best_trial_with_one_row_per_trial(store):
+    """Written once, by the run that started the search, from every machine's trials."""
     import mlflow
 
-    from mnist_pipeline.search.trials import write_summary
+    from mnist_pipeline.search.study import write_summary
 
     client = store.client()
-    parent = client.create_run("0").info.run_id
-    for number, (nr_conv_1, accuracy) in enumerate([(4, 0.91), (8, 0.93)], start=1):
-        child = trial_run(client, parent, number, nr_conv_1)
-        client.log_metric(child, "accuracy", accuracy)
-        client.set_terminated(child)
-    for _ in range(2):
-        summary = write_summary(parent, "0", ["nr_conv_1"])
-    assert "2 of 2 trials finished" in summary
-    table = mlflow.load_table("trials.json", run_ids=[parent])
-    assert sorted(table["nr_conv_1"]) == [4, 8]
-    run = client.get_run(parent)
-    assert run.data.tags["mlflow.loggedArtifacts"] == '[{"path": "trials.json", "type": "table"}]'
-    assert run.data.tags["best_run_id"] == table.loc[table["accuracy"].idxmax(), "run_id"]
-
-
-def test_a_trial_that_ends_while_the_summary_is_written_is_in_it(store, monkeypatch):
-    """A worker reads the trials, another machine's trial ends, and then the write lands.
-
-    The summary is read again once written, and written again: it ends with the trial.
-    """
-    import mlflow
-
-    from mnist_pipeline import plots
-    from mnist_pipeline.search.choices import trials
-
-    client = store.client()
-    parent = client.create_run("0").info.run_id
-    children = [
-        trial_run(client, parent, number, nr_conv_1)
-        for number, nr_conv_1 in enumerate([4, 8], start=1)
-    ]
-    client.log_metric(children[0], "accuracy", 0.91)
-    client.set_terminated(children[0])
-    drawn = []
-    draw = plots.metric_against_params
-
-    def the_other_trial_ends_meanwhile(*args, **kwargs):
-        if not drawn:  # the first write, from the trials as first read
-            client.log_metric(children[1], "accuracy", 0.95)
-            client.set_terminated(children[1])
-        drawn.append(len(args[0]))
-        return draw(*args, **kwargs)
-
-    monkeypatch.setattr(plots, "metric_against_params", the_other_trial_ends_meanwhile)
-    summary = trials.write_summary(parent, "0", ["nr_conv_1"])
-
-    assert drawn == [1, 2]  # written from one finished trial, then again from both
-    assert "2 of 2 trials finished" in summary
-    table = mlflow.load_table("trials.json", run_ids=[parent])
-    assert list(table["status"]) == ["FINISHED", "FINISHED"]
-    run = client.get_run(parent)
-    assert run.data.tags["best_run_id"] == children[1]
+    with mlflow.start_run(experiment_id="0") as parent:
+        trials = [(4, 0.91, "here"), (8, 0.95, "there"), (16, None, "there")]
+        for number, (nr_conv_1, accuracy, host) in enumerate(trials, start=1):
+            child = trial_run(client, parent.info.run_id, number, nr_conv_1, host)
+            if accuracy is None:
+                client.set_terminated(child, "FAILED")
+                continue
+            client.log_metric(child, "accuracy", accuracy)
+            client.set_terminated(child)
+        summary = write_summary(a_search(parent.info.run_id))
+    assert "2 of 3 trials finished" in summary and "on 2 machines" in summary
+    assert "1 FAILED" in summary
+    table = mlflow.load_table("trials.json", run_ids=[parent.info.run_id])
+    assert list(table["trial"]) == [1, 2, 3]
+    assert list(table["status"]) == ["FINISHED", "FINISHED", "FAILED"]
+    run = client.get_run(parent.info.run_id)
+    assert run.data.tags["best_run_id"] == table.loc[1, "run_id"]
     assert run.data.metrics["best_accuracy"] == 0.95
-    assert run.data.metrics["trials_finished"] == 2
-    csv = Path(client.download_artifacts(parent, "trials.csv", str(store.root))).read_text()
-    assert "RUNNING" not in csv and csv.count("FINISHED") == 2
+    assert run.data.metrics["trials_finished"] == 2 and run.data.metrics["trials_failed"] == 1
+    csv = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(store.root)))
+    assert csv.read_text().count("FINISHED") == 2
 
 
 def test_a_summary_of_a_run_without_trials_is_one_line(store):
-    from mnist_pipeline.errors import UserError
-    from mnist_pipeline.search.trials import write_summary
+    import mlflow
 
-    parent = store.client().create_run("0").info.run_id
-    with pytest.raises(UserError, match=f"run {parent} has no trial runs to sum up"):
-        write_summary(parent, "0", ["nr_conv_1"])
+    from mnist_pipeline.errors import UserError
+    from mnist_pipeline.search.study import write_summary
+
+    store.client()
+    with mlflow.start_run(experiment_id="0") as parent:
+        parent_id = parent.info.run_id
+        with pytest.raises(UserError, match=f"run {parent_id} has no trial runs to sum up"):
+            write_summary(a_search(parent_id))
+
+
+def test_lists_and_ranges_become_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from mnist_pipeline.search import space
+
+    assert space.parse("nr_conv_1", "16") == 16
+    assert space.parse("nr_conv_1", "8,16") == CategoricalDistribution([8, 16])
+    assert space.parse("nr_conv_1", "8:64") == IntDistribution(8, 64)
+    assert space.parse("lr", "0.001:0.01") == FloatDistribution(0.001, 0.01, log=True)
+    assert space.parse("augment", "true,false") == CategoricalDistribution([True, False])
+    assert space.parse("architecture", "classic") == "classic"
+    texts = a_search("0" * 32, nr_conv_1="4,8,16").hyperparameters
+    assert space.check(texts | {"augment": "true,false"}, "auto", "none", 8) == ("grid", 6)
+    assert space.check(texts | {"lr": "0.001:0.01"}, "auto", "median", 8) == ("tpe", 8)

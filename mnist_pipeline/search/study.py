@@ -1,65 +1,66 @@
-"""Searches that hand out trials: a grid on one machine, or an Optuna study many workers share.
+"""Running a search: an Optuna study whose trials are train runs nested under one parent run.
 
-A study kept in a database (Optuna's RDB storage, PostgreSQL for a team) is how one search
-runs on many machines: the run that starts it creates the study, named after the batch's
-parent run, and every worker that joins asks the same study for trials until `trials` are
-done. Workers send heartbeats; a worker that stops sending them (a machine that died) has its
-trial failed by whoever notices, its MLflow run ended KILLED, and the trial run again.
-Each trial's train process reports its validation accuracy per epoch to the study, whose
-pruner may stop it early.
+`study.optimize(objective, n_jobs=workers)` runs `workers` trials at a time. The objective
+creates each trial's run under the parent (`mlflow.parentRunId`: the active run is
+thread-local) and runs train.py's `main` in a pool of spawned processes that import
+TensorFlow once each. The run reaches the process as MLFLOW_RUN_ID, and the process reports
+val_accuracy per epoch to the trial, whose pruner may stop it.
+
+Locally (no OPTUNA_STORAGE), the study is a journal file that this machine's processes share.
+In a database, workers on other machines join it, each until the study has `trials`
+answers (MaxTrialsCallback: up to workers-1 more may run). The storage fails a trial whose
+heartbeats stop when a worker next starts one; `end_stale_trial` ends its runs KILLED and
+queues it again.
+
+The summary has one writer: the process that started the search, once every trial has
+ended. So the table is logged once with `mlflow.log_table`, which appends to an existing
+one. A joining worker logs only `trials_run_here`.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
+import contextlib
+import io
 import json
+import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 import mlflow
 import optuna
-import requests
-import tenacity
 from mlflow.exceptions import MlflowException
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from mnist_pipeline import plots
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.search import choices as search
+from mnist_pipeline.search import space
 from mnist_pipeline.tracking import signals
-from mnist_pipeline.tracking.runs import experiment_ids
+from mnist_pipeline.training.hyperparameters import BY_NAME
 
-# Where a team's study lives: an SQLAlchemy database URL, as Optuna's own CLI reads it.
-STORAGE_ENV = "OPTUNA_STORAGE"
-# The batch prints a line per trial itself; Optuna's INFO lines would repeat them.
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# How a trial's train process finds its trial, to report each epoch and learn if it is pruned.
-TRIAL_STORAGE_ENV, TRIAL_STUDY_ENV, TRIAL_ID_ENV = (
-    "MNIST_TRIAL_STORAGE",
-    "MNIST_TRIAL_STUDY",
-    "MNIST_TRIAL_ID",
-)
-# Tags on the batch's parent run.
+STORAGE_ENV = "OPTUNA_STORAGE"  # a database URL, as Optuna's own CLI reads it
 STUDY_TAG, STORAGE_TAG, SEARCH_TAG = "study_name", "study_storage", "search"
-MAX_RETRIES = 2  # a trial whose worker died runs again at most this often
-POLL_SECONDS = 2.0
-DATABASES = ("postgresql", "mysql", "sqlite")
+HOST = socket.gethostname()
+WORKER = f"{HOST}:{os.getpid()}"
+# The search prints a line per trial itself. Heartbeats and retries are "experimental".
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+current_trial: optuna.Trial | None = None  # in a pool process, the trial under way
 
 
 @dataclass
-class SearchSettings:
+class Search:
     """What every worker of a search needs, kept in the study so that joining takes one ID."""
 
     parent_run_id: str
@@ -69,389 +70,192 @@ class SearchSettings:
     strategy: str
     trials: int
     pruner: str
-    seed: int
     heartbeat_seconds: int
     grace_seconds: int
 
-    @property
-    def choices(self) -> list[search.Choice]:
-        return search.parse_choices(self.hyperparameters)
-
-    @property
-    def searched(self) -> list[str]:
-        return [choice.name for choice in self.choices if choice.is_searched]
-
 
 class TrialFailed(Exception):
-    """A trial's train process failed: the study records it as FAIL and the search goes on."""
+    """A trial's training failed: the study records it as FAIL, and the search goes on."""
 
 
-class Surplus(Exception):
-    """Two workers asked for the last trial at once: the later one gives its trial back."""
+def create(search: Search, url: str) -> optuna.Study:
+    """Create the study of `search`, in the database at `url` or in a temporary journal."""
+    if url:
+        storage = open_storage(url, search)
+    else:
+        folder = tempfile.mkdtemp(prefix="train_batch-study-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        storage = optuna.storages.JournalStorage(JournalFileBackend(f"{folder}/study.log"))
+    study = optuna.create_study(
+        study_name=f"train_batch-{search.parent_run_id}",
+        storage=storage,
+        direction="maximize",
+        sampler=space.make_sampler(search.hyperparameters, search.strategy, search.trials),
+        pruner=space.make_pruner(search.pruner),
+    )
+    study.set_user_attr("search", json.dumps(asdict(search)))
+    return study
 
 
-def run_workers(work: Callable[[], None], workers: int) -> None:
-    """Run `work` in `workers` threads (each starts trial processes) and wait for them all."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(work) for _ in range(workers)]:
-            future.result()
-
-
-class GridSearch:
-    """Every combination of the listed values, handed out once each, on this machine."""
-
-    def __init__(self, choices: list[search.Choice]):
-        self.points = search.grid_points(choices)
-        self.total = len(self.points)
-        self._lock = threading.Lock()
-        self._next = 0
-
-    def work(self, runner) -> None:
-        while True:
-            with self._lock:
-                if self._next >= self.total:
-                    return
-                number, self._next = self._next + 1, self._next + 1
-            runner.run(self.points[number - 1], number)
-
-
-@dataclass
-class Progress:
-    """A study's trials as a search counts them: each retry belongs to its first attempt."""
-
-    total: int
-    planned: int  # trials begun, retries not counted again
-    settled: int  # of those, the ones with a final answer (complete, pruned or failed)
-    running: int
-    waiting: int  # retries of dead workers' trials, not yet taken
-
-    @property
-    def done(self) -> bool:
-        return self.settled >= self.total and not self.running and not self.waiting
-
-    @property
-    def can_start(self) -> bool:
-        return bool(self.waiting) or self.planned < self.total
-
-
-class StudySearch:
-    """Trials from an Optuna study, shared by every worker that joins it."""
-
-    def __init__(self, study, settings: SearchSettings, storage_url: str, retry_seconds: float):
-        self.study = study
-        self.settings = settings
-        self.storage_url = storage_url
-        self.retry_seconds = retry_seconds
-        self.total = settings.trials
-
-    @classmethod
-    def create(
-        cls, settings: SearchSettings, storage_url: str | None, retry_seconds: float = 120
-    ) -> StudySearch:
-        """Create the study of the batch `settings.parent_run_id`.
-
-        Without `storage_url` the study lives in a journal file in a temporary folder that
-        this machine's trial processes share; with one, in that database for every worker.
-        """
-
-        if not storage_url:
-            folder = tempfile.mkdtemp(prefix="train_batch-study-")
-            storage_url = f"journal:{os.path.join(folder, 'study.log')}"
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        storage = open_storage(storage_url, settings.heartbeat_seconds, settings.grace_seconds)
-        study = optuna.create_study(
-            study_name=study_name(settings.parent_run_id),
-            storage=storage,
-            direction="maximize",
-            sampler=search.make_sampler(settings.strategy, settings.seed, settings.trials),
-            pruner=search.make_pruner(settings.pruner),
-        )
-        study.set_user_attr("settings", json.dumps(asdict(settings)))
-        return cls(study, settings, storage_url, retry_seconds)
-
-    @classmethod
-    def join(cls, parent_run_id: str, storage_url: str, retry_seconds: float = 120) -> StudySearch:
-        """Join the search whose parent run is `parent_run_id`; UserError if it is not one."""
-
-        try:
-            parent = mlflow.MlflowClient().get_run(parent_run_id)
-        except MlflowException:
-            raise UserError(
-                f"run {parent_run_id!r} does not exist in {mlflow.get_tracking_uri()}"
-            ) from None
-        tags = parent.data.tags
-        if tags.get("stage") != "train_batch":
-            raise UserError(f"run {parent_run_id} is not a train_batch run; join a search's run")
-        if tags.get(SEARCH_TAG) != "shared":
-            raise UserError(
-                f"run {parent_run_id} is not a shared search (it ran on one machine); "
-                f"start one with {STORAGE_ENV} set"
-            )
-        if parent.info.status != "RUNNING":
-            raise UserError(f"search {parent_run_id} has ended ({parent.info.status})")
-        if not storage_url:
-            raise UserError(
-                f"joining needs the search's storage: set {STORAGE_ENV} "
-                f"({tags.get(STORAGE_TAG, 'a database URL')})"
-            )
-        storage = open_storage(storage_url)
-        name = tags[STUDY_TAG]
-        try:
-            found = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
-            raise UserError(
-                f"study {name} is not in {redacted(storage_url)}; "
-                f"set {STORAGE_ENV} to the storage the search was started with"
-            ) from None
-        settings = SearchSettings(**json.loads(found.user_attrs["settings"]))
-        storage = open_storage(storage_url, settings.heartbeat_seconds, settings.grace_seconds)
-        study = optuna.load_study(
-            study_name=name,
-            storage=storage,
-            # Unseeded: workers seeded alike would all suggest the same first trials.
-            sampler=search.make_sampler(settings.strategy, None, settings.trials),
-            pruner=search.make_pruner(settings.pruner),
-        )
-        return cls(study, settings, storage_url, retry_seconds)
-
-    # ------------------------------------------------------------------ working
-
-    def work(self, runner) -> None:
-        """Run trials until the study has `trials` answers; wait for other workers' last ones."""
-        objective = self._objective(runner)
-        while True:
-            progress = self._with_retries(self.progress)
-            if progress.done:
-                return
-            if progress.can_start:
-                self._with_retries(
-                    lambda: self.study.optimize(objective, n_trials=1, catch=(TrialFailed, Surplus))
-                )
-            else:
-                # Other workers hold the last trials: notice if one of them died.
-                self._with_retries(self._fail_stale_trials)
-                time.sleep(POLL_SECONDS)
-
-    def progress(self) -> Progress:
-
-        attempts: dict[int, list] = {}
-        for trial in self.study.get_trials(deepcopy=False):
-            if trial.user_attrs.get("surplus"):
-                continue
-            attempts.setdefault(trial.system_attrs.get("failed_trial", trial.number), []).append(
-                trial
-            )
-        answered = (TrialState.COMPLETE, TrialState.PRUNED)
-        unfinished = (TrialState.RUNNING, TrialState.WAITING)
-
-        def settled(tries: list) -> bool:
-            states = [trial.state for trial in tries]
-            return any(s in answered for s in states) or not any(s in unfinished for s in states)
-
-        every = [trial for tries in attempts.values() for trial in tries]
-        return Progress(
-            total=self.total,
-            planned=len(attempts),
-            settled=sum(settled(tries) for tries in attempts.values()),
-            running=sum(trial.state == TrialState.RUNNING for trial in every),
-            waiting=sum(trial.state == TrialState.WAITING for trial in every),
-        )
-
-    def _objective(self, runner) -> Callable:
-
-        choices = self.settings.choices
-
-        def objective(trial) -> float:
-            trials = self.study.get_trials(deepcopy=False)
-            this = next(t for t in trials if t.number == trial.number)
-            first = [
-                t
-                for t in trials
-                if "failed_trial" not in t.system_attrs and not t.user_attrs.get("surplus")
-            ]
-            retry_of = this.system_attrs.get("failed_trial")
-            tags = {"optuna_trial": str(trial.number)}
-            if retry_of is None:
-                number = 1 + sum(t.number < trial.number for t in first)
-                if number > self.total:
-                    trial.set_user_attr("surplus", True)
-                    raise Surplus()
-            else:
-                number = 1 + sum(t.number < retry_of for t in first)
-                tags["retry_of"] = this.user_attrs.get("mlflow_run_id", "")
-            params = {choice.name: search.suggest(trial, choice) for choice in choices}
-            result = runner.run(
-                params,
-                number,
-                tags=tags,
-                environment={
-                    TRIAL_STORAGE_ENV: self.storage_url,
-                    TRIAL_STUDY_ENV: self.study.study_name,
-                    # Optuna names a trial to another process only by its storage ID.
-                    TRIAL_ID_ENV: str(trial._trial_id),
-                },
-                on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
-            )
-            if signals.stopping():
-                # This worker is being stopped: hand its trial back for another to run.
-                current = next(t for t in self.study.get_trials() if t.number == trial.number)
-                RetryFailedTrialCallback(max_retry=MAX_RETRIES)(self.study, current)
-                raise signals.Stopped("the batch is stopping")
-            if result["status"] == "PRUNED":
-                raise optuna.TrialPruned()
-            if result["status"] != "FINISHED" or result["accuracy"] is None:
-                raise TrialFailed(result["error"])
-            return result["accuracy"]
-
-        return objective
-
-    def _fail_stale_trials(self) -> None:
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
-
-    def _with_retries(self, action: Callable):
-        """Call `action`, riding out a storage that is away for up to `retry_seconds`."""
-
-        def tell(state: tenacity.RetryCallState) -> None:
-            error = state.outcome.exception()
-            print(
-                f"[train_batch] the study storage is unreachable ({_first_line(error)}); "
-                f"retrying for up to {self.retry_seconds:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_is_transient),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=10),
-            stop=tenacity.stop_after_delay(self.retry_seconds),
-            before_sleep=tell,
-            reraise=True,
-        )
-        try:
-            return retrying(action)
-        except Exception as error:
-            if _is_transient(error):
-                raise UserError(
-                    f"lost the study storage {redacted(self.storage_url)} for more than "
-                    f"{self.retry_seconds:.0f} s: {_first_line(error)}"
-                ) from None
-            raise
-
-
-def study_name(parent_run_id: str) -> str:
-    return f"train_batch-{parent_run_id}"
-
-
-def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: int | None = None):
-    """Return Optuna's storage for `url`: a database (RDB), or `journal:<file>` on one machine.
-
-    With `heartbeat_seconds`, running trials send heartbeats, and a trial silent for
-    `grace_seconds` is failed, its MLflow run ended KILLED and the trial queued again.
-    Raises UserError for a URL that is not a database or a database that cannot be opened.
-    """
-
-    if url.startswith("journal:"):
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-
-    expected = "expected a database URL such as postgresql://optuna:<password>@<host>:5433/optuna"
+def join(parent_run_id: str, url: str) -> tuple[optuna.Study, Search]:
+    """The study of the search whose parent run is `parent_run_id`; UserError if none."""
     try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
-        raise UserError(f"study storage {url!r} is not a database URL; {expected}") from None
-    if backend not in DATABASES:
-        raise UserError(f"study storage {redacted(url)} is not a database URL; {expected}")
-    heartbeat = {}
-    if heartbeat_seconds:
-        heartbeat = {
-            "heartbeat_interval": heartbeat_seconds,
-            "grace_period": grace_seconds,
-            "heartbeat_stale_trial_callback": _end_dead_trial,
+        parent = mlflow.MlflowClient().get_run(parent_run_id)
+    except MlflowException:
+        where = mlflow.get_tracking_uri()
+        raise UserError(f"run {parent_run_id!r} does not exist in {where}") from None
+    tags, name = parent.data.tags, parent.data.tags.get(STUDY_TAG, "")
+    if tags.get("stage") != "train_batch":
+        raise UserError(f"run {parent_run_id} is not a train_batch run; join a search's run")
+    if tags.get(SEARCH_TAG) != "shared":
+        raise UserError(f"run {parent_run_id} ran on one machine; start one with {STORAGE_ENV}")
+    if parent.info.status != "RUNNING":
+        raise UserError(f"search {parent_run_id} has ended ({parent.info.status})")
+    if not url:
+        raise UserError(f"joining needs {STORAGE_ENV}, the search's {tags[STORAGE_TAG]}")
+    try:
+        found = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise UserError(f"study {name} is not in {redacted(url)}") from None
+    search = Search(**json.loads(found.user_attrs["search"]))
+    sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials, False)
+    pruner = space.make_pruner(search.pruner)
+    storage = open_storage(url, search)
+    return optuna.load_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=pruner
+    ), search
+
+
+def open_storage(url: str, search: Search | None = None) -> optuna.storages.RDBStorage:
+    """Optuna's storage in the database at `url`, with `search`'s heartbeats; UserError if
+    `url` is not a database URL or the database cannot be opened."""
+    heartbeats = {}
+    if search:
+        heartbeats = {
+            "heartbeat_interval": search.heartbeat_seconds,
+            "grace_period": search.grace_seconds,
+            "heartbeat_stale_trial_callback": end_stale_trial,
         }
     try:
-        with warnings.catch_warnings():
-            # Heartbeats are "experimental" in Optuna since 2.9; they are what we need.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return PatientStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeat)
-    except (SQLAlchemyError, ImportError) as error:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeats)
+    except ArgumentError:  # no such database dialect: http://, a path...
         raise UserError(
-            f"cannot open the study storage {redacted(url)}: {_first_line(error)}"
+            f"study storage {redacted(url)} is not a database URL; expected one such as "
+            "postgresql://optuna:<password>@<host>:5433/optuna"
         ) from None
+    except (SQLAlchemyError, ImportError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(f"cannot open the study storage {redacted(url)}: {first_line}") from None
 
 
-class PatientStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, with heartbeats that outlive a database away for a moment.
+def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) -> int:
+    """Run trials of `search` here, `workers` at a time, until it is done; return how many."""
+    chosen, client, ran = space.parse_space(search.hyperparameters), mlflow.MlflowClient(), []
+    tags = {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
+    if (active := mlflow.active_run().info.run_id) != search.parent_run_id:
+        tags["worker_run"] = active  # a joined worker's run, ended KILLED if it dies
 
-    Optuna records heartbeats from a thread that ends at its first failed write, after
-    which a live trial would be taken for dead. Here a missed beat is skipped instead, and
-    the next one, once the database is back, keeps the trial alive.
-    """
-
-    def record_heartbeat(self, trial_id: int) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        params, trials = space.suggest(trial, chosen), study.get_trials(deepcopy=False)
+        this = next(other for other in trials if other.number == trial.number)
+        retry_of = Retry.retried_trial_number(this)
+        # Numbered from 1 without retries: a retry has the number of the trial it repeats.
+        first = [t.number for t in trials if Retry.retried_trial_number(t) is None]
+        number = 1 + sum(n < (trial.number if retry_of is None else retry_of) for n in first)
+        retry = {} if retry_of is None else {"retry_of": this.user_attrs["mlflow_run_id"]}
+        shown = [f"{n}={params[n]:.2g}" if isinstance(params[n], float) else f"{n}={params[n]}"
+                 for n in space.searched(chosen)]  # fmt: skip
+        title = " ".join([f"trial {number}/{search.trials}", *shown])
+        run = client.create_run(
+            search.experiment_id, run_name=title, tags={**tags, "trial": str(number), **retry}
+        )
+        trial.set_user_attr("mlflow_run_id", run_id := run.info.run_id)
+        arguments = ["--preprocess_run", search.preprocess_run]
+        arguments += [f"--{name}={value}" for name, value in params.items()]
+        environment = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+        started = time.perf_counter()
         try:
-            super().record_heartbeat(trial_id)
-        except optuna.exceptions.StorageInternalError:
-            pass
-
-
-def _end_dead_trial(study, trial) -> None:
-    """Optuna failed `trial`, whose worker stopped sending heartbeats: end its run, run it again."""
-
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        client = mlflow.MlflowClient()
+            error = pool.submit(run_trial, arguments, environment, trial).result()
+        except Exception as failure:  # a bug in train, or a process that died
+            error = f"{type(failure).__name__}: {failure}"
+        finally:
+            if client.get_run(run_id).info.status == "RUNNING":  # it never ended its run
+                client.set_terminated(run_id, "KILLED" if signals.stopping() else "FAILED")
+        if signals.stopping():
+            raise signals.Stopped("the search is stopping")
+        ran.append(run_id)
         run = client.get_run(run_id)
-        if run.info.status == "RUNNING":
-            client.set_tag(
-                run_id,
-                "error",
-                f"its worker {run.data.tags.get('worker', '')} stopped sending heartbeats",
-            )
-            client.set_terminated(run_id, "KILLED")
-            _end_dead_worker(client, run)
-    print(
-        f"[train_batch] optuna trial {trial.number}: its worker stopped answering; "
-        "the trial runs again",
-        file=sys.stderr,
-        flush=True,
-    )
-    RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+        pruned, accuracy = run.data.tags.get("pruned") == "true", run.data.metrics.get("accuracy")
+        if not pruned and accuracy is None:
+            client.set_tag(run_id, "error", error[:500])
+        outcome = "pruned" if pruned else error if accuracy is None else f"accuracy {accuracy:.4f}"
+        seconds = time.perf_counter() - started
+        print(f"[train_batch] {title} on {HOST}: {outcome} in {seconds:.0f} s", file=sys.stderr)
+        if pruned:
+            raise optuna.TrialPruned()
+        if accuracy is None:
+            raise TrialFailed(error)
+        return accuracy
+
+    def stop_when_answered(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # A retry's answer stands for its dead worker's trial, which counts as failed too.
+        trials = study.get_trials(deepcopy=False)
+        retries = sum(Retry.retried_trial_number(t) is not None for t in trials)
+        answers = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        optuna.study.MaxTrialsCallback(search.trials + retries, states=answers)(study, trial)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # Each process gets its share of the cores. One that imported TensorFlow must not fork.
+    threads, context = max(1, (cores or 1) // workers), multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, _share_cores, (threads,)) as pool:
+        # A signal to this process alone ends the trials too: their runs end KILLED.
+        signals.on_stop(lambda: [child.terminate() for child in multiprocessing.active_children()])
+        # Locally, this process runs every trial; shared, each worker runs until they are done.
+        count = {"n_trials": search.trials} if not shared else {"callbacks": [stop_when_answered]}
+        study.optimize(objective, n_jobs=workers, catch=(TrialFailed,), **count)
+    return len(ran)
 
 
-def _end_dead_worker(client, trial_run) -> None:
-    """End as KILLED the run of the worker that ran `trial_run`, if it joined and died."""
+def _share_cores(threads: int) -> None:
+    """In a new pool process, before TensorFlow starts: use `threads` cores."""
+    os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
 
-    worker = trial_run.data.tags.get("worker", "")
-    parent = trial_run.data.tags.get("mlflow.parentRunId", "")
-    for run in mlflow.search_runs(
-        experiment_ids=experiment_ids(),
-        filter_string=f"tags.joined = '{parent}' and tags.worker = '{worker}' "
-        "and attributes.status = 'RUNNING'",
-        output_format="list",
-    ):
-        client.set_tag(run.info.run_id, "error", "this worker stopped sending heartbeats")
-        client.set_terminated(run.info.run_id, "KILLED")
+
+def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.Trial) -> str:
+    """In a pool process: run `python train.py <arguments>`'s main; return its last error line.
+
+    The trial arrives pickled, as Optuna's Study and storages allow (they reconnect when
+    unpickled): the process reports to the very trial that optimize asked for, with the
+    public Trial.report and should_prune, and needs neither a trial ID nor a look-up.
+    """
+    global current_trial
+    import keras
+
+    import train  # the project's train.py, on the path of the process that made the pool
+
+    os.environ.update(environment)
+    current_trial, errors = trial, io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            train.main(arguments)
+    except SystemExit:  # argparse refusing an argument, which it said on stderr
+        pass
+    finally:
+        current_trial = None
+        keras.utils.clear_session(free_memory=True)
+        sys.stderr.write(errors.getvalue())  # Python's own messages; TensorFlow's are not held
+    lines = [line for line in errors.getvalue().splitlines() if "error" in line.lower()]
+    return (lines or ["train.py ended without an accuracy; see its output"])[-1].strip()
 
 
 def pruning_callbacks() -> list:
-    """Keras callbacks that report each epoch to the trial's Optuna study, if there is one.
-
-    A train process started by a search gets its trial through the environment; run by
-    hand, train has no study and this returns no callback.
-    """
-    if not os.environ.get(TRIAL_STUDY_ENV):
+    """A Keras callback that reports each epoch to the search's trial, if train runs in one."""
+    if current_trial is None:
         return []
     import keras
 
-    study = optuna.load_study(
-        study_name=os.environ[TRIAL_STUDY_ENV],
-        storage=_trial_storage(os.environ[TRIAL_STORAGE_ENV]),
-    )
-    settings = SearchSettings(**json.loads(study.user_attrs["settings"]))
-    study.pruner = search.make_pruner(settings.pruner)
-    trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ID_ENV]))
+    trial = current_trial
 
     class ReportToStudy(keras.callbacks.Callback):
         """Report val_accuracy after each epoch; stop training if the study's pruner says so."""
@@ -462,43 +266,90 @@ def pruning_callbacks() -> list:
             accuracy = float((logs or {}).get("val_accuracy", 0.0))
             trial.report(accuracy, step=epoch)
             if trial.should_prune():
-                self.pruned = True
-                self.model.stop_training = True
+                self.pruned = self.model.stop_training = True
                 mlflow.set_tags({"pruned": "true", "pruned_at_epoch": str(epoch + 1)})
-                print(
-                    f"Pruned after epoch {epoch + 1}: val_accuracy {accuracy:.4f} is behind "
-                    f"the study's other trials",
-                    file=sys.stderr,
-                )
+                print(f"Pruned after epoch {epoch + 1}: val_accuracy {accuracy:.4f}")
 
     return [ReportToStudy()]
-
-
-@functools.cache
-def _trial_storage(url: str):
-    """The study storage at `url`, opened once per process: a trial process runs many trials."""
-    return open_storage(url)
 
 
 def was_pruned(callbacks: list) -> bool:
     return any(getattr(callback, "pruned", False) for callback in callbacks)
 
 
+def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The storage failed `trial`, whose worker stopped sending heartbeats: end the runs of
+    the trial and of its worker (if it joined) KILLED, and queue the trial again."""
+    client = mlflow.MlflowClient()
+    if trial_run := trial.user_attrs.get("mlflow_run_id"):  # none if it died at once
+        run = client.get_run(trial_run)
+        for run_id in filter(None, (trial_run, run.data.tags.get("worker_run"))):
+            if client.get_run(run_id).info.status == "RUNNING":
+                worker = run.data.tags["worker"]
+                client.set_tag(run_id, "error", f"{worker} stopped sending heartbeats")
+                client.set_terminated(run_id, "KILLED")
+    print(f"[train_batch] trial {trial.number}'s worker stopped: it runs again", file=sys.stderr)
+    Retry(max_retry=2)(study, trial)
+
+
+def wait_for_other_workers(study: optuna.Study, seconds: float) -> None:
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        time.sleep(seconds)
+
+
+def write_summary(search: Search) -> str:
+    """Log the search's summary to its parent run, the active run; return it in one line.
+
+    The table of trials (`trials.json`, a table in the UI, and `trials.csv`), the counts,
+    `best_accuracy`, the tag `best_run_id` and accuracy against each searched value.
+    """
+    runs = mlflow.search_runs(
+        [search.experiment_id], f"tags.mlflow.parentRunId = '{search.parent_run_id}'"
+    )
+    if runs.empty:
+        raise UserError(f"run {search.parent_run_id} has no trial runs to sum up")
+    columns = {"tags.trial": "trial", "run_id": "run_id", "status": "status"}
+    columns |= {f"params.{name}": name for name in BY_NAME} | {"metrics.accuracy": "accuracy"}
+    columns |= {"tags.host": "host", "tags.error": "error", "tags.pruned": "pruned"}
+    table = runs.reindex(columns=[*columns, "start_time", "end_time"]).rename(columns=columns)
+    table["seconds"] = (table.end_time - table.start_time).dt.total_seconds().round(1)
+    table.loc[(table.status == "FINISHED") & (table.pruned == "true"), "status"] = "PRUNED"
+    table.loc[table.status != "FINISHED", "accuracy"] = None
+    for name in BY_NAME:
+        table[name] = table[name].map(BY_NAME[name].kind, na_action="ignore")
+    table["trial"] = table["trial"].astype(int)
+    table = table.sort_values(["trial", "start_time"]).reset_index(drop=True)
+    table = table.drop(columns=["pruned", "start_time", "end_time"]).fillna({"error": ""})
+    counts, finished = table["status"].value_counts(), table[table["accuracy"].notna()]
+    seconds = time.time() - mlflow.get_run(search.parent_run_id).info.start_time / 1000
+    mlflow.log_table(table, "trials.json")
+    mlflow.log_text(table.to_csv(index=False), "trials.csv")
+    words = {"FAILED": "FAILED", "PRUNED": "pruned", "KILLED": "killed"}
+    metrics = {f"trials_{state.lower()}": int(counts.get(state, 0)) for state in words}
+    mlflow.log_metrics({"trials_finished": len(finished), "batch_seconds": seconds, **metrics})
+    searched = space.searched(space.parse_space(search.hyperparameters))
+    numbers = [name for name in searched if table[name].dtype.kind in "biuf"]
+    if numbers and len(finished):
+        figure = plots.metric_against_params(finished, "accuracy", numbers)
+        mlflow.log_figure(figure, "accuracy_by_hyperparameter.png")
+    print(table.to_string(index=False), file=sys.stderr)
+    if finished.empty:
+        raise UserError(f"none of the {len(table)} trials finished; see the child runs' logs")
+    best = finished.loc[finished["accuracy"].idxmax()]
+    mlflow.log_metric("best_accuracy", float(best["accuracy"]))
+    mlflow.set_tag("best_run_id", best["run_id"])
+    hosts = table["host"].nunique()
+    return (
+        f"{len(finished)} of {len(table)} trials finished in {seconds:.0f} s"
+        + (f" on {hosts} machines" if hosts > 1 else "")
+        + "".join(f", {counts[state]} {word}" for state, word in words.items() if state in counts)
+        + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}"
+    )
+
+
 def redacted(url: str) -> str:
     """`url` with its password replaced by ***, for messages and tags."""
-    if url.startswith("journal:"):
-        return url
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+        return make_url(url).render_as_string(hide_password=True) if url else ""
+    except ArgumentError:
         return "<unparsable URL>"
-
-
-def _is_transient(error: BaseException) -> bool:
-
-    return isinstance(error, OperationalError | InterfaceError | requests.ConnectionError)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -2,7 +2,7 @@
 
 A run is named by what it is (`get_data mnist`, `train nr_conv_1=16 lr=0.002 epochs=5`,
 `package mnist v4`) instead of MLflow's random `dazzling-hawk-970`; a batch's trials are
-named `trial 3/12 nr_conv_1=24` by trials.py. Its description (the tag
+named `trial 3/12 nr_conv_1=24` by search/study.py. Its description (the tag
 `mlflow.note.content`, shown at the top of the run's page) says what it did and links the
 runs it used. An experiment without a description gets one that says how to read it.
 
@@ -18,10 +18,11 @@ import re
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mnist_pipeline.training.hyperparameters import NAMES as HYPERPARAMETERS
+
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 PARENT_TAG = "mlflow.parentRunId"
-HYPERPARAMETERS = ("nr_conv_1", "lr", "epochs", "batch_size", "seed")
 # How MLflow names a run that nobody named: adjective-animal-number.
 _RANDOM_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 EXPERIMENT_DESCRIPTION = """\
@@ -133,7 +134,9 @@ def _preprocess(run, client) -> tuple[str, str]:
 
 def _train(run, client) -> tuple[str, str]:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-    shown = [name for name in HYPERPARAMETERS if name in params]
+    # The architecture and augmentation are said in words below.
+    words = ("architecture", "augment")
+    shown = [name for name in HYPERPARAMETERS if name in params and name not in words]
     name = "train " + " ".join(f"{n}={_value(params[n])}" for n in shown[:3])
     settings = ", ".join(f"{n}={_value(params[n])}" for n in shown)
     # The architecture is always named (runs before it was a param trained the classic

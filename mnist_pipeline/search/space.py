@@ -1,0 +1,122 @@
+"""A search space from train_batch's texts, and the sampler and pruner that search it.
+
+Each hyperparameter is a value (`16`, fixed), a list (`8,16,24`: Optuna's
+CategoricalDistribution) or a range (`8:64`: an Int- or FloatDistribution, lr on a log
+scale). A grid (GridSampler) tries every combination of the lists; random and tpe sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import optuna
+from optuna.distributions import CategoricalDistribution as Listed
+from optuna.distributions import FloatDistribution, IntDistribution
+
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.training.hyperparameters import BY_NAME, NAMES
+
+STRATEGIES = ("auto", "grid", "random", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+
+
+def parse(name: str, text: str) -> object:
+    """Return the value of `16`, or the distribution of `8,16,24` or `8:64`, for `name`."""
+    kind, choices = BY_NAME[name].kind, BY_NAME[name].choices
+    expected = {int: "whole numbers", float: "numbers"}.get(kind) or " or ".join(
+        str(choice).lower() for choice in choices
+    )
+    text = str(text).strip()
+    bounds = text.split(":")
+    if len(bounds) > 1 and choices:
+        raise UserError(f"{name}: {text!r} is a range; list values instead ({expected})")
+    if len(bounds) > 2:
+        raise UserError(f"{name}: malformed range {text!r}, expected low:high")
+    items = bounds if len(bounds) == 2 else [item.strip() for item in text.split(",")]
+    if "" in items:
+        raise UserError(f"{name}: empty value in list {text!r}, expected e.g. 8,16,24")
+    try:
+        values = [kind(item) for item in items]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UserError(f"{name}: expected {expected}, got {text!r}") from None
+    if choices and not set(values) <= set(choices):
+        raise UserError(f"{name}: expected {expected}, got {text!r}")
+    if len(bounds) == 1:
+        return values[0] if len(values) == 1 else Listed(values)
+    if not values[0] < values[1]:
+        raise UserError(f"{name}: range {text!r} needs low < high")
+    if kind is int:
+        return IntDistribution(*values)
+    return FloatDistribution(*values, log=BY_NAME[name].log_scale)
+
+
+def parse_space(texts: dict[str, str]) -> dict[str, object]:
+    """Every hyperparameter of train, parsed, in train's order."""
+    return {name: parse(name, texts[name]) for name in NAMES}
+
+
+def searched(space: dict[str, object]) -> list[str]:
+    fixed = (int, float, str, bool)
+    return [name for name, value in space.items() if not isinstance(value, fixed)]
+
+
+def suggest(trial: optuna.Trial, space: dict[str, object]) -> dict[str, object]:
+    """Ask `trial` for a value of each searched hyperparameter; keep the fixed ones."""
+    params = dict(space)
+    for name, value in space.items():
+        if isinstance(value, Listed):
+            params[name] = trial.suggest_categorical(name, value.choices)
+        elif isinstance(value, IntDistribution):
+            params[name] = trial.suggest_int(name, value.low, value.high)
+        elif isinstance(value, FloatDistribution):
+            params[name] = trial.suggest_float(name, value.low, value.high, log=value.log)
+    return params
+
+
+def check(texts: dict[str, str], strategy: str, pruner: str, trials: int) -> tuple[str, int]:
+    """Return the strategy (auto: grid unless there is a range) and the number of trials.
+
+    Raises UserError for a malformed hyperparameter, strategy or pruner, or a grid of ranges.
+    """
+    space = parse_space(texts)
+    make_pruner(pruner)
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    ranges = [name for name in searched(space) if not isinstance(space[name], Listed)]
+    if strategy == "grid" and ranges:
+        raise UserError(f"strategy grid cannot search ranges ({', '.join(ranges)}); use tpe")
+    if strategy == "auto":
+        strategy = "tpe" if ranges else "grid"
+    if strategy == "grid":
+        trials = math.prod(len(space[name].choices) for name in searched(space))
+    return strategy, trials
+
+
+def make_sampler(texts: dict[str, str], strategy: str, trials: int, seeded: bool = True):
+    """Optuna's sampler for `strategy`, seeded by the (first) training seed unless told not
+    to: workers that join a search, seeded alike, would all suggest the same first trials."""
+    space = parse_space(texts)
+    seed = space["seed"]
+    seed = seed.choices[0] if isinstance(seed, Listed) else getattr(seed, "low", seed)
+    seed = seed if seeded else None
+    if strategy == "grid":
+        lists = {name: list(space[name].choices) for name in searched(space)}
+        return optuna.samplers.GridSampler(lists, seed=seed)
+    if strategy == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: trials that run at the same time are told apart, not suggested twice.
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=min(4, trials), constant_liar=True
+    )
+
+
+def make_pruner(name: str):
+    """Optuna's pruner for `name`: median (after 2 finished trials) or hyperband, or none."""
+    if name not in PRUNERS:
+        raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
