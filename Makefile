@@ -1,5 +1,6 @@
 # make run    set up the virtualenv and run the whole pipeline on MNIST
-# make test   run the tests (what CI runs)
+# make check  the fast tier: the tests that need no training, model server, browser or PostgreSQL
+# make test   run the whole suite (what CI runs)
 # Both use the newest supported Python on PATH; PYTHON=python3.12 (or a path) chooses one.
 # The pinned requirements need 3.11 or newer (numpy 2.4, pandas 3) and at most 3.13 (TensorFlow 2.21).
 SUPPORTED_PYTHONS := 3.13 3.12 3.11
@@ -30,7 +31,7 @@ endif
 # The virtualenv is complete once this file exists; its name says which Python made it.
 READY := $(VENV)/.ready-python$(PYTHON_VERSION)
 
-.PHONY: setup run test test-pythons team-server team-server-stop lint clean
+.PHONY: setup run check test test-pythons team-server team-server-stop lint clean
 
 $(READY): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -e $(VENV) ] && [ "$(VENV_PYTHON_VERSION)" != "$(PYTHON_VERSION)" ]; then \
@@ -49,6 +50,12 @@ setup: $(READY)
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" mlflow run . --env-manager local -P source=$(SOURCE) $(ARGS)
+
+# The fast tier, on every change (tests/conftest.py says which tests it leaves out).
+check: setup
+	@start=$$(date +%s); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -m "not full" -q; status=$$?; \
+	echo "make check: $$(( $$(date +%s) - start )) s"; exit $$status
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest

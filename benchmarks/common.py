@@ -24,7 +24,7 @@ from pathlib import Path
 # A benchmark runs as a script from benchmarks/; the project's package is one folder up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mnist_pipeline import testing  # noqa: E402 (found through the path above)
+from tests import helpers as testing  # noqa: E402 (found through the path above)
 from tests.helpers import MIRROR, REPO, VENV_BIN  # noqa: E402, F401 (for the benchmarks)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

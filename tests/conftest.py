@@ -96,6 +96,13 @@ LONGEST_FIRST = (
 )
 
 
+# The fast tier, `make check`, is every test that needs no training, no model server, no
+# browser and no PostgreSQL. A test that asks for one of these fixtures (or for one built on
+# them) needs one of those, and so does a test marked `full` because it trains or serves
+# inside itself: they run in `make test` only.
+FULL_TIER_FIXTURES = {"pipeline", "model_server", "browser", "team", "workspace", "tiny_mirror"}
+
+
 def _rank(item) -> tuple[bool, int]:
     name = item.nodeid.rsplit("/", 1)[-1]
     found = (n for n, prefix in enumerate(LONGEST_FIRST) if name.startswith(prefix))
@@ -116,6 +123,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     """
     serving = {item.module for item in items if "model_server" in item.fixturenames}
     for item in items:
+        if FULL_TIER_FIXTURES & set(item.fixturenames) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.full)
         group = _group_of(item, serving)
         if group is None:
             continue

@@ -21,8 +21,9 @@ import pytest
 from conftest import REPO, render_digit, stop
 
 from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_arrays
+from mnist_pipeline.serving import evaluation
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS, read_drawn_set
-from mnist_pipeline.serving.request_formats import IMAGE_COLUMN, evaluation
+from mnist_pipeline.serving.request_formats import IMAGE_COLUMN
 
 FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
 from conftest import REPO, free_port, make_store, stop, store_environment, wait_until_up
 
 from tests.helpers import ONE_UI_PROCESS
@@ -33,6 +34,7 @@ def test_the_store_plugin_is_installed():
     )
 
 
+@pytest.mark.full  # four MLflow commands at once, one of them a stage
 def test_four_commands_at_once_on_a_fresh_folder(tmp_path, tiny_data):
     root = tmp_path / "fresh"
     root.mkdir()

@@ -18,7 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO, TINY_TRAINING, make_store
+
+# Every test here starts real stages, trainings among them, and signals them: not `make check`.
+pytestmark = pytest.mark.full
 
 # Short: the tests only need a training that is still going when the signal arrives.
 QUICK_TRAINING = {**TINY_TRAINING, "epochs": "2"}
