@@ -143,9 +143,6 @@ def train_batch(
         print("[train_batch] other machines join with: mlflow run . -e train_batch "
               f"--env-manager local -P join={parent.info.run_id}", file=sys.stderr)  # fmt: skip
     study.optimize(found, search, workers, shared=bool(storage))
-    if storage:
-        print("[train_batch] waiting for the trials on other machines", file=sys.stderr)
-        study.wait_for_other_workers(found, heartbeat_seconds)
     return study.write_summary(search)
 
 

@@ -278,9 +278,11 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     )
     assert retry.info.status == "FINISHED"
     assert retry.data.params["lr"] == killed_trial.data.params["lr"]
-    # Every trial is accounted for, once with an answer, whichever machine ran it.
+    # Every trial is accounted for, once with an answer, whichever machine ran it. Optuna's
+    # MaxTrialsCallback lets a live worker finish a trial begun before the fifth answer.
     answered = [run for run in children if run.info.status == "FINISHED"]
-    assert sorted(int(run.data.tags["trial"]) for run in answered) == [1, 2, 3, 4, 5]
+    numbers = sorted(int(run.data.tags["trial"]) for run in answered)
+    assert numbers == list(range(1, len(numbers) + 1)) and 5 <= len(numbers) <= 7, numbers
     assert len({run.data.tags["worker"] for run in children}) == 3
     # Every train run of the experiment is a child of the one parent, and nothing is RUNNING.
     store = machines[0]
@@ -390,7 +392,7 @@ def test_bad_join_and_grid_requests_are_one_line(team, team_pipeline):
     cases = [
         (["--join", "0" * 32], "does not exist"),
         (["--join", train_run], "is not a train_batch run"),
-        (["--strategy", "grid", "--nr_conv_1", "4,8"], "strategy grid runs on one machine"),
+        (["--strategy", "grid", "--lr", "0.001:0.01"], "strategy grid cannot search ranges"),
     ]
     for arguments, message in cases:
         result = store.call("batch_train.py", *arguments)

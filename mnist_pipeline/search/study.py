@@ -149,7 +149,10 @@ def open_storage(url: str, search: Search | None = None) -> optuna.storages.RDBS
 
 
 def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) -> int:
-    """Run trials of `search` here, `workers` at a time, until it is done; return how many."""
+    """Run trials of `search` here, `workers` at a time, until it is done; return how many.
+
+    The process that started a shared search then waits for the trials of other machines.
+    """
     chosen, client, ran = space.parse_space(search.hyperparameters), mlflow.MlflowClient(), []
     tags = {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
     if (active := mlflow.active_run().info.run_id) != search.parent_run_id:
@@ -213,6 +216,15 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         # Locally, this process runs every trial; shared, each worker runs until they are done.
         count = {"n_trials": search.trials} if not shared else {"callbacks": [stop_when_answered]}
         study.optimize(objective, n_jobs=workers, catch=(TrialFailed,), **count)
+        # The search's own process waits for the trials running elsewhere. optimize fails a
+        # dead worker's trial only when it starts one, and none starts once the search has
+        # its answers, so it asks the storage itself, and runs the retry if nobody else does.
+        unfinished = (TrialState.RUNNING, TrialState.WAITING)
+        while shared and "worker_run" not in tags and study.get_trials(states=unfinished):
+            time.sleep(search.heartbeat_seconds)
+            optuna.storages.fail_stale_trials(study)
+            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
     return len(ran)
 
 
@@ -290,11 +302,6 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
                 client.set_terminated(run_id, "KILLED")
     print(f"[train_batch] trial {trial.number}'s worker stopped: it runs again", file=sys.stderr)
     Retry(max_retry=2)(study, trial)
-
-
-def wait_for_other_workers(study: optuna.Study, seconds: float) -> None:
-    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        time.sleep(seconds)
 
 
 def write_summary(search: Search) -> str:
