@@ -17,44 +17,34 @@ from __future__ import annotations
 import os
 import sys
 
-from mnist_pipeline.cli import (
-    USER_ERRORS,
-    Parser,
-    arguments_for,
-    defaults_of,
-    fail,
-    param_text,
-    positive_int,
-    stage_run,
-)
+from mnist_pipeline import cli
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.training.hyperparameters import HYPERPARAMETERS, NAMES
 
 
-def build_parser() -> Parser:
+def build_parser() -> cli.Parser:
     import train
 
-    parser = Parser(prog="batch_train.py", description=__doc__.splitlines()[0])
+    parser = cli.Parser(prog="batch_train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--preprocess_run", help="a preprocess run ID (default: the newest)")
     parser.add_argument("--dataset", help="mnist or fashion, to find the newest preprocess run")
     for hyperparameter in HYPERPARAMETERS:
         parser.add_argument(f"--{hyperparameter.name}", help=f"{hyperparameter.help}; a,b or lo:hi")
     for name, kind, text in (
         ("strategy", str, "grid, random or tpe (auto: grid unless there is a range)"),
-        ("trials", positive_int, "trials for random and tpe"),
-        ("workers", positive_int, "trials run at the same time here"),
+        ("trials", cli.positive_int, "trials for random and tpe"),
+        ("workers", cli.positive_int, "trials run at the same time here"),
         ("pruner", str, "none, median or hyperband: stop trials that lag behind"),
         ("join", str, "the run ID of a search to work on (its study: OPTUNA_STORAGE)"),
-        ("heartbeat_seconds", positive_int, "how often a running trial says it is alive"),
-        ("grace_seconds", positive_int, "a trial silent this long is run again"),
+        ("heartbeat_seconds", cli.positive_int, "how often a running trial says it is alive"),
+        ("grace_seconds", cli.positive_int, "a trial silent this long is run again"),
     ):
         parser.add_argument(f"--{name}", type=kind, help=text)
     # train's defaults, and a grid over the first convolution's filters. The study storage
     # is never a parameter, which `mlflow run` would log with its password.
-    trained = {name: param_text(value) for name, value in defaults_of(train.train).items()}
-    settings = {
-        name: value for name, value in defaults_of(train_batch).items() if name != "storage"
-    }
+    trained = {name: cli.param_text(value) for name, value in cli.defaults_of(train.train).items()}
+    settings = cli.defaults_of(train_batch)
+    del settings["storage"]
     parser.set_defaults(**{name: trained[name] for name in NAMES} | {"nr_conv_1": "8,16,24,32"})
     parser.set_defaults(**settings, join="")
     return parser
@@ -76,17 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         runs.check_tracking_server()
         if args.join:
             study.join(args.join, storage)
-            with stage_run("train_batch_worker", parser, args, __file__) as run:
+            with cli.stage_run("train_batch_worker", parser, args, __file__) as run:
                 summary = join_search(args.join, args.workers, storage)
         else:
             space.check(hyperparameters, args.strategy, args.pruner, args.trials)
             if storage:
                 study.open_storage(storage)
-            with stage_run("train_batch", parser, args, __file__) as run:
-                arguments = arguments_for(train_batch, args)
+            with cli.stage_run("train_batch", parser, args, __file__) as run:
+                arguments = cli.arguments_for(train_batch, args)
                 summary = train_batch(hyperparameters, **arguments, storage=storage)
-    except USER_ERRORS as error:
-        return fail(parser.prog, error)
+    except cli.USER_ERRORS as error:
+        return cli.fail(parser.prog, error)
     print(f"train_batch run {run.info.run_id}: {summary}")
     return 0
 
@@ -122,28 +112,36 @@ def train_batch(
         preprocess = runs.latest_run("preprocess", dataset)
     parent = mlflow.active_run() or mlflow.start_run()
     search = study.Search(
-        parent.info.run_id, parent.info.experiment_id, preprocess.info.run_id, hyperparameters,
-        strategy, trials, pruner, heartbeat_seconds, grace_seconds,
-    )  # fmt: skip
+        parent.info.run_id,
+        parent.info.experiment_id,
+        preprocess.info.run_id,
+        hyperparameters,
+        strategy,
+        trials,
+        pruner,
+        heartbeat_seconds,
+        grace_seconds,
+    )
     found = study.create(search, storage)
     mlflow.set_tags(
         {
             "dataset": preprocess.data.tags.get("dataset", dataset),
             "preprocess_run": preprocess.info.run_id,
             "strategy": strategy,
-            study.SEARCH_TAG: "shared" if storage else "local",
-            study.STUDY_TAG: found.study_name,
-            study.STORAGE_TAG: study.redacted(storage),
+            "search": "shared" if storage else "local",
+            "study_name": found.study_name,
+            "study_storage": study.redacted(storage),
         }
     )
-    where = f", shared through {study.redacted(storage)}" if storage else ""
-    print(f"[train_batch] {trials} trials ({strategy}), {workers} at a time here{where}",
-          file=sys.stderr)  # fmt: skip
+    print(f"[train_batch] {trials} trials ({strategy}), {workers} at a time", file=sys.stderr)
     if storage:
-        print("[train_batch] other machines join with: mlflow run . -e train_batch "
-              f"--env-manager local -P join={parent.info.run_id}", file=sys.stderr)  # fmt: skip
+        print(
+            f"[train_batch] shared through {study.redacted(storage)}; other machines join with: "
+            f"mlflow run . -e train_batch --env-manager local -P join={parent.info.run_id}",
+            file=sys.stderr,
+        )
     study.optimize(found, search, workers, shared=bool(storage))
-    return study.write_summary(search)
+    return study.write_summary(found, search)
 
 
 def join_search(join: str, workers: int = 1, storage: str = "") -> str:
@@ -155,8 +153,11 @@ def join_search(join: str, workers: int = 1, storage: str = "") -> str:
 
     found, search = study.join(join, storage)
     mlflow.set_tags({"joined": join, "host": study.HOST, "worker": study.WORKER})
-    print(f"[train_batch] joining search {join}: {search.trials} trials ({search.strategy}), "
-          f"{workers} at a time here", file=sys.stderr)  # fmt: skip
+    print(
+        f"[train_batch] joining search {join}: {search.trials} trials ({search.strategy}), "
+        f"{workers} at a time here",
+        file=sys.stderr,
+    )
     ran = study.optimize(found, search, workers, shared=True)
     mlflow.log_metric("trials_run_here", ran)
     return f"ran {ran} trials of search {join}; the run that started it writes its summary"

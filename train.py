@@ -122,9 +122,9 @@ def train(
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from mnist_pipeline.search.study import pruning_callbacks, was_pruned
     from mnist_pipeline.serving import requirements
     from mnist_pipeline.training.model import build_cnn, compile_cnn, epoch_logger, training_dtype
+    from mnist_pipeline.training.pruning import pruning_callbacks, was_pruned
 
     artifacts = runs.artifact_dir(preprocess_run)
     spec = TransformSpec.load(artifacts / TRANSFORM_FILE)

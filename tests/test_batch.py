@@ -99,14 +99,6 @@ def test_package_best_without_train_runs_is_one_line(pipeline):
     assert "Traceback" not in result.stderr
 
 
-def trial_run(client, parent: str, number: int, nr_conv_1: int, host: str) -> str:
-    """A RUNNING child of `parent` in the Default experiment, as a search makes for a trial."""
-    tags = {"mlflow.parentRunId": parent, "trial": str(number), "host": host}
-    child = client.create_run("0", tags=tags)
-    client.log_param(child.info.run_id, "nr_conv_1", nr_conv_1)
-    return child.info.run_id
-
-
 def a_search(parent: str, nr_conv_1: str = "4,8,16"):
     from mnist_pipeline.search.study import Search
 
@@ -116,37 +108,51 @@ def a_search(parent: str, nr_conv_1: str = "4,8,16"):
 
 
 def test_a_shared_search_summary_names_the_best_trial_with_one_row_per_trial(store):
-    """Written once, by the run that started the search, from every machine's trials."""
+    """Written once, by the run that started the search, from the trials of every machine."""
     import mlflow
+    import optuna
 
     from mnist_pipeline.search.study import write_summary
 
     client = store.client()
+    study = optuna.create_study(direction="maximize")
+    filters = optuna.distributions.CategoricalDistribution([4, 8, 16])
+    for number, (nr_conv_1, accuracy, host) in enumerate(
+        [(4, 0.91, "here"), (8, 0.95, "there"), (16, None, "there")], start=1
+    ):
+        attributes = {"trial": number, "mlflow_run_id": f"{number:032d}", "host": host}
+        failed = {"state": optuna.trial.TrialState.FAIL} if accuracy is None else {}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"nr_conv_1": nr_conv_1},
+                distributions={"nr_conv_1": filters},
+                value=accuracy,
+                user_attrs=attributes
+                | ({"error": "train.py: error: out of memory"} if failed else {}),
+                **failed,
+            )
+        )
     with mlflow.start_run(experiment_id="0") as parent:
-        trials = [(4, 0.91, "here"), (8, 0.95, "there"), (16, None, "there")]
-        for number, (nr_conv_1, accuracy, host) in enumerate(trials, start=1):
-            child = trial_run(client, parent.info.run_id, number, nr_conv_1, host)
-            if accuracy is None:
-                client.set_terminated(child, "FAILED")
-                continue
-            client.log_metric(child, "accuracy", accuracy)
-            client.set_terminated(child)
-        summary = write_summary(a_search(parent.info.run_id))
+        summary = write_summary(study, a_search(parent.info.run_id))
     assert "2 of 3 trials finished" in summary and "on 2 machines" in summary
     assert "1 FAILED" in summary
     table = mlflow.load_table("trials.json", run_ids=[parent.info.run_id])
-    assert list(table["trial"]) == [1, 2, 3]
-    assert list(table["status"]) == ["FINISHED", "FINISHED", "FAILED"]
+    assert list(table["trial"]) == [1, 2, 3] and list(table["nr_conv_1"]) == [4, 8, 16]
+    assert list(table["state"]) == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert table.loc[2, "error"] == "train.py: error: out of memory"
     run = client.get_run(parent.info.run_id)
-    assert run.data.tags["best_run_id"] == table.loc[1, "run_id"]
+    assert run.data.tags["best_run_id"] == f"{2:032d}"
     assert run.data.metrics["best_accuracy"] == 0.95
     assert run.data.metrics["trials_finished"] == 2 and run.data.metrics["trials_failed"] == 1
     csv = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(store.root)))
-    assert csv.read_text().count("FINISHED") == 2
+    assert csv.read_text().count("COMPLETE") == 2
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert "accuracy_by_hyperparameter.png" in artifacts
 
 
-def test_a_summary_of_a_run_without_trials_is_one_line(store):
+def test_a_summary_of_a_search_without_trials_is_one_line(store):
     import mlflow
+    import optuna
 
     from mnist_pipeline.errors import UserError
     from mnist_pipeline.search.study import write_summary
@@ -154,8 +160,8 @@ def test_a_summary_of_a_run_without_trials_is_one_line(store):
     store.client()
     with mlflow.start_run(experiment_id="0") as parent:
         parent_id = parent.info.run_id
-        with pytest.raises(UserError, match=f"run {parent_id} has no trial runs to sum up"):
-            write_summary(a_search(parent_id))
+        with pytest.raises(UserError, match=f"search {parent_id} has no trials to sum up"):
+            write_summary(optuna.create_study(), a_search(parent_id))
 
 
 def test_lists_and_ranges_become_optuna_distributions():

@@ -18,15 +18,18 @@ from mnist_pipeline.errors import UserError
 from mnist_pipeline.training.hyperparameters import BY_NAME, NAMES
 
 STRATEGIES = ("auto", "grid", "random", "tpe")
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = {
+    "none": optuna.pruners.NopPruner,
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
+}
 
 
 def parse(name: str, text: str) -> object:
     """Return the value of `16`, or the distribution of `8,16,24` or `8:64`, for `name`."""
     kind, choices = BY_NAME[name].kind, BY_NAME[name].choices
-    expected = {int: "whole numbers", float: "numbers"}.get(kind) or " or ".join(
-        str(choice).lower() for choice in choices
-    )
+    listed = " or ".join(str(choice).lower() for choice in choices)
+    expected = {int: "whole numbers", float: "numbers"}.get(kind, listed)
     text = str(text).strip()
     bounds = text.split(":")
     if len(bounds) > 1 and choices:
@@ -96,10 +99,10 @@ def check(texts: dict[str, str], strategy: str, pruner: str, trials: int) -> tup
 def make_sampler(texts: dict[str, str], strategy: str, trials: int, seeded: bool = True):
     """Optuna's sampler for `strategy`, seeded by the (first) training seed unless told not
     to: workers that join a search, seeded alike, would all suggest the same first trials."""
-    space = parse_space(texts)
-    seed = space["seed"]
-    seed = seed.choices[0] if isinstance(seed, Listed) else getattr(seed, "low", seed)
-    seed = seed if seeded else None
+    space, seed = parse_space(texts), None
+    if seeded:
+        seed = space["seed"].choices[0] if isinstance(space["seed"], Listed) else space["seed"]
+        seed = getattr(seed, "low", seed)
     if strategy == "grid":
         lists = {name: list(space[name].choices) for name in searched(space)}
         return optuna.samplers.GridSampler(lists, seed=seed)
@@ -111,12 +114,8 @@ def make_sampler(texts: dict[str, str], strategy: str, trials: int, seeded: bool
     )
 
 
-def make_pruner(name: str):
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
     """Optuna's pruner for `name`: median (after 2 finished trials) or hyperband, or none."""
     if name not in PRUNERS:
         raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    return PRUNERS[name]()

@@ -4,17 +4,15 @@
 creates each trial's run under the parent (`mlflow.parentRunId`: the active run is
 thread-local) and runs train.py's `main` in a pool of spawned processes that import
 TensorFlow once each. The run reaches the process as MLFLOW_RUN_ID, and the process reports
-val_accuracy per epoch to the trial, whose pruner may stop it.
+val_accuracy per epoch to the trial, whose pruner may stop it (training/pruning.py).
 
-Locally (no OPTUNA_STORAGE), the study is a journal file that this machine's processes share.
-In a database, workers on other machines join it, each until the study has `trials`
-answers (MaxTrialsCallback: up to workers-1 more may run). The storage fails a trial whose
-heartbeats stop when a worker next starts one; `end_stale_trial` ends its runs KILLED and
-queues it again.
+Locally, the study is a journal file that this machine's processes share. In a database
+(OPTUNA_STORAGE), workers on other machines join it, each until the study has `trials`
+answers (MaxTrialsCallback: up to workers-1 more may run). A trial whose heartbeats stop is
+failed by the storage, its runs ended KILLED and the trial queued again (end_stale_trial).
 
-The summary has one writer: the process that started the search, once every trial has
-ended. So the table is logged once with `mlflow.log_table`, which appends to an existing
-one. A joining worker logs only `trials_run_here`.
+The summary has one writer, the process that started the search, once every trial has
+ended: the table is logged once (`mlflow.log_table` appends to an existing one).
 """
 
 from __future__ import annotations
@@ -47,16 +45,14 @@ from mnist_pipeline import plots
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.search import space
 from mnist_pipeline.tracking import signals
-from mnist_pipeline.training.hyperparameters import BY_NAME
+from mnist_pipeline.training import pruning
 
 STORAGE_ENV = "OPTUNA_STORAGE"  # a database URL, as Optuna's own CLI reads it
-STUDY_TAG, STORAGE_TAG, SEARCH_TAG = "study_name", "study_storage", "search"
 HOST = socket.gethostname()
 WORKER = f"{HOST}:{os.getpid()}"
 # The search prints a line per trial itself. Heartbeats and retries are "experimental".
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-current_trial: optuna.Trial | None = None  # in a pool process, the trial under way
 
 
 @dataclass
@@ -104,23 +100,23 @@ def join(parent_run_id: str, url: str) -> tuple[optuna.Study, Search]:
     except MlflowException:
         where = mlflow.get_tracking_uri()
         raise UserError(f"run {parent_run_id!r} does not exist in {where}") from None
-    tags, name = parent.data.tags, parent.data.tags.get(STUDY_TAG, "")
-    if tags.get("stage") != "train_batch":
-        raise UserError(f"run {parent_run_id} is not a train_batch run; join a search's run")
-    if tags.get(SEARCH_TAG) != "shared":
-        raise UserError(f"run {parent_run_id} ran on one machine; start one with {STORAGE_ENV}")
-    if parent.info.status != "RUNNING":
-        raise UserError(f"search {parent_run_id} has ended ({parent.info.status})")
-    if not url:
-        raise UserError(f"joining needs {STORAGE_ENV}, the search's {tags[STORAGE_TAG]}")
+    tags, status = parent.data.tags, parent.info.status
+    for wrong, problem in (
+        (tags.get("stage") != "train_batch", "is not a train_batch run; join a search's run"),
+        (tags.get("search") != "shared", f"ran on one machine; start one with {STORAGE_ENV}"),
+        (status != "RUNNING", f"has ended ({status})"),
+        (not url, f"is shared through {tags.get('study_storage')}: set {STORAGE_ENV}"),
+    ):
+        if wrong:
+            raise UserError(f"run {parent_run_id} {problem}")
     try:
-        found = optuna.load_study(study_name=name, storage=open_storage(url))
+        found = optuna.load_study(study_name=tags["study_name"], storage=open_storage(url))
     except KeyError:
-        raise UserError(f"study {name} is not in {redacted(url)}") from None
+        raise UserError(f"study {tags['study_name']} is not in {redacted(url)}") from None
     search = Search(**json.loads(found.user_attrs["search"]))
     sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials, False)
-    pruner = space.make_pruner(search.pruner)
-    storage = open_storage(url, search)
+    storage, pruner = open_storage(url, search), space.make_pruner(search.pruner)
+    name = found.study_name
     return optuna.load_study(
         study_name=name, storage=storage, sampler=sampler, pruner=pruner
     ), search
@@ -129,15 +125,13 @@ def join(parent_run_id: str, url: str) -> tuple[optuna.Study, Search]:
 def open_storage(url: str, search: Search | None = None) -> optuna.storages.RDBStorage:
     """Optuna's storage in the database at `url`, with `search`'s heartbeats; UserError if
     `url` is not a database URL or the database cannot be opened."""
-    heartbeats = {}
-    if search:
-        heartbeats = {
-            "heartbeat_interval": search.heartbeat_seconds,
-            "grace_period": search.grace_seconds,
-            "heartbeat_stale_trial_callback": end_stale_trial,
-        }
+    heartbeats = search and {
+        "heartbeat_interval": search.heartbeat_seconds,
+        "grace_period": search.grace_seconds,
+        "heartbeat_stale_trial_callback": end_stale_trial,
+    }
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeats)
+        return optuna.storages.RDBStorage(url, {"pool_pre_ping": True}, **(heartbeats or {}))
     except ArgumentError:  # no such database dialect: http://, a path...
         raise UserError(
             f"study storage {redacted(url)} is not a database URL; expected one such as "
@@ -166,13 +160,17 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         first = [t.number for t in trials if Retry.retried_trial_number(t) is None]
         number = 1 + sum(n < (trial.number if retry_of is None else retry_of) for n in first)
         retry = {} if retry_of is None else {"retry_of": this.user_attrs["mlflow_run_id"]}
-        shown = [f"{n}={params[n]:.2g}" if isinstance(params[n], float) else f"{n}={params[n]}"
-                 for n in space.searched(chosen)]  # fmt: skip
+        shown = [
+            f"{n}={params[n]:.2g}" if isinstance(params[n], float) else f"{n}={params[n]}"
+            for n in space.searched(chosen)
+        ]
         title = " ".join([f"trial {number}/{search.trials}", *shown])
         run = client.create_run(
             search.experiment_id, run_name=title, tags={**tags, "trial": str(number), **retry}
         )
         trial.set_user_attr("mlflow_run_id", run_id := run.info.run_id)
+        trial.set_user_attr("trial", number)
+        trial.set_user_attr("host", HOST)
         arguments = ["--preprocess_run", search.preprocess_run]
         arguments += [f"--{name}={value}" for name, value in params.items()]
         environment = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
@@ -191,6 +189,7 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         pruned, accuracy = run.data.tags.get("pruned") == "true", run.data.metrics.get("accuracy")
         if not pruned and accuracy is None:
             client.set_tag(run_id, "error", error[:500])
+            trial.set_user_attr("error", error[:500])
         outcome = "pruned" if pruned else error if accuracy is None else f"accuracy {accuracy:.4f}"
         seconds = time.perf_counter() - started
         print(f"[train_batch] {title} on {HOST}: {outcome} in {seconds:.0f} s", file=sys.stderr)
@@ -241,52 +240,23 @@ def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.T
     unpickled): the process reports to the very trial that optimize asked for, with the
     public Trial.report and should_prune, and needs neither a trial ID nor a look-up.
     """
-    global current_trial
     import keras
 
     import train  # the project's train.py, on the path of the process that made the pool
 
     os.environ.update(environment)
-    current_trial, errors = trial, io.StringIO()
+    pruning.trial, errors = trial, io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
             train.main(arguments)
     except SystemExit:  # argparse refusing an argument, which it said on stderr
         pass
     finally:
-        current_trial = None
+        pruning.trial = None
         keras.utils.clear_session(free_memory=True)
         sys.stderr.write(errors.getvalue())  # Python's own messages; TensorFlow's are not held
     lines = [line for line in errors.getvalue().splitlines() if "error" in line.lower()]
     return (lines or ["train.py ended without an accuracy; see its output"])[-1].strip()
-
-
-def pruning_callbacks() -> list:
-    """A Keras callback that reports each epoch to the search's trial, if train runs in one."""
-    if current_trial is None:
-        return []
-    import keras
-
-    trial = current_trial
-
-    class ReportToStudy(keras.callbacks.Callback):
-        """Report val_accuracy after each epoch; stop training if the study's pruner says so."""
-
-        pruned = False
-
-        def on_epoch_end(self, epoch, logs=None):
-            accuracy = float((logs or {}).get("val_accuracy", 0.0))
-            trial.report(accuracy, step=epoch)
-            if trial.should_prune():
-                self.pruned = self.model.stop_training = True
-                mlflow.set_tags({"pruned": "true", "pruned_at_epoch": str(epoch + 1)})
-                print(f"Pruned after epoch {epoch + 1}: val_accuracy {accuracy:.4f}")
-
-    return [ReportToStudy()]
-
-
-def was_pruned(callbacks: list) -> bool:
-    return any(getattr(callback, "pruned", False) for callback in callbacks)
 
 
 def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -304,37 +274,28 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
     Retry(max_retry=2)(study, trial)
 
 
-def write_summary(search: Search) -> str:
-    """Log the search's summary to its parent run, the active run; return it in one line.
+def write_summary(study: optuna.Study, search: Search) -> str:
+    """Log the search's summary to the active run, its parent; return it in one line.
 
-    The table of trials (`trials.json`, a table in the UI, and `trials.csv`), the counts,
+    The study's trials as `trials.json` (a table in the UI) and `trials.csv`, the counts,
     `best_accuracy`, the tag `best_run_id` and accuracy against each searched value.
     """
-    runs = mlflow.search_runs(
-        [search.experiment_id], f"tags.mlflow.parentRunId = '{search.parent_run_id}'"
-    )
-    if runs.empty:
-        raise UserError(f"run {search.parent_run_id} has no trial runs to sum up")
-    columns = {"tags.trial": "trial", "run_id": "run_id", "status": "status"}
-    columns |= {f"params.{name}": name for name in BY_NAME} | {"metrics.accuracy": "accuracy"}
-    columns |= {"tags.host": "host", "tags.error": "error", "tags.pruned": "pruned"}
-    table = runs.reindex(columns=[*columns, "start_time", "end_time"]).rename(columns=columns)
-    table["seconds"] = (table.end_time - table.start_time).dt.total_seconds().round(1)
-    table.loc[(table.status == "FINISHED") & (table.pruned == "true"), "status"] = "PRUNED"
-    table.loc[table.status != "FINISHED", "accuracy"] = None
-    for name in BY_NAME:
-        table[name] = table[name].map(BY_NAME[name].kind, na_action="ignore")
-    table["trial"] = table["trial"].astype(int)
-    table = table.sort_values(["trial", "start_time"]).reset_index(drop=True)
-    table = table.drop(columns=["pruned", "start_time", "end_time"]).fillna({"error": ""})
-    counts, finished = table["status"].value_counts(), table[table["accuracy"].notna()]
-    seconds = time.time() - mlflow.get_run(search.parent_run_id).info.start_time / 1000
+    table = study.trials_dataframe(("user_attrs", "state", "params", "value", "duration"))
+    if table.empty:
+        raise UserError(f"search {search.parent_run_id} has no trials to sum up")
+    table.columns = [c.removeprefix("user_attrs_").removeprefix("params_") for c in table]
+    table = table.rename(columns={"mlflow_run_id": "run_id", "value": "accuracy"})
+    table["seconds"] = table.pop("duration").dt.total_seconds().round(1)
+    searched = space.searched(space.parse_space(search.hyperparameters))
+    columns = ["trial", "run_id", "state", *searched, "accuracy", "seconds", "host", "error"]
+    table = table.reindex(columns=columns).sort_values("trial").fillna({"error": ""})
+    seconds = time.time() - mlflow.active_run().info.start_time / 1000
     mlflow.log_table(table, "trials.json")
     mlflow.log_text(table.to_csv(index=False), "trials.csv")
-    words = {"FAILED": "FAILED", "PRUNED": "pruned", "KILLED": "killed"}
-    metrics = {f"trials_{state.lower()}": int(counts.get(state, 0)) for state in words}
+    counts, finished = table["state"].value_counts(), table[table["state"] == "COMPLETE"]
+    words = {"FAIL": ("failed", "FAILED"), "PRUNED": ("pruned", "pruned")}
+    metrics = {f"trials_{name}": int(counts.get(state, 0)) for state, (name, _) in words.items()}
     mlflow.log_metrics({"trials_finished": len(finished), "batch_seconds": seconds, **metrics})
-    searched = space.searched(space.parse_space(search.hyperparameters))
     numbers = [name for name in searched if table[name].dtype.kind in "biuf"]
     if numbers and len(finished):
         figure = plots.metric_against_params(finished, "accuracy", numbers)
@@ -349,7 +310,9 @@ def write_summary(search: Search) -> str:
     return (
         f"{len(finished)} of {len(table)} trials finished in {seconds:.0f} s"
         + (f" on {hosts} machines" if hosts > 1 else "")
-        + "".join(f", {counts[state]} {word}" for state, word in words.items() if state in counts)
+        + "".join(
+            f", {counts[state]} {word}" for state, (_, word) in words.items() if state in counts
+        )
         + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}"
     )
 
