@@ -111,17 +111,9 @@ def train_batch(
     else:
         preprocess = runs.latest_run("preprocess", dataset)
     parent = mlflow.active_run() or mlflow.start_run()
-    search = study.Search(
-        parent.info.run_id,
-        parent.info.experiment_id,
-        preprocess.info.run_id,
-        hyperparameters,
-        strategy,
-        trials,
-        pruner,
-        heartbeat_seconds,
-        grace_seconds,
-    )
+    runs_used = (parent.info.run_id, parent.info.experiment_id, preprocess.info.run_id)
+    settings = (strategy, trials, pruner, heartbeat_seconds, grace_seconds)
+    search = study.Search(*runs_used, hyperparameters, *settings)
     found = study.create(search, storage)
     mlflow.set_tags(
         {
@@ -145,22 +137,18 @@ def train_batch(
 
 
 def join_search(join: str, workers: int = 1, storage: str = "") -> str:
-    """Run trials of the search whose parent run is `join`, which the study in `storage`
-    describes, until it has its trials. The summary is the parent's to write."""
+    """Run trials of the search whose parent run is `join` (its study is in `storage`)
+    until it has its trials; the process that started it writes the summary."""
     import mlflow
 
     from mnist_pipeline.search import study
 
     found, search = study.join(join, storage)
     mlflow.set_tags({"joined": join, "host": study.HOST, "worker": study.WORKER})
-    print(
-        f"[train_batch] joining search {join}: {search.trials} trials ({search.strategy}), "
-        f"{workers} at a time here",
-        file=sys.stderr,
-    )
+    print(f"[train_batch] joining search {join}: {workers} at a time here", file=sys.stderr)
     ran = study.optimize(found, search, workers, shared=True)
     mlflow.log_metric("trials_run_here", ran)
-    return f"ran {ran} trials of search {join}; the run that started it writes its summary"
+    return f"ran {ran} trials of search {join}; its own run writes the summary"
 
 
 if __name__ == "__main__":

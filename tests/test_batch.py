@@ -178,3 +178,22 @@ def test_lists_and_ranges_become_optuna_distributions():
     texts = a_search("0" * 32, nr_conv_1="4,8,16").hyperparameters
     assert space.check(texts | {"augment": "true,false"}, "auto", "none", 8) == ("grid", 6)
     assert space.check(texts | {"lr": "0.001:0.01"}, "auto", "median", 8) == ("tpe", 8)
+
+
+def test_a_local_search_prunes_hopeless_trials(pipeline):
+    """Without OPTUNA_STORAGE, the trial processes report to the study's journal file."""
+    store = pipeline["store"]
+    result = store.call(
+        "batch_train.py",
+        *("--preprocess_run", pipeline["preprocess_run"], "--strategy", "random"),
+        *("--trials", "6", "--pruner", "median", "--lr", "0.0000001,0.004"),
+        *("--nr_conv_1", "4", "--epochs", "4", "--batch_size", "32"),
+        experiment="pruned-here",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent = store.last_run("train_batch", experiment="pruned-here")
+    children = store.children_of(parent.info.run_id)
+    pruned = [run for run in children if run.data.tags.get("pruned") == "true"]
+    assert pruned and len(children) == 6, [run.data.params for run in children]
+    assert parent.data.metrics["trials_pruned"] == len(pruned)
+    assert parent.data.tags["best_run_id"] not in {run.info.run_id for run in pruned}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
-import json
 import multiprocessing
 import os
 import shutil
@@ -89,7 +88,7 @@ def create(search: Search, url: str) -> optuna.Study:
         sampler=space.make_sampler(search.hyperparameters, search.strategy, search.trials),
         pruner=space.make_pruner(search.pruner),
     )
-    study.set_user_attr("search", json.dumps(asdict(search)))
+    study.set_user_attr("search", asdict(search))
     return study
 
 
@@ -113,7 +112,7 @@ def join(parent_run_id: str, url: str) -> tuple[optuna.Study, Search]:
         found = optuna.load_study(study_name=tags["study_name"], storage=open_storage(url))
     except KeyError:
         raise UserError(f"study {tags['study_name']} is not in {redacted(url)}") from None
-    search = Search(**json.loads(found.user_attrs["search"]))
+    search = Search(**found.user_attrs["search"])
     sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials, False)
     storage, pruner = open_storage(url, search), space.make_pruner(search.pruner)
     name = found.study_name
