@@ -197,3 +197,26 @@ def test_a_local_search_prunes_hopeless_trials(pipeline):
     assert pruned and len(children) == 6, [run.data.params for run in children]
     assert parent.data.metrics["trials_pruned"] == len(pruned)
     assert parent.data.tags["best_run_id"] not in {run.info.run_id for run in pruned}
+
+
+def test_a_grid_runs_over_a_shared_study(pipeline, tmp_path):
+    """With OPTUNA_STORAGE, GridSampler hands the grid out through the database."""
+    import optuna
+    from helpers import Store
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    store = Store(pipeline["store"].root, {**pipeline["store"].env, "OPTUNA_STORAGE": storage})
+    result = store.call(
+        "batch_train.py",
+        *("--preprocess_run", pipeline["preprocess_run"], "--nr_conv_1", "4,8"),
+        *("--architecture", "classic,deeper", "--epochs", "1", "--batch_size", "64"),
+        experiment="shared-grid",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent = store.last_run("train_batch", experiment="shared-grid")
+    assert parent.data.tags["search"] == "shared"
+    children = store.children_of(parent.info.run_id)
+    grid = {(run.data.params["nr_conv_1"], run.data.params["architecture"]) for run in children}
+    assert len(children) == len(grid) == 4
+    (study,) = optuna.get_all_study_summaries(storage)
+    assert study.study_name == f"train_batch-{parent.info.run_id}" and study.n_trials == 4
