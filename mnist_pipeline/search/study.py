@@ -153,7 +153,7 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
 
     def objective(trial: optuna.Trial) -> float:
         params, trials = space.suggest(trial, chosen), study.get_trials(deepcopy=False)
-        this = next(other for other in trials if other.number == trial.number)
+        this = trials[trial.number]  # trials come in the order of their numbers
         retry_of = Retry.retried_trial_number(this)
         # Numbered from 1 without retries: a retry has the number of the trial it repeats.
         first = [t.number for t in trials if Retry.retried_trial_number(t) is None]
@@ -182,6 +182,8 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
             if client.get_run(run_id).info.status == "RUNNING":  # it never ended its run
                 client.set_terminated(run_id, "KILLED" if signals.stopping() else "FAILED")
         if signals.stopping():
+            if shared:  # the other workers run it again, as they would a dead worker's
+                Retry(max_retry=2)(study, study.get_trials(deepcopy=False)[trial.number])
             raise signals.Stopped("the search is stopping")
         ran.append(run_id)
         run = client.get_run(run_id)
