@@ -148,7 +148,8 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
     """
     chosen, client, ran = space.parse_space(search.hyperparameters), mlflow.MlflowClient(), []
     tags = {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
-    if (active := mlflow.active_run().info.run_id) != search.parent_run_id:
+    active = mlflow.active_run().info.run_id
+    if joined := active != search.parent_run_id:
         tags["worker_run"] = active  # a joined worker's run, ended KILLED if it dies
 
     def objective(trial: optuna.Trial) -> float:
@@ -220,7 +221,7 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         # dead worker's trial only when it starts one, and none starts once the search has
         # its answers, so it asks the storage itself, and runs the retry if nobody else does.
         unfinished = (TrialState.RUNNING, TrialState.WAITING)
-        while shared and "worker_run" not in tags and study.get_trials(states=unfinished):
+        while shared and not joined and study.get_trials(states=unfinished):
             time.sleep(search.heartbeat_seconds)
             optuna.storages.fail_stale_trials(study)
             if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
