@@ -29,7 +29,8 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--preprocess_run", help="a preprocess run ID (default: the newest)")
     parser.add_argument("--dataset", help="mnist or fashion, to find the newest preprocess run")
     for hyperparameter in HYPERPARAMETERS:
-        parser.add_argument(f"--{hyperparameter.name}", help=f"{hyperparameter.help}; a,b or lo:hi")
+        forms = "a value or a list a,b" if hyperparameter.choices else "a value, a,b or lo:hi"
+        parser.add_argument(f"--{hyperparameter.name}", help=f"{hyperparameter.help}: {forms}")
     for name, kind, text in (
         ("strategy", str, "grid, random or tpe (auto: grid unless there is a range)"),
         ("trials", cli.positive_int, "trials for random and tpe"),
