@@ -13,9 +13,15 @@ drawn_digits/. Logs `served_accuracy`, `served_png_accuracy` and `drawn_accuracy
 the evaluator's metrics, per-class reports and confusion matrices, and tags the run and
 the registered version with the same three figures.
 
+`--champion true` moves the alias `champion` to the new version; `--champion auto` moves
+it only if the new version is no worse than the current champion, by more than `--margin`,
+on the same sets (see mnist_pipeline/serving/promotion.py).
+
 $ mlflow run . -e package --env-manager local -P train_run=<train run id>
+$ mlflow run . -e package --env-manager local -P train_run=<train run id> -P champion=auto
 """
 
+import argparse
 import shutil
 import sys
 import tempfile
@@ -30,15 +36,12 @@ from mnist_pipeline import files
 from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, boolean, fail, stage_run
 from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.serving import (
-    evaluation,
-    requirements,
-)
+from mnist_pipeline.serving import evaluation, promotion, requirements
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS
 from mnist_pipeline.tracking.code_version import PROJECT_DIR, copy_package_modules
 
 SERVED_MODEL_CODE = "mnist_pipeline/serving/served_model.py"
-CHAMPION = "champion"
+CHAMPION = promotion.CHAMPION
 
 
 def build_parser() -> Parser:
@@ -56,11 +59,25 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--champion",
-        type=boolean,
-        help="move the alias 'champion' to the new version (implied by train_run=best)",
+        type=champion_argument,
+        help="true: move the alias 'champion' to the new version (implied by train_run=best); "
+        "auto: only if it is no worse than the champion on the same sets",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        help="with champion=auto: how much lower than the champion's each accuracy may be",
     )
     parser.take_defaults_from(package)
     return parser
+
+
+def champion_argument(text: str) -> str:
+    """argparse type for --champion: true, false or auto."""
+    try:
+        return promotion.champion_mode(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("champion: ")) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +101,8 @@ def package(
     parent_run: str = "",
     output_dir: str | Path = "model",
     register: bool = True,
-    champion: bool = False,
+    champion: str = "false",
+    margin: float = promotion.MARGIN,
 ) -> str:
     """Bundle a train run's model with its transform, log it, save it to `output_dir`.
 
@@ -92,9 +110,11 @@ def package(
     `experiment` or under `parent_run`), the one whose logged model is at `model_dir`,
     or the newest finished one of `dataset`. Logs to the active MLflow run (MLflow starts
     one if none is active), registers a new version of the model named after the dataset
-    if `register`, and moves the alias `champion` to it if asked. Before saving, evaluates
-    the logged model as it is served (see evaluate_served) and tags the version with the
-    figures. Returns a summary line.
+    if `register`, and moves the alias `champion` to it if `champion` is "true", or if it is
+    "auto" and the version passes the promotion gate (no accuracy lower than the champion's
+    by more than `margin`; see promotion.gate). Before saving, evaluates the logged model as
+    it is served (see evaluate_served) and tags the version with the figures. Returns a
+    summary line.
     """
     import mlflow
     from mlflow.models import ModelSignature
@@ -104,6 +124,11 @@ def package(
 
     if train_run and model_dir:
         raise UserError("give either train_run or model_dir, not both")
+    champion = promotion.champion_mode(champion)
+    if margin < 0:
+        raise UserError(f"margin: expected 0 or more, got {margin}")
+    if champion == "auto" and not register:
+        raise UserError("champion=auto compares registered versions: it needs register=true")
     if train_run == "best":
         chosen = runs.best_train_run(experiment, parent_run)
     elif model_dir:
@@ -121,7 +146,8 @@ def package(
     transform_path = preprocess_dir / TRANSFORM_FILE
     spec = TransformSpec.load(transform_path)
     keras_model_uri = model_dir or runs.logged_model_uri(chosen)
-    champion = champion or train_run == "best"
+    if train_run == "best" and champion == "false":
+        champion = "true"
     mlflow.set_tags(
         {"dataset": spec.dataset, "train_run": train_run_id, "preprocess_run": preprocess_run}
     )
@@ -176,12 +202,20 @@ def package(
     )
     version = model_info.registered_model_version
     if register and version is not None:
-        runs.describe_version(spec.dataset, version, train_run_id, accuracy, champion)
+        runs.describe_version(spec.dataset, version, train_run_id, accuracy, champion == "true")
         client = mlflow.MlflowClient()
         for name, figure in served.items():
             client.set_model_version_tag(spec.dataset, version, name, f"{figure:.4f}")
         summary += f"; registered {spec.dataset} version {version}"
-        if champion:
+        if champion == "auto":
+            verdict = promotion.gate(
+                spec.dataset, version, served, spec, test_pixels, y_test, DRAWN_DIGITS, margin
+            )
+            print(verdict.line())
+            promoted = verdict.promoted
+        else:
+            promoted = champion == "true"
+        if promoted:
             summary += f" as models:/{spec.dataset}@{CHAMPION}"
     return summary
 
@@ -204,15 +238,9 @@ def evaluate_served(
 
     started = time.perf_counter()
     model = mlflow.pyfunc.load_model(model_uri)
-    request_sets = [evaluation.test_png_files(test_pixels, test_labels, spec)]
-    if spec.dataset == "mnist":
-        if Path(drawn_dir).is_dir():
-            request_sets.append(evaluation.drawn_files(drawn_dir, spec))
-        else:
-            print(f"No drawn digits at {drawn_dir}: no drawn_accuracy", file=sys.stderr)
-    # The frames last: MLflow's unprefixed per_class_metrics.csv is the last evaluation's,
-    # so it is then the report of the whole test set (see evaluation.evaluate).
-    request_sets.append(evaluation.test_frames(test_pixels, test_labels, spec))
+    if spec.dataset == "mnist" and not Path(drawn_dir).is_dir():
+        print(f"No drawn digits at {drawn_dir}: no drawn_accuracy", file=sys.stderr)
+    request_sets = evaluation.served_request_sets(test_pixels, test_labels, spec, drawn_dir)
     served = {}
     for request_set in request_sets:
         result = evaluation.evaluate(model, request_set, model_id)

@@ -159,6 +159,25 @@ def drawn_files(folder: str | os.PathLike, spec: TransformSpec) -> RequestSet:
     )
 
 
+def served_request_sets(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    spec: TransformSpec,
+    drawn_dir: str | os.PathLike | None = None,
+) -> list[RequestSet]:
+    """The sets package evaluates a served model on: PNG files, drawn digits, test frames.
+
+    The drawn digits at `drawn_dir` only for a digit dataset and only if the folder exists.
+    The frames come last: MLflow's unprefixed per_class_metrics.csv is the last
+    evaluation's, so it is then the report of the whole test set (see evaluate).
+    """
+    request_sets = [test_png_files(pixels, labels, spec)]
+    if spec.dataset == "mnist" and drawn_dir is not None and Path(drawn_dir).is_dir():
+        request_sets.append(drawn_files(drawn_dir, spec))
+    request_sets.append(test_frames(pixels, labels, spec))
+    return request_sets
+
+
 def evaluate(model, request_set: RequestSet, model_id: str | None = None) -> Evaluation:
     """Send `request_set` to `model` (a loaded pyfunc) and log the evaluation to the active run.
 
