@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with stage_run("train", parser, args, __file__) as run:
+        with stage_run("train", parser, args, __file__, system_metrics=True) as run:
             accuracy, seconds = train(**arguments_for(train, args))
     except USER_ERRORS as error:
         return fail(parser.prog, error)

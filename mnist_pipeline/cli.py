@@ -19,6 +19,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Errors that a user can cause and that get one line, not a traceback. Anything else is
 # a bug: it fails loudly, with its traceback.
 USER_ERRORS = (UserError,)
+# How often a run that records system metrics samples CPU and memory use, in seconds.
+SYSTEM_METRICS_SECONDS = 5
 
 
 class Parser(argparse.ArgumentParser):
@@ -114,12 +116,17 @@ def fail(prog: str, error: BaseException) -> int:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, parser: argparse.ArgumentParser, args: argparse.Namespace, script: str
+    stage: str,
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    script: str,
+    system_metrics: bool = False,
 ) -> Iterator[object]:
     """Start (or join, under `mlflow run`) the run of `stage`, tagged and with its params.
 
     The run ends FINISHED, or FAILED if the body raises, or KILLED if SIGINT or SIGTERM
-    stops it (see tracking/signals.py).
+    stops it (see tracking/signals.py). With `system_metrics`, the run records the
+    machine's CPU and memory use every SYSTEM_METRICS_SECONDS (`system/...` metrics).
     """
     from mnist_pipeline.tracking import signals
 
@@ -129,7 +136,12 @@ def stage_run(
     from mnist_pipeline.tracking import naming, runs
     from mnist_pipeline.tracking.code_version import code_version
 
-    with mlflow.start_run() as run, signals.killed_when_stopped():
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    with (
+        mlflow.start_run(log_system_metrics=system_metrics) as run,
+        signals.killed_when_stopped(),
+    ):
         mlflow.set_tags(
             {
                 runs.STAGE_TAG: stage,

@@ -112,6 +112,9 @@ def test_train_logs_curves_test_metrics_confusion_and_model(pipeline):
     assert run.data.metrics["accuracy"] > 0.8  # the glyphs are easy
     assert run.data.params["nr_conv_1"] == TINY_TRAINING["nr_conv_1"]
     assert run.data.tags["preprocess_run"] == pipeline["preprocess_run"]
+    # What the training cost, beside its accuracy: MLflow's system metrics.
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert "confusion_matrix.png" in artifacts
     import mlflow
