@@ -8,8 +8,14 @@ one is packaged first, then the good one, then the weak one again, each with cha
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
-from conftest import TINY_TRAINING, make_store
+from conftest import REPO, TINY_TRAINING, make_store, stop
 
 from mnist_pipeline.serving import promotion
 
@@ -51,7 +57,7 @@ def gated(tmp_path_factory, tiny_data) -> dict:
         step: package_auto(store, train_runs[kind])
         for step, kind in (("first", "weak"), ("better", "good"), ("worse", "weak"))
     }
-    return {"store": store, "client": store.client(), **steps}
+    return {"store": store, "client": store.client(), "train_runs": train_runs, **steps}
 
 
 def test_the_first_version_becomes_champion(gated):
@@ -135,3 +141,39 @@ def test_champion_maybe_is_a_one_line_error(store):
         "package_model.py: error: argument --champion: expected true, false or auto, got 'maybe'\n"
     )
     assert store.runs("package") == []
+
+
+def test_stopped_while_the_champion_is_evaluated_ends_both_runs_killed(gated):
+    """SIGTERM to package alone, while its child evaluates the champion: both stop at once."""
+    store = gated["store"]
+    command = [
+        *(sys.executable, str(REPO / "package_model.py"), "--champion", "auto"),
+        *("--train_run", gated["train_runs"]["weak"], "--output_dir", "stopped-model"),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=store.root,
+        env=store.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in process.stderr:
+            if line.startswith("Evaluated the served model"):
+                break
+        package_run = store.last_run("package")
+        deadline = time.monotonic() + 120
+        while not store.children_of(package_run.info.run_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os.kill(process.pid, signal.SIGTERM)  # the parent only, not its process group
+        rest = process.stderr.read()
+        process.wait(timeout=120)
+    finally:
+        stop(process)
+    assert process.returncode != 0
+    assert "package_model.py: stopped by SIGTERM" in rest
+    [nested] = store.children_of(package_run.info.run_id)
+    assert store.client().get_run(package_run.info.run_id).info.status == "KILLED"
+    assert nested.info.status == "KILLED"

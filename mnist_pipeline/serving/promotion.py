@@ -26,6 +26,7 @@ import numpy as np
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving import evaluation
+from mnist_pipeline.tracking import signals
 from mnist_pipeline.tracking.code_version import PROJECT_DIR
 
 CHAMPION = "champion"
@@ -225,7 +226,14 @@ def evaluate_in_own_process(
             )
         finally:
             sys.path[:] = saved_path
-        evaluations = evaluated.result()
+        try:
+            evaluations = evaluated.result()
+        except KeyboardInterrupt:
+            # Stopped by SIGINT or SIGTERM (see tracking/signals.py): the child stops too,
+            # ending its run KILLED, rather than finishing an evaluation nobody waits for.
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise
     for summary in evaluations.values():
         print(f"{summary[1]} ({run_name})", file=sys.stderr)
     return {metric: accuracy for metric, (accuracy, _) in evaluations.items()}
@@ -245,6 +253,7 @@ def _evaluate(
     """In the child process: {metric: (accuracy, progress line)} of `model_uri` on the sets."""
     import mlflow
 
+    signals.install()
     mlflow.set_tracking_uri(tracking_uri)
     request_sets = evaluation.served_request_sets(test_pixels, test_labels, spec, drawn_dir)
     with (
@@ -252,6 +261,7 @@ def _evaluate(
         mlflow.start_run(
             experiment_id=experiment_id, parent_run_id=parent_run_id, run_name=run_name
         ),
+        signals.killed_when_stopped(),
     ):
         model = _load_with_its_own_code(model_uri, staging)
         results = [evaluation.evaluate(model, request_set) for request_set in request_sets]
