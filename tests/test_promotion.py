@@ -3,7 +3,8 @@
 A store of this module's own (the registered model is named after the dataset, `mnist`, and
 the session's pipeline store keeps its own `mnist`), with two train runs of the tiny data:
 a weak one (one epoch at a tiny learning rate) and the tiny pipeline's training. The weak
-one is packaged first, then the good one, then the weak one again, each with champion=auto.
+one is packaged first, then the good one, then the weak one again, each with champion=auto;
+last, train_run=best with champion=auto.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 from conftest import REPO, TINY_TRAINING, make_store, stop
@@ -24,22 +26,42 @@ FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
 WEAK_TRAINING = {**TINY_TRAINING, "epochs": "1", "lr": "0.00005"}
 
 
-def package_auto(store, train_run: str):
+@dataclass
+class Step:
+    """One package run with champion=auto, and the registry right after it."""
+
+    line: str  # the gate's verdict line
+    run: object  # the package run
+    version: str  # the version it registered
+    champion: str  # the version @champion names after it
+    stderr: str
+    tags: dict[str, dict]  # every version's tags after it
+
+
+def package_auto(store, train_run: str) -> Step:
     called = store.call(
         "package_model.py",
         *("--train_run", train_run, "--champion", "auto"),
         *("--output_dir", str(store.root / "model")),
     )
     assert called.returncode == 0, called.stderr
-    [gate_line] = [line for line in called.stdout.splitlines() if line.startswith("gate: ")]
+    [line] = [line for line in called.stdout.splitlines() if line.startswith("gate: ")]
     run = store.last_run("package")
-    [version] = store.client().search_model_versions(f"run_id = '{run.info.run_id}'")
-    return gate_line, run, version
+    client = store.client()
+    [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    return Step(
+        line=line,
+        run=run,
+        version=version.version,
+        champion=client.get_model_version_by_alias("mnist", "champion").version,
+        stderr=called.stderr,
+        tags={each.version: each.tags for each in client.search_model_versions("name = 'mnist'")},
+    )
 
 
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory, tiny_data) -> dict:
-    """The store after the weak, the good and again the weak version went through the gate."""
+    """The store after the weak, the good, the weak again and the best went through the gate."""
     store = make_store(tmp_path_factory.mktemp("promotion") / "store")
     outdir = store.root / "data" / "mnist"
     source = ("--source", str(tiny_data), "--allow_unverified", "true")
@@ -53,64 +75,74 @@ def gated(tmp_path_factory, tiny_data) -> dict:
         called = store.call("train.py", "--preprocess_run", preprocess_run, *arguments)
         assert called.returncode == 0, called.stderr
         train_runs[kind] = store.last_run("train").info.run_id
-    steps = {
-        step: package_auto(store, train_runs[kind])
-        for step, kind in (("first", "weak"), ("better", "good"), ("worse", "weak"))
-    }
-    return {"store": store, "client": store.client(), "train_runs": train_runs, **steps}
+    order = (("first", "weak"), ("better", "good"), ("worse", "weak"), ("best", "best"))
+    steps = {step: package_auto(store, train_runs.get(kind, kind)) for step, kind in order}
+    return {"store": store, "train_runs": train_runs, **steps}
 
 
 def test_the_first_version_becomes_champion(gated):
-    line, run, version = gated["first"]
-    assert line == f"gate: version {version.version} becomes champion: no champion before"
-    assert run.data.tags["gate_verdict"] == "champion"
-    assert run.data.tags["gate_reason"] == "no champion before"
-    tags = gated["client"].get_model_version("mnist", version.version).tags
+    first = gated["first"]
+    assert first.line == f"gate: version {first.version} becomes champion: no champion before"
+    assert first.champion == first.version
+    assert first.run.data.tags["gate_verdict"] == "champion"
+    assert first.run.data.tags["gate_reason"] == "no champion before"
+    tags = first.tags[first.version]
     for figure in FIGURES:
-        assert tags[f"gate_{figure}"] == run.data.tags[figure], figure
+        assert tags[f"gate_{figure}"] == first.run.data.tags[figure], figure
     assert tags["champion_reason"] == "no champion before"
 
 
 def test_a_better_version_becomes_champion(gated):
-    line, run, version = gated["better"]
-    _, _, before = gated["first"]
-    assert line.startswith(f"gate: version {version.version} becomes champion: served_accuracy ")
+    better, before = gated["better"], gated["first"].version
+    assert better.champion == better.version
+    assert better.line.startswith(
+        f"gate: version {better.version} becomes champion: served_accuracy "
+    )
+    metrics = better.run.data.metrics
     for figure in FIGURES:
-        assert f"{figure} {run.data.metrics[figure]:.4f} >= " in line, figure
-    assert f"(champion v{before.version} " in line
+        assert f"{figure} {metrics[figure]:.4f} >= " in better.line, figure
+    assert f"(champion v{before} " in better.line
     # The champion's figures were measured again, in a run nested under the package run.
-    [nested] = gated["store"].children_of(run.info.run_id)
-    assert nested.info.run_name == f"champion v{before.version} on the sets of v{version.version}"
-    client = gated["client"]
-    tags_before = client.get_model_version("mnist", before.version).tags
+    [nested] = gated["store"].children_of(better.run.info.run_id)
+    assert nested.info.run_name == f"champion v{before} on the sets of v{better.version}"
+    tags_before = better.tags[before]
     for figure in FIGURES:
         assert tags_before[f"gate_{figure}"] == f"{nested.data.metrics[figure]:.4f}", figure
-        assert run.data.tags[f"gate_{figure}"] == (
-            f"v{version.version} {run.data.metrics[figure]:.4f}, "
-            f"champion v{before.version} {nested.data.metrics[figure]:.4f}"
+        assert better.run.data.tags[f"gate_{figure}"] == (
+            f"v{better.version} {metrics[figure]:.4f}, "
+            f"champion v{before} {nested.data.metrics[figure]:.4f}"
         )
-    assert tags_before["gate_verdict"] == f"replaced by version {version.version}"
+    assert tags_before["gate_verdict"] == f"replaced by version {better.version}"
+    assert better.tags[better.version]["champion_reason"] == better.run.data.tags["gate_reason"]
 
 
 def test_a_worse_version_stays_behind_and_says_why(gated):
-    line, run, version = gated["worse"]
-    _, _, champion = gated["better"]
-    client = gated["client"]
-    assert client.get_model_version_by_alias("mnist", "champion").version == champion.version
-    assert line.startswith(
-        f"gate: version {version.version} stays behind champion v{champion.version}: "
+    worse, champion = gated["worse"], gated["better"].version
+    assert worse.champion == champion
+    assert worse.line.startswith(
+        f"gate: version {worse.version} stays behind champion v{champion}: "
     )
-    assert " < " in line and " >= " not in line
-    assert run.data.tags["gate_verdict"] == f"behind champion v{champion.version}"
-    assert run.data.tags["gate_reason"] in line
-    tags = client.get_model_version("mnist", version.version).tags
-    champion_tags = client.get_model_version("mnist", champion.version).tags
-    assert tags["gate_reason"] == champion_tags["gate_reason"] == run.data.tags["gate_reason"]
-    assert champion_tags["gate_verdict"] == f"kept against version {version.version}"
+    assert " < " in worse.line and " >= " not in worse.line
+    reason = worse.run.data.tags["gate_reason"]
+    assert worse.run.data.tags["gate_verdict"] == f"behind champion v{champion}"
+    assert worse.line.endswith(reason)
+    tags, champion_tags = worse.tags[worse.version], worse.tags[champion]
+    assert tags["gate_reason"] == champion_tags["gate_reason"] == reason
+    assert champion_tags["gate_verdict"] == f"kept against version {worse.version}"
     for figure in FIGURES:
-        assert float(tags[f"gate_{figure}"]) == pytest.approx(run.data.metrics[figure], abs=1e-4)
+        assert tags[f"gate_{figure}"] == worse.run.data.tags[figure], figure
         assert f"gate_{figure}" in champion_tags
     assert "champion_reason" not in tags
+
+
+def test_best_with_champion_auto_chooses_by_test_accuracy_then_goes_through_the_gate(gated):
+    best, before = gated["best"], gated["better"].version
+    assert best.run.data.tags["train_run"] == gated["train_runs"]["good"]
+    assert "Best train run: " in best.stderr
+    # The champion's own train run again: the same figures, so no worse.
+    assert best.line.startswith(f"gate: version {best.version} becomes champion: ")
+    assert f"(champion v{before} " in best.line
+    assert best.champion == best.version
 
 
 def test_judge_lets_a_version_through_within_the_margin():
