@@ -65,7 +65,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--margin",
-        type=float,
+        type=margin_argument,
         help="with champion=auto: how much lower than the champion's each accuracy may be",
     )
     parser.take_defaults_from(package)
@@ -78,6 +78,17 @@ def champion_argument(text: str) -> str:
         return promotion.champion_mode(text)
     except UserError as error:
         raise argparse.ArgumentTypeError(str(error).removeprefix("champion: ")) from None
+
+
+def margin_argument(text: str) -> float:
+    """argparse type for --margin: a number of 0 or more."""
+    try:
+        margin = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not margin >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {margin}")
+    return margin
 
 
 def main(argv: list[str] | None = None) -> int:

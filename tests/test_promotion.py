@@ -166,11 +166,16 @@ def test_judge_lets_a_version_through_within_the_margin():
     )
 
 
-def test_champion_maybe_is_a_one_line_error(store):
+def test_champion_maybe_or_a_negative_margin_is_a_one_line_error(store):
     called = store.call("package_model.py", "--champion", "maybe")
     assert called.returncode == 2
     assert called.stderr == (
         "package_model.py: error: argument --champion: expected true, false or auto, got 'maybe'\n"
+    )
+    called = store.call("package_model.py", "--champion", "auto", "--margin", "-0.01")
+    assert called.returncode == 2
+    assert called.stderr == (
+        "package_model.py: error: argument --margin: expected 0 or more, got -0.01\n"
     )
     assert store.runs("package") == []
 
