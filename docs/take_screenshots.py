@@ -36,16 +36,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+# Chromium is started as the browser tests start it.
+sys.path.insert(0, str(REPO))
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 (found through the path above)
+
 BATCH_EXPERIMENT = "conv1"
 VIEWPORT = {"width": 1280, "height": 720}
 # MLflow 3 keeps the GenAI / Model training switch in the browser's local storage; a

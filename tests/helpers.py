@@ -241,6 +241,22 @@ def _point_log_handlers_back(streams: dict) -> None:
                 handler.setStream(streams[handler.stream])
 
 
+def copy_of_the_working_tree(destination: Path) -> Path:
+    """Copy the working tree's files as a clone has them (no .venv, store or model)."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for name in files:
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
 def store_environment(root: Path) -> dict:
     """The environment of a command that uses the store in `root`, and nothing inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

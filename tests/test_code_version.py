@@ -11,6 +11,7 @@ from pathlib import Path
 from conftest import REPO
 
 from mnist_pipeline.tracking.code_version import imported_files
+from tests.helpers import copy_of_the_working_tree
 
 STAGES = {
     "get_data": "download.py",
@@ -33,22 +34,6 @@ print(json.dumps({
     for stage, run_id in ids.items()
 }))
 """
-
-
-def copy_of_the_project(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, project / name)
-    return project
 
 
 def stage_runs(pipeline) -> dict[str, str]:
@@ -78,7 +63,7 @@ def edit(path: Path) -> None:
 
 
 def test_main_reuses_a_stage_until_code_it_imports_changes(pipeline, tmp_path):
-    project = copy_of_the_project(tmp_path)
+    project = copy_of_the_working_tree(tmp_path / "project")
     ids = stage_runs(pipeline)
     assert reusable(pipeline, project, ids) == dict.fromkeys(STAGES, True)
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import copy_of_the_working_tree
+
 REPO = Path(__file__).resolve().parent.parent
 SUPPORTED = ("3.13", "3.12", "3.11")
 
@@ -159,22 +161,6 @@ def second_python() -> tuple[str, str] | None:
     return None
 
 
-def copy_of_the_project(destination: Path) -> Path:
-    """The working tree's files as a clone has them (no .venv, store or model)."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for name in files:
-        if (REPO / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, destination / name)
-    return destination
-
-
 @pytest.mark.skipif(
     not os.environ.get("TEST_SECOND_PYTHON"),
     reason="installs the requirements into a new virtualenv on a second Python (about 3 min): "
@@ -188,7 +174,7 @@ def test_make_run_on_a_second_python(tmp_path, tiny_data):
             f"{sys.version_info.major}.{sys.version_info.minor}, on PATH or in pyenv"
         )
     version, python = found
-    project = copy_of_the_project(tmp_path / "project")
+    project = copy_of_the_working_tree(tmp_path / "project")
     this_venv = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "VIRTUAL_ENV"))}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != this_venv)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from mnist_pipeline.data.catalogue import DATASETS
 from mnist_pipeline.data.idx import read_idx_sha256
 from mnist_pipeline.tracking import runs
 from mnist_pipeline.tracking.signals import PROCESS_TAG
-from tests.helpers import ONE_UI_PROCESS
+from tests.helpers import ONE_UI_PROCESS, copy_of_the_working_tree
 
 # The guide: the README, then its chapters in the order a participant reads them.
 GUIDE = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -79,18 +77,7 @@ def copy_of_the_project(tmp_path: Path, mirror: Path):
     real files, and the guide's commands need no `allow_unverified` that they do not show.
     The store is MLflow's default, ./mlflow.db in the project, as for a user.
     """
-    project = tmp_path / "project"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, project / name)
+    project = copy_of_the_working_tree(tmp_path / "project")
     (tmp_path / "shared").symlink_to(mirror)
     catalogue = project / "mnist_pipeline" / "data" / "catalogue.py"
     text = catalogue.read_text()

@@ -128,16 +128,9 @@ def test_png_files(
     """`count` images drawn at random with `seed`, each a PNG file, base64 in the column `image`."""
     chosen = np.sort(np.random.default_rng(seed).permutation(len(pixels))[:count])
     files = [_base64_png(pixels[index]) for index in chosen]
-    return RequestSet(
-        prefix="served_png",
-        title="Served accuracy on PNG files",
-        description="test PNG files",
-        dataset_name=f"{spec.dataset} test PNG files (seed {seed})",
-        requests=pd.DataFrame({IMAGE_COLUMN: files}),
-        targets=_class_names(labels[chosen], spec),
-        class_names=spec.class_names,
-        rows_per_request=MAX_FILES_PER_REQUEST,
-    )
+    name = f"{spec.dataset} test PNG files (seed {seed})"
+    title = "Served accuracy on PNG files"
+    return _file_requests("served_png", title, "test PNG files", name, files, labels[chosen], spec)
 
 
 def drawn_files(folder: str | os.PathLike, spec: TransformSpec) -> RequestSet:
@@ -146,16 +139,34 @@ def drawn_files(folder: str | os.PathLike, spec: TransformSpec) -> RequestSet:
 
     drawn = read_drawn_set(folder)
     files = [base64.b64encode(data).decode("ascii") for data in drawn["image"]]
+    name = f"drawn digits ({Path(folder).name})"
+    labels, kinds = drawn["label"].to_numpy(), drawn["kind"].to_numpy()
+    return _file_requests(
+        "drawn", "Drawn accuracy", "drawn digits", name, files, labels, spec, kinds
+    )
+
+
+def _file_requests(
+    prefix: str,
+    title: str,
+    description: str,
+    dataset_name: str,
+    files: list[str],
+    labels: np.ndarray,
+    spec: TransformSpec,
+    kinds: np.ndarray | None = None,
+) -> RequestSet:
+    """Picture files (base64 in the column `image`), as many to a request as the server takes."""
     return RequestSet(
-        prefix="drawn",
-        title="Drawn accuracy",
-        description="drawn digits",
-        dataset_name=f"drawn digits ({Path(folder).name})",
+        prefix=prefix,
+        title=title,
+        description=description,
+        dataset_name=dataset_name,
         requests=pd.DataFrame({IMAGE_COLUMN: files}),
-        targets=_class_names(drawn["label"].to_numpy(), spec),
+        targets=_class_names(labels, spec),
         class_names=spec.class_names,
         rows_per_request=MAX_FILES_PER_REQUEST,
-        kinds=drawn["kind"].to_numpy(),
+        kinds=kinds,
     )
 
 
