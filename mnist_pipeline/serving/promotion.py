@@ -97,7 +97,10 @@ def judge(
             baseline_result=EvaluationResult(metrics=champion_figures, artifacts={}),
         )
         promoted = True
-    except MlflowException:
+    except MlflowException as error:
+        # ModelValidationFailedException, which MLflow does not export, is a BAD_REQUEST.
+        if error.error_code != "BAD_REQUEST":
+            raise
         promoted = False
     comparisons = []
     for metric, threshold in thresholds.items():
@@ -130,13 +133,8 @@ def gate(
     process of its own. Tags both versions and the active run; returns the verdict.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException:
-        champion = None
+    champion = mlflow.MlflowClient().get_registered_model(name).aliases.get(CHAMPION)
     if champion is None:
         verdict = Verdict(version, None, True, "no champion before", figures, {})
     else:
