@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -86,9 +87,19 @@ def copy_of_the_project(tmp_path: Path, mirror: Path):
         assert text.count(idx_file.sha256) == 1, idx_file.name
         text = text.replace(idx_file.sha256, tiny)
     catalogue.write_text(text)
+    # A repository, as after `git clone`, so that a test can ask git what the commands left.
+    identity = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "clone"]):
+        subprocess.run(["git", *command], cwd=project, check=True, capture_output=True)
     store = make_store(project)
     store.env.pop("MLFLOW_TRACKING_URI")
     return project, store
+
+
+def untracked_or_changed(project: Path) -> str:
+    """What `git status --porcelain` lists: what the commands left that git would commit."""
+    status = ["git", "status", "--porcelain", "--untracked-files=all"]
+    return subprocess.run(status, cwd=project, capture_output=True, text=True, check=True).stdout
 
 
 def in_project(project: Path):
@@ -158,6 +169,8 @@ def test_stage_by_stage_block_as_written(tmp_path, tiny_mirror):
         listed_ids = {run["info"]["run_id"] for run in listed}
         for stage in ("get_data", "explore_data", "preprocess", "train", "package"):
             assert newest(project, stage) in listed_ids, stage
+    # The store, its lock, the data, the runs' artifacts and the model are all ignored.
+    assert untracked_or_changed(project) == ""
 
 
 def test_workshop_block_as_written(tmp_path, tiny_mirror):
