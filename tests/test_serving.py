@@ -30,11 +30,11 @@ from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.serving import request_formats as serving
 from mnist_pipeline.serving.picture_to_pixels import (
     MAX_IMAGE_PIXELS,
     image_to_pixels,
 )
-from mnist_pipeline.serving import request_formats as serving
 
 COLUMNS = [str(column) for column in range(28)]
 WIDE_COLUMNS = [str(column) for column in range(784)]
