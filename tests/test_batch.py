@@ -101,9 +101,11 @@ def test_package_best_without_train_runs_is_one_line(pipeline):
 
 def a_search(parent: str, nr_conv_1: str = "4,8,16"):
     from mnist_pipeline.search.study import Search
+    from mnist_pipeline.training.hyperparameters import NAMES
 
-    hyperparameters = {"nr_conv_1": nr_conv_1, "lr": "0.004", "epochs": "1", "batch_size": "32"}
-    hyperparameters |= {"architecture": "classic", "augment": "false", "seed": "1"}
+    hyperparameters = dict.fromkeys(NAMES, "") | {"nr_conv_1": nr_conv_1, "lr": "0.004"}
+    hyperparameters |= {"epochs": "1", "batch_size": "32", "architecture": "classic"}
+    hyperparameters |= {"augment": "false", "seed": "1"}
     return Search(parent, "0", "p" * 32, hyperparameters, "grid", 3, "none", 20, 60)
 
 
@@ -176,8 +178,8 @@ def test_lists_and_ranges_become_optuna_distributions():
     assert space.parse("augment", "true,false") == CategoricalDistribution([True, False])
     assert space.parse("architecture", "classic") == "classic"
     texts = a_search("0" * 32, nr_conv_1="4,8,16").hyperparameters
-    assert space.check(texts | {"augment": "true,false"}, "auto", "none", 8) == ("grid", 6)
-    assert space.check(texts | {"lr": "0.001:0.01"}, "auto", "median", 8) == ("tpe", 8)
+    assert space.check(texts | {"augment": "true,false"}, "auto", 8) == ("grid", 6)
+    assert space.check(texts | {"lr": "0.001:0.01"}, "auto", 8) == ("tpe", 8)
 
 
 def test_a_local_search_prunes_hopeless_trials(pipeline):

@@ -11,8 +11,7 @@ import argparse
 import math
 
 import optuna
-from optuna.distributions import CategoricalDistribution as Listed
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.training.hyperparameters import BY_NAME, NAMES
@@ -27,10 +26,13 @@ PRUNERS = {
 
 def parse(name: str, text: str) -> object:
     """Return the value of `16`, or the distribution of `8,16,24` or `8:64`, for `name`."""
-    kind, choices = BY_NAME[name].kind, BY_NAME[name].choices
+    kind = BY_NAME[name].kind
+    choices = BY_NAME[name].choices
     listed = " or ".join(str(choice).lower() for choice in choices)
     expected = {int: "whole numbers", float: "numbers"}.get(kind, listed)
     text = str(text).strip()
+    if not text:  # train's default, which may be the dataset's
+        return ""
     bounds = text.split(":")
     if len(bounds) > 1 and choices:
         raise UserError(f"{name}: {text!r} is a range; list values instead ({expected})")
@@ -46,7 +48,7 @@ def parse(name: str, text: str) -> object:
     if choices and not set(values) <= set(choices):
         raise UserError(f"{name}: expected {expected}, got {text!r}")
     if len(bounds) == 1:
-        return values[0] if len(values) == 1 else Listed(values)
+        return values[0] if len(values) == 1 else CategoricalDistribution(values)
     if not values[0] < values[1]:
         raise UserError(f"{name}: range {text!r} needs low < high")
     if kind is int:
@@ -60,6 +62,7 @@ def parse_space(texts: dict[str, str]) -> dict[str, object]:
 
 
 def searched(space: dict[str, object]) -> list[str]:
+    """The names of the hyperparameters that take a list or a range."""
     fixed = (int, float, str, bool)
     return [name for name, value in space.items() if not isinstance(value, fixed)]
 
@@ -68,7 +71,7 @@ def suggest(trial: optuna.Trial, space: dict[str, object]) -> dict[str, object]:
     """Ask `trial` for a value of each searched hyperparameter; keep the fixed ones."""
     params = dict(space)
     for name, value in space.items():
-        if isinstance(value, Listed):
+        if isinstance(value, CategoricalDistribution):
             params[name] = trial.suggest_categorical(name, value.choices)
         elif isinstance(value, IntDistribution):
             params[name] = trial.suggest_int(name, value.low, value.high)
@@ -77,32 +80,31 @@ def suggest(trial: optuna.Trial, space: dict[str, object]) -> dict[str, object]:
     return params
 
 
-def check(texts: dict[str, str], strategy: str, pruner: str, trials: int) -> tuple[str, int]:
+def check(texts: dict[str, str], strategy: str, trials: int) -> tuple[str, int]:
     """Return the strategy (auto: grid unless there is a range) and the number of trials.
 
-    Raises UserError for a malformed hyperparameter, strategy or pruner, or a grid of ranges.
+    Raises UserError for a malformed hyperparameter or a grid of ranges.
     """
     space = parse_space(texts)
-    make_pruner(pruner)
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    ranges = [name for name in searched(space) if not isinstance(space[name], Listed)]
+    lists = [name for name in searched(space) if isinstance(space[name], CategoricalDistribution)]
+    ranges = [name for name in searched(space) if name not in lists]
     if strategy == "grid" and ranges:
         raise UserError(f"strategy grid cannot search ranges ({', '.join(ranges)}); use tpe")
     if strategy == "auto":
         strategy = "tpe" if ranges else "grid"
     if strategy == "grid":
-        trials = math.prod(len(space[name].choices) for name in searched(space))
+        trials = math.prod(len(space[name].choices) for name in lists)
     return strategy, trials
 
 
-def make_sampler(texts: dict[str, str], strategy: str, trials: int, seeded: bool = True):
-    """Optuna's sampler for `strategy`, seeded by the (first) training seed unless told not
-    to: workers that join a search, seeded alike, would all suggest the same first trials."""
-    space, seed = parse_space(texts), None
-    if seeded:
-        seed = space["seed"].choices[0] if isinstance(space["seed"], Listed) else space["seed"]
-        seed = getattr(seed, "low", seed)
+def make_sampler(
+    texts: dict[str, str], strategy: str, trials: int, seeded: bool = True
+) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler for `strategy`, seeded by the training seed (when it is one value)
+    unless told not to: workers that join a search, seeded alike, would all suggest the
+    same first trials."""
+    space = parse_space(texts)
+    seed = space["seed"] if seeded and isinstance(space["seed"], int) else None
     if strategy == "grid":
         lists = {name: list(space[name].choices) for name in searched(space)}
         return optuna.samplers.GridSampler(lists, seed=seed)
@@ -112,10 +114,3 @@ def make_sampler(texts: dict[str, str], strategy: str, trials: int, seeded: bool
     return optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=min(4, trials), constant_liar=True
     )
-
-
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """Optuna's pruner for `name`: median (after 2 finished trials) or hyperband, or none."""
-    if name not in PRUNERS:
-        raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
-    return PRUNERS[name]()

@@ -10,9 +10,6 @@ Locally, the study is a journal file that this machine's processes share. In a d
 (OPTUNA_STORAGE), workers on other machines join it, each until the study has `trials`
 answers (MaxTrialsCallback: up to workers-1 more may run). A trial whose heartbeats stop is
 failed by the storage, its runs ended KILLED and the trial queued again (end_stale_trial).
-
-The summary has one writer, the process that started the search, once every trial has
-ended: the table is logged once (`mlflow.log_table` appends to an existing one).
 """
 
 from __future__ import annotations
@@ -86,51 +83,68 @@ def create(search: Search, url: str) -> optuna.Study:
         storage=storage,
         direction="maximize",
         sampler=space.make_sampler(search.hyperparameters, search.strategy, search.trials),
-        pruner=space.make_pruner(search.pruner),
+        pruner=space.PRUNERS[search.pruner](),
     )
     study.set_user_attr("search", asdict(search))
     return study
 
 
 def join(parent_run_id: str, url: str) -> tuple[optuna.Study, Search]:
-    """The study of the search whose parent run is `parent_run_id`; UserError if none."""
+    """The study of the shared search whose parent run is `parent_run_id`, and its settings;
+    UserError if there is none."""
     try:
         parent = mlflow.MlflowClient().get_run(parent_run_id)
     except MlflowException:
         where = mlflow.get_tracking_uri()
         raise UserError(f"run {parent_run_id!r} does not exist in {where}") from None
-    tags, status = parent.data.tags, parent.info.status
-    for wrong, problem in (
-        (tags.get("stage") != "train_batch", "is not a train_batch run; join a search's run"),
-        (tags.get("search") != "shared", f"ran on one machine; start one with {STORAGE_ENV}"),
-        (status != "RUNNING", f"has ended ({status})"),
-        (not url, f"is shared through {tags.get('study_storage')}: set {STORAGE_ENV}"),
-    ):
-        if wrong:
-            raise UserError(f"run {parent_run_id} {problem}")
+    tags = parent.data.tags
+    status = parent.info.status
+    if tags.get("stage") != "train_batch" or tags.get("search") != "shared":
+        raise UserError(f"run {parent_run_id} is not a train_batch run with a shared search")
+    if status != "RUNNING":
+        raise UserError(f"run {parent_run_id} has ended ({status})")
+    if not url:
+        where = tags.get("study_storage")
+        raise UserError(f"run {parent_run_id} is shared through {where}: set {STORAGE_ENV}")
+    name = tags["study_name"]
     try:
-        found = optuna.load_study(study_name=tags["study_name"], storage=open_storage(url))
+        settings = optuna.load_study(study_name=name, storage=open_storage(url)).user_attrs
     except KeyError:
-        raise UserError(f"study {tags['study_name']} is not in {redacted(url)}") from None
-    search = Search(**found.user_attrs["search"])
+        raise UserError(f"study {name} is not in {redacted(url)}") from None
+    # Opened again with the search's heartbeats. The sampler is not seeded: workers seeded
+    # alike would all suggest the same first trials.
+    search = Search(**settings["search"])
     sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials, False)
-    storage, pruner = open_storage(url, search), space.make_pruner(search.pruner)
-    name = found.study_name
-    return optuna.load_study(
-        study_name=name, storage=storage, sampler=sampler, pruner=pruner
-    ), search
+    pruner = space.PRUNERS[search.pruner]()
+    storage = open_storage(url, search)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    return study, search
+
+
+def join_search(study: optuna.Study, search: Search, workers: int) -> str:
+    """Run trials of the shared search that `join` returned until it has its trials, in the
+    active run (a worker's); return a line that says how many. The run that started the
+    search writes its summary."""
+    parent = search.parent_run_id
+    mlflow.set_tags({"joined": parent, "host": HOST, "worker": WORKER})
+    print(f"[train_batch] joining search {parent}: {workers} at a time here", file=sys.stderr)
+    ran = optimize(study, search, workers, shared=True)
+    mlflow.log_metric("trials_run_here", ran)
+    return f"ran {ran} trials of search {parent}; its own run writes the summary"
 
 
 def open_storage(url: str, search: Search | None = None) -> optuna.storages.RDBStorage:
     """Optuna's storage in the database at `url`, with `search`'s heartbeats; UserError if
     `url` is not a database URL or the database cannot be opened."""
-    heartbeats = search and {
-        "heartbeat_interval": search.heartbeat_seconds,
-        "grace_period": search.grace_seconds,
-        "heartbeat_stale_trial_callback": end_stale_trial,
-    }
+    heartbeats = {}
+    if search:
+        heartbeats = {
+            "heartbeat_interval": search.heartbeat_seconds,
+            "grace_period": search.grace_seconds,
+            "heartbeat_stale_trial_callback": end_stale_trial,
+        }
     try:
-        return optuna.storages.RDBStorage(url, {"pool_pre_ping": True}, **(heartbeats or {}))
+        return optuna.storages.RDBStorage(url, {"pool_pre_ping": True}, **heartbeats)
     except ArgumentError:  # no such database dialect: http://, a path...
         raise UserError(
             f"study storage {redacted(url)} is not a database URL; expected one such as "
@@ -146,37 +160,45 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
 
     The process that started a shared search then waits for the trials of other machines.
     """
-    chosen, client, ran = space.parse_space(search.hyperparameters), mlflow.MlflowClient(), []
+    chosen = space.parse_space(search.hyperparameters)
+    client = mlflow.MlflowClient()
     tags = {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
-    active = mlflow.active_run().info.run_id
-    if joined := active != search.parent_run_id:
-        tags["worker_run"] = active  # a joined worker's run, ended KILLED if it dies
+    this_run = mlflow.active_run().info.run_id
+    joined = this_run != search.parent_run_id
+    if joined:
+        tags["worker_run"] = this_run  # a joined worker's run, ended KILLED if it dies
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = str(max(1, (cores or 1) // workers))
+    # Each trial process gets its share of the cores.
+    environment = {
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+        "TF_NUM_INTEROP_THREADS": "1",
+    }
+    ran = []
 
     def objective(trial: optuna.Trial) -> float:
-        params, trials = space.suggest(trial, chosen), study.get_trials(deepcopy=False)
-        this = trials[trial.number]  # trials come in the order of their numbers
-        retry_of = Retry.retried_trial_number(this)
-        # Numbered from 1 without retries: a retry has the number of the trial it repeats.
-        first = [t.number for t in trials if Retry.retried_trial_number(t) is None]
-        number = 1 + sum(n < (trial.number if retry_of is None else retry_of) for n in first)
-        retry = {} if retry_of is None else {"retry_of": this.user_attrs["mlflow_run_id"]}
-        shown = [
-            f"{n}={params[n]:.2g}" if isinstance(params[n], float) else f"{n}={params[n]}"
-            for n in space.searched(chosen)
-        ]
-        title = " ".join([f"trial {number}/{search.trials}", *shown])
-        run = client.create_run(
-            search.experiment_id, run_name=title, tags={**tags, "trial": str(number), **retry}
-        )
-        trial.set_user_attr("mlflow_run_id", run_id := run.info.run_id)
+        params = space.suggest(trial, chosen)
+        number = trial_number(study, trial)
+        title = f"trial {number}/{search.trials}"
+        for name in space.searched(chosen):
+            value = params[name]
+            title += f" {name}={value:.2g}" if isinstance(value, float) else f" {name}={value}"
+        run_tags = tags | {"trial": str(number)}
+        # A retry carries the attributes of the trial it repeats, whose run it names.
+        if "mlflow_run_id" in trial.user_attrs:
+            run_tags["retry_of"] = trial.user_attrs["mlflow_run_id"]
+        run_id = client.create_run(search.experiment_id, run_name=title, tags=run_tags).info.run_id
+        trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("trial", number)
         trial.set_user_attr("host", HOST)
         arguments = ["--preprocess_run", search.preprocess_run]
         arguments += [f"--{name}={value}" for name, value in params.items()]
-        environment = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
         started = time.perf_counter()
         try:
-            error = pool.submit(run_trial, arguments, environment, trial).result()
+            trial_environment = environment | {"MLFLOW_RUN_ID": run_id}
+            error = pool.submit(run_trial, arguments, trial_environment, trial).result()
         except Exception as failure:  # a bug in train, or a process that died
             error = f"{type(failure).__name__}: {failure}"
         finally:
@@ -188,17 +210,22 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
             raise signals.Stopped("the search is stopping")
         ran.append(run_id)
         run = client.get_run(run_id)
-        pruned, accuracy = run.data.tags.get("pruned") == "true", run.data.metrics.get("accuracy")
-        if not pruned and accuracy is None:
-            client.set_tag(run_id, "error", error[:500])
-            trial.set_user_attr("error", error[:500])
-        outcome = "pruned" if pruned else error if accuracy is None else f"accuracy {accuracy:.4f}"
+        accuracy = run.data.metrics.get("accuracy")
+        pruned = run.data.tags.get("pruned") == "true"
+        if pruned:
+            outcome = "pruned"
+        elif accuracy is None:
+            outcome = error[:500]
+            client.set_tag(run_id, "error", outcome)
+            trial.set_user_attr("error", outcome)
+        else:
+            outcome = f"accuracy {accuracy:.4f}"
         seconds = time.perf_counter() - started
         print(f"[train_batch] {title} on {HOST}: {outcome} in {seconds:.0f} s", file=sys.stderr)
         if pruned:
             raise optuna.TrialPruned()
         if accuracy is None:
-            raise TrialFailed(error)
+            raise TrialFailed(outcome)
         return accuracy
 
     def stop_when_answered(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -208,15 +235,19 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         answers = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         optuna.study.MaxTrialsCallback(search.trials + retries, states=answers)(study, trial)
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    # Each process gets its share of the cores. One that imported TensorFlow must not fork.
-    threads, context = max(1, (cores or 1) // workers), multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, _share_cores, (threads,)) as pool:
+    # Spawned, not forked: a process that imported TensorFlow must not fork.
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool:
         # A signal to this process alone ends the trials too: their runs end KILLED.
         signals.on_stop(lambda: [child.terminate() for child in multiprocessing.active_children()])
         # Locally, this process runs every trial; shared, each worker runs until they are done.
-        count = {"n_trials": search.trials} if not shared else {"callbacks": [stop_when_answered]}
-        study.optimize(objective, n_jobs=workers, catch=(TrialFailed,), **count)
+        n_trials = None if shared else search.trials
+        study.optimize(
+            objective,
+            n_trials,
+            n_jobs=workers,
+            callbacks=[stop_when_answered],
+            catch=(TrialFailed,),
+        )
         # The search's own process waits for the trials running elsewhere. optimize fails a
         # dead worker's trial only when it starts one, and none starts once the search has
         # its answers, so it asks the storage itself, and runs the retry if nobody else does.
@@ -229,10 +260,13 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
     return len(ran)
 
 
-def _share_cores(threads: int) -> None:
-    """In a new pool process, before TensorFlow starts: use `threads` cores."""
-    os.environ.update(TF_NUM_INTRAOP_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+def trial_number(study: optuna.Study, trial: optuna.Trial) -> int:
+    """The trial's number from 1, retries left out: a retry has the number of the trial it
+    repeats."""
+    trials = study.get_trials(deepcopy=False)  # in the order of their numbers
+    repeated = Retry.retried_trial_number(trials[trial.number])
+    first = trial.number if repeated is None else repeated
+    return 1 + sum(Retry.retried_trial_number(t) is None for t in trials[:first])
 
 
 def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.Trial) -> str:
@@ -242,12 +276,13 @@ def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.T
     unpickled): the process reports to the very trial that optimize asked for, with the
     public Trial.report and should_prune, and needs neither a trial ID nor a look-up.
     """
+    os.environ.update(environment)  # before TensorFlow starts: it reads its threads here
     import keras
 
     import train  # the project's train.py, on the path of the process that made the pool
 
-    os.environ.update(environment)
-    pruning.trial, errors = trial, io.StringIO()
+    pruning.trial = trial
+    errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
             train.main(arguments)
@@ -265,7 +300,8 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
     """The storage failed `trial`, whose worker stopped sending heartbeats: end the runs of
     the trial and of its worker (if it joined) KILLED, and queue the trial again."""
     client = mlflow.MlflowClient()
-    if trial_run := trial.user_attrs.get("mlflow_run_id"):  # none if it died at once
+    trial_run = trial.user_attrs.get("mlflow_run_id")  # none if it died at once
+    if trial_run:
         run = client.get_run(trial_run)
         for run_id in filter(None, (trial_run, run.data.tags.get("worker_run"))):
             if client.get_run(run_id).info.status == "RUNNING":
@@ -291,31 +327,34 @@ def write_summary(study: optuna.Study, search: Search) -> str:
     searched = space.searched(space.parse_space(search.hyperparameters))
     columns = ["trial", "run_id", "state", *searched, "accuracy", "seconds", "host", "error"]
     table = table.reindex(columns=columns).sort_values("trial").fillna({"error": ""})
-    seconds = time.time() - mlflow.active_run().info.start_time / 1000
+    print(table.to_string(index=False), file=sys.stderr)
     mlflow.log_table(table, "trials.json")
     mlflow.log_text(table.to_csv(index=False), "trials.csv")
-    counts, finished = table["state"].value_counts(), table[table["state"] == "COMPLETE"]
-    words = {"FAIL": ("failed", "FAILED"), "PRUNED": ("pruned", "pruned")}
-    metrics = {f"trials_{name}": int(counts.get(state, 0)) for state, (name, _) in words.items()}
-    mlflow.log_metrics({"trials_finished": len(finished), "batch_seconds": seconds, **metrics})
+    states = table["state"].value_counts()
+    finished = int(states.get("COMPLETE", 0))
+    failed = int(states.get("FAIL", 0))
+    pruned = int(states.get("PRUNED", 0))
+    mlflow.log_metrics(
+        {"trials_finished": finished, "trials_failed": failed, "trials_pruned": pruned}
+    )
+    seconds = time.time() - mlflow.active_run().info.start_time / 1000
+    mlflow.log_metric("batch_seconds", seconds)
     numbers = [name for name in searched if table[name].dtype.kind in "biuf"]
-    if numbers and len(finished):
-        figure = plots.metric_against_params(finished, "accuracy", numbers)
+    if numbers and finished:
+        completed = table[table["state"] == "COMPLETE"]
+        figure = plots.metric_against_params(completed, "accuracy", numbers)
         mlflow.log_figure(figure, "accuracy_by_hyperparameter.png")
-    print(table.to_string(index=False), file=sys.stderr)
-    if finished.empty:
+    if not finished:
         raise UserError(f"none of the {len(table)} trials finished; see the child runs' logs")
-    best = finished.loc[finished["accuracy"].idxmax()]
-    mlflow.log_metric("best_accuracy", float(best["accuracy"]))
-    mlflow.set_tag("best_run_id", best["run_id"])
-    hosts = table["host"].nunique()
+    best = study.best_trial
+    mlflow.log_metric("best_accuracy", best.value)
+    mlflow.set_tag("best_run_id", best.user_attrs["mlflow_run_id"])
+    machines = table["host"].nunique()
+    where = f" on {machines} machines" if machines > 1 else ""
     return (
-        f"{len(finished)} of {len(table)} trials finished in {seconds:.0f} s"
-        + (f" on {hosts} machines" if hosts > 1 else "")
-        + "".join(
-            f", {counts[state]} {word}" for state, (_, word) in words.items() if state in counts
-        )
-        + f"; best {best['run_id']} with accuracy {best['accuracy']:.4f}"
+        f"{finished} of {len(table)} trials finished in {seconds:.0f} s{where}, "
+        f"{failed} FAILED, {pruned} pruned; best {best.user_attrs['mlflow_run_id']} "
+        f"with accuracy {best.value:.4f}"
     )
 
 
