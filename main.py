@@ -22,7 +22,7 @@ import package_model
 import preprocess
 import train
 from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, param_text
-from mnist_pipeline.data.catalogue import dataset_spec
+from mnist_pipeline.data.catalogue import TRAINING_DEFAULTED, dataset_spec
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.tracking import signals, stale_runs
 
@@ -89,15 +89,23 @@ def main(argv: list[str] | None = None) -> int:
             preprocess_run = pipeline.stage(
                 "preprocess", data_run=data_run, explore_run=explore_run
             )
+            # The dataset's defaults where epochs or label_smoothing are left empty, so that
+            # reuse compares the values a training really used.
+            defaults = dataset_spec(args.dataset).training_defaults
             train_run = pipeline.stage(
                 "train",
                 preprocess_run=preprocess_run,
                 batch_size=args.batch_size,
-                epochs=args.epochs,
+                epochs=defaults["epochs"] if args.epochs is None else args.epochs,
                 lr=args.lr,
                 nr_conv_1=args.nr_conv_1,
                 architecture=args.architecture,
                 augment=args.augment,
+                label_smoothing=(
+                    defaults["label_smoothing"]
+                    if args.label_smoothing is None
+                    else args.label_smoothing
+                ),
                 seed=args.seed,
             )
             pipeline.stage("package", train_run=train_run, output_dir=args.output_dir)
@@ -213,8 +221,14 @@ def already_ran(
         stage, f"tags.{runs.CODE_VERSION_TAG} = '{version}'", experiment_ids_=[experiment_id]
     )
     for run in candidates:
+        # A train run that took the dataset's default logged the value as <name>_used.
+        used = {
+            name: run.data.params[f"{name}_used"]
+            for name in TRAINING_DEFAULTED
+            if f"{name}_used" in run.data.params
+        }
         try:
-            if canonical_params(parser, run.data.params) == wanted:
+            if canonical_params(parser, {**run.data.params, **used}) == wanted:
                 return run
         except UserError:
             continue  # a run whose parameters no longer parse cannot be reused

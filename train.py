@@ -24,7 +24,7 @@ from mnist_pipeline.cli import (
     fail,
     stage_run,
 )
-from mnist_pipeline.data.catalogue import sha256_of_file
+from mnist_pipeline.data.catalogue import dataset_spec, sha256_of_file
 from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, arrays_path, load_arrays
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.training.hyperparameters import HYPERPARAMETERS
@@ -93,11 +93,12 @@ def train(
     input_dir: str = "",
     dataset: str = "mnist",
     batch_size: int = 256,
-    epochs: int = 5,
+    epochs: int | None = None,
     lr: float = 0.006,
     nr_conv_1: int = 16,
     architecture: str = "deeper",
     augment: bool = True,
+    label_smoothing: float | None = None,
     seed: int = 42,
 ) -> tuple[float | None, float]:
     """Train the CNN on a preprocess run's arrays; return the test accuracy and the seconds
@@ -128,6 +129,12 @@ def train(
 
     artifacts = runs.artifact_dir(preprocess_run)
     spec = TransformSpec.load(artifacts / TRANSFORM_FILE)
+    # Left empty, epochs and label_smoothing take the dataset's defaults (the catalogue's).
+    # The values used are logged as <name>_used: `mlflow run` has logged an empty one as "".
+    defaults = dataset_spec(spec.dataset).training_defaults
+    epochs = defaults["epochs"] if epochs is None else epochs
+    label_smoothing = defaults["label_smoothing"] if label_smoothing is None else label_smoothing
+    mlflow.log_params({"epochs_used": epochs, "label_smoothing_used": label_smoothing})
     mlflow.set_tags(
         {
             "dataset": spec.dataset,
@@ -171,16 +178,19 @@ def train(
         background = (0.0 - spec.mean) / spec.std
         trained = keras.Sequential([augmentation.layers(background, seed), model])
     steps = epochs * int(np.ceil(len(y_train) / batch_size))
-    compile_cnn(trained, lr, steps)
+    compile_cnn(trained, lr, steps, label_smoothing)
+    # Label smoothing needs the labels one-hot: Keras's sparse loss has no such option.
+    classes = len(spec.class_names)
+    y_train_fit, y_val_fit = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
 
     pruning = pruning_callbacks()  # none unless a search started this run
     started = time.perf_counter()
     trained.fit(
         x_train,
-        y_train,
+        y_train_fit,
         batch_size=batch_size,
         epochs=epochs,
-        validation_data=(x_val, y_val),
+        validation_data=(x_val, y_val_fit),
         callbacks=[epoch_logger(), *pruning],
         verbose=1 if sys.stdout.isatty() else 2,
     )

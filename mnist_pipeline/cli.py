@@ -77,6 +77,27 @@ def positive_float(text: str) -> float:
     return number
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 up to, not including, 1."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to below 1, got {number}")
+    return number
+
+
+def or_dataset_default(kind: Callable[[str], object]) -> Callable[[str], object]:
+    """argparse type: `kind`, or None for "" (MLproject's empty value: the dataset's default)."""
+
+    def parse(text: str):
+        return None if str(text).strip() == "" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def param_text(value) -> str:
     """Return a parameter's value as a run logs it: MLproject's true/false, floats in full.
 

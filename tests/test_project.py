@@ -85,7 +85,7 @@ def test_every_stage_is_a_function_with_typed_named_arguments():
         "download": ("fetch_and_log", "allow_unverified: bool = False"),
         "explore": ("explore", "data_run: str = ''"),
         "preprocess": ("preprocess", "mean: float | None = None"),
-        "train": ("train", "epochs: int = 5, lr: float = 0.006"),
+        "train": ("train", "epochs: int | None = None, lr: float = 0.006"),
         "package_model": ("package", "register: bool = True"),
     }
     probe = "; ".join(

@@ -251,3 +251,33 @@ def test_get_data_corrupt_file_is_one_line(store, tiny_data, tmp_path):
     assert result.returncode != 0
     assert "t10k-labels-idx1-ubyte.gz: corrupt gzip data" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_train_left_empty_takes_the_datasets_defaults_and_logs_them(pipeline):
+    from mnist_pipeline.data.catalogue import DATASETS
+
+    # Fashion-MNIST trains longer, with label smoothing; MNIST's labels are left sharp.
+    assert DATASETS["fashion"].training_defaults == {"epochs": 7, "label_smoothing": 0.1}
+    assert DATASETS["mnist"].training_defaults == {"epochs": 5, "label_smoothing": 0.0}
+    store, experiment = pipeline["store"], "dataset-defaults"
+    quick = ["--nr_conv_1", "4", "--architecture", "classic", "--augment", "false"]
+    arguments = ["--preprocess_run", pipeline["preprocess_run"], *quick]
+    result = store.call(
+        "train.py", *arguments, "--epochs", "", "--label_smoothing", "", experiment=experiment
+    )
+    assert result.returncode == 0, result.stderr
+    run = store.last_run("train", experiment)
+    # As `mlflow run` logs an empty parameter, and the values the training used beside it.
+    assert (run.data.params["epochs"], run.data.params["label_smoothing"]) == ("", "")
+    assert run.data.params["epochs_used"] == "5"
+    assert float(run.data.params["label_smoothing_used"]) == 0.0
+    history = store.client().get_metric_history(run.info.run_id, "val_accuracy")
+    assert len(history) == 5
+
+
+def test_a_bad_label_smoothing_is_one_line(pipeline):
+    result = pipeline["store"].call(
+        "train.py", "--preprocess_run", pipeline["preprocess_run"], "--label_smoothing", "1.5"
+    )
+    assert result.returncode != 0
+    assert "expected a number from 0 to below 1, got 1.5" in result.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mnist_pipeline.cli import boolean, positive_float, positive_int
+from mnist_pipeline.cli import boolean, fraction, or_dataset_default, positive_float, positive_int
 from mnist_pipeline.training.model import ARCHITECTURES
 
 
@@ -27,7 +27,12 @@ class Hyperparameter:
 HYPERPARAMETERS = (
     Hyperparameter("nr_conv_1", int, positive_int, "filters of the first convolution"),
     Hyperparameter("lr", float, positive_float, "peak learning rate", log_scale=True),
-    Hyperparameter("epochs", int, positive_int, "passes over the training images"),
+    Hyperparameter(
+        "epochs",
+        int,
+        or_dataset_default(positive_int),
+        "passes over the training images (empty: the dataset's default, 5 or 7)",
+    ),
     Hyperparameter("batch_size", int, positive_int, "images per gradient step"),
     Hyperparameter(
         "architecture",
@@ -42,6 +47,12 @@ HYPERPARAMETERS = (
         boolean,
         "randomly rotate, shear, zoom, shift and re-stroke training digits (not clothes)",
         choices=(True, False),
+    ),
+    Hyperparameter(
+        "label_smoothing",
+        float,
+        or_dataset_default(fraction),
+        "the share of each label spread over the other classes (empty: the dataset's, 0 or 0.1)",
     ),
     Hyperparameter("seed", int, int, "seeds the weights, the shuffling and the distortions"),
 )

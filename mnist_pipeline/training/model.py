@@ -200,11 +200,12 @@ def random_stroke_width(strength: float, seed: int):
     return RandomStrokeWidth(name="random_stroke_width")
 
 
-def compile_cnn(model, lr: float, steps: int) -> None:
+def compile_cnn(model, lr: float, steps: int, label_smoothing: float = 0.0) -> None:
     """Adam with a short linear warm-up to `lr`, then cosine decay over `steps` batches.
 
     The warm-up lets a high learning rate be used from the first epoch; the decay is
-    what lets a few epochs reach the accuracy of many.
+    what lets a few epochs reach the accuracy of many. The labels are one-hot, with
+    `label_smoothing` of each spread over the other classes.
     """
     import keras
 
@@ -217,7 +218,7 @@ def compile_cnn(model, lr: float, steps: int) -> None:
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
 
