@@ -1,4 +1,4 @@
-"""Take the README's screenshots of `mlflow ui` on a real pipeline and batch, in headless Chromium.
+"""Take the guide's screenshots of `mlflow ui` on a real pipeline and batch, in headless Chromium.
 
 Runs, in a new folder, the pipeline on MNIST with one training epoch (`mlflow run .`) and a
 batch of four trials (`train_batch`, nr_conv_1=8,16,24,32) in the experiment `conv1`,
@@ -119,7 +119,7 @@ def run(command: list[str], folder: Path) -> str:
 
 
 def run_pipeline_and_batch(folder: Path, source: str) -> None:
-    """The README's commands: the pipeline, then a batch of four trials in `conv1`."""
+    """The guide's commands: the pipeline, then a batch of four trials in `conv1`."""
     mlflow_run = ["mlflow", "run", str(REPO), "--env-manager", "local"]
     pipeline = [*mlflow_run, "-P", f"source={source}", "-P", "epochs=1"]
     run([*pipeline, "-P", f"output_dir={folder / 'model'}"], folder)

@@ -40,7 +40,7 @@ from tests.helpers import (  # noqa: F401 (the tests import these from here)
 )
 
 # Small and quick, but enough for the tiny glyph dataset to be learnt: the workshop's
-# classic CNN on undistorted glyphs (the defaults are trained by the README's blocks and
+# classic CNN on undistorted glyphs (the defaults are trained by the guide's blocks and
 # by tests/test_real_pipeline.py).
 TINY_TRAINING = {
     "epochs": "8",
@@ -84,8 +84,8 @@ def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object
 
 # The longest tests and groups, longest first, from `pytest --durations=30`: the test on
 # the real MNIST (marked slow, which starts it first anyway), the team's server and its
-# searches (about five minutes on one worker), the README's batch block (12 trials in four
-# trial processes), the README's other blocks, the stopping tests (a pipeline and a batch each).
+# searches (about five minutes on one worker), the batch chapter's block (12 trials in a pool
+# of processes), the guide's other blocks, the stopping tests (a pipeline and a batch each).
 LONGEST_FIRST = (
     "test_real_pipeline.py",
     "test_team.py",
