@@ -29,8 +29,12 @@ from main import Pipeline
 ids = json.loads(sys.argv[1])
 client = mlflow.MlflowClient()
 pipeline = Pipeline(client.get_run(ids["train"]).info.experiment_id)
+def asked(params):
+    # As main asks: with the values a training used where it took the dataset's default.
+    used = {n: params[n + "_used"] for n in ("epochs", "label_smoothing") if n + "_used" in params}
+    return {**params, **used}
 print(json.dumps({
-    stage: pipeline.reusable(stage, **client.get_run(run_id).data.params) is not None
+    stage: pipeline.reusable(stage, **asked(client.get_run(run_id).data.params)) is not None
     for stage, run_id in ids.items()
 }))
 """

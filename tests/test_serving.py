@@ -709,7 +709,7 @@ def test_generate_dockerfile_writes_a_dockerfile_with_the_model(pipeline, tmp_pa
     assert "FROM " in dockerfile and "ENTRYPOINT" in dockerfile
     copied = next(output.rglob("MLmodel")).parent
     assert (copied / "artifacts" / "model.keras").exists()
-    assert (copied / "code" / "mnist_pipeline" / "serving.py").exists()
+    assert (copied / "code" / "mnist_pipeline" / "serving" / "request_formats.py").exists()
     requirements = (copied / "requirements.txt").read_text()
     for package in ("mlflow==", "keras==", "pillow==", "opencv"):
         assert package in requirements

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnist_pipeline.training.model import ARCHITECTURES, Augmentation, build_cnn
+from mnist_pipeline.training.hyperparameters import ARCHITECTURES
+from mnist_pipeline.training.model import Augmentation, build_cnn
 
 BACKGROUND = -0.42  # a blank pixel after MNIST's normalisation
 

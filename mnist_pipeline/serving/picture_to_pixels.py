@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mnist_pipeline.data.transform import IMAGE_SHAPE
 from mnist_pipeline.errors import UserError
 
-IMAGE_SHAPE = (28, 28)
 # The largest picture we agree to decode: 25 megapixels is a photo from a good phone.
 # Anything larger is refused from its header, before a single pixel is decompressed.
 MAX_IMAGE_PIXELS = 25_000_000

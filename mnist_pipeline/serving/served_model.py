@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline.data.transform import TransformSpec, normalize
+from mnist_pipeline.data.transform import IMAGE_SHAPE, TransformSpec, normalize
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving.request_formats import (
     answer,
@@ -32,7 +32,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         # call with a fixed signature answers one image in well under a millisecond.
         self._forward = tf.function(
             lambda images: model(images, training=False),
-            input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+            input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE, 1], tf.float32)],
         )
         self._forward(np.zeros((1, 28, 28, 1), dtype=np.float32))
 
