@@ -19,8 +19,8 @@ from pathlib import Path
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from mnist_pipeline.data.catalogue import DatasetSpec, IdxFile
-from mnist_pipeline.errors import UserError
 from mnist_pipeline.data.idx import check_kind, parse_idx, unzipped
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.files import staging_folder
 
 OFFICIAL = "official"
