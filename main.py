@@ -91,22 +91,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             # The dataset's defaults where epochs or label_smoothing are left empty, so that
             # reuse compares the values a training really used.
-            defaults = dataset_spec(args.dataset).training_defaults
+            used = dataset_spec(args.dataset).training_values(
+                **{name: getattr(args, name) for name in TRAINING_DEFAULTED}
+            )
             train_run = pipeline.stage(
                 "train",
                 preprocess_run=preprocess_run,
                 batch_size=args.batch_size,
-                epochs=defaults["epochs"] if args.epochs is None else args.epochs,
                 lr=args.lr,
                 nr_conv_1=args.nr_conv_1,
                 architecture=args.architecture,
                 augment=args.augment,
-                label_smoothing=(
-                    defaults["label_smoothing"]
-                    if args.label_smoothing is None
-                    else args.label_smoothing
-                ),
                 seed=args.seed,
+                **used,
             )
             pipeline.stage("package", train_run=train_run, output_dir=args.output_dir)
             pipeline.log_summary()

@@ -131,10 +131,11 @@ def train(
     spec = TransformSpec.load(artifacts / TRANSFORM_FILE)
     # Left empty, epochs and label_smoothing take the dataset's defaults (the catalogue's).
     # The values used are logged as <name>_used: `mlflow run` has logged an empty one as "".
-    defaults = dataset_spec(spec.dataset).training_defaults
-    epochs = defaults["epochs"] if epochs is None else epochs
-    label_smoothing = defaults["label_smoothing"] if label_smoothing is None else label_smoothing
-    mlflow.log_params({"epochs_used": epochs, "label_smoothing_used": label_smoothing})
+    used = dataset_spec(spec.dataset).training_values(
+        epochs=epochs, label_smoothing=label_smoothing
+    )
+    mlflow.log_params({f"{name}_used": value for name, value in used.items()})
+    epochs, label_smoothing = used["epochs"], used["label_smoothing"]
     mlflow.set_tags(
         {
             "dataset": spec.dataset,

@@ -43,6 +43,13 @@ class DatasetSpec:
         default_factory=lambda: {"epochs": 5, "label_smoothing": 0.0}
     )
 
+    def training_values(self, **given) -> dict:
+        """Each of `given` (epochs=..., label_smoothing=...), or this dataset's default if None."""
+        return {
+            name: self.training_defaults[name] if value is None else value
+            for name, value in given.items()
+        }
+
 
 # The hyperparameters whose default depends on the dataset (DatasetSpec.training_defaults).
 TRAINING_DEFAULTED = ("epochs", "label_smoothing")
