@@ -33,7 +33,15 @@ import pandas as pd
 import yaml
 
 from mnist_pipeline import files
-from mnist_pipeline.cli import USER_ERRORS, Parser, arguments_for, boolean, fail, stage_run
+from mnist_pipeline.cli import (
+    USER_ERRORS,
+    Parser,
+    arguments_for,
+    boolean,
+    fail,
+    non_negative_float,
+    stage_run,
+)
 from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving import evaluation, promotion, requirements
@@ -65,7 +73,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--margin",
-        type=margin_argument,
+        type=non_negative_float,
         help="with champion=auto: how much lower than the champion's each accuracy may be",
     )
     parser.take_defaults_from(package)
@@ -78,17 +86,6 @@ def champion_argument(text: str) -> str:
         return promotion.champion_mode(text)
     except UserError as error:
         raise argparse.ArgumentTypeError(str(error).removeprefix("champion: ")) from None
-
-
-def margin_argument(text: str) -> float:
-    """argparse type for --margin: a number of 0 or more."""
-    try:
-        margin = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not margin >= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {margin}")
-    return margin
 
 
 def main(argv: list[str] | None = None) -> int:

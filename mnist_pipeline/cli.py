@@ -68,24 +68,33 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a number greater than 0."""
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    number = _number(text)
     if not number > 0:
         raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {number}")
     return number
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a number of 0 or more."""
+    number = _number(text)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {number}")
+    return number
+
+
 def fraction(text: str) -> float:
     """argparse type: a number from 0 up to, not including, 1."""
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    number = _number(text)
     if not 0 <= number < 1:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to below 1, got {number}")
     return number
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def or_dataset_default(kind: Callable[[str], object]) -> Callable[[str], object]:
