@@ -241,6 +241,19 @@ def _point_log_handlers_back(streams: dict) -> None:
                 handler.setStream(streams[handler.stream])
 
 
+def started_reading_stderr(command: list, cwd: Path, env: dict) -> subprocess.Popen:
+    """Start `command` in a session of its own (to be signalled), its stderr a text pipe."""
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def copy_of_the_working_tree(destination: Path) -> Path:
     """Copy the working tree's files as a clone has them (no .venv, store or model)."""
     files = subprocess.run(

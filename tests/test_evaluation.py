@@ -11,7 +11,6 @@ import base64
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
 
 import cv2
@@ -24,6 +23,7 @@ from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_ar
 from mnist_pipeline.serving import evaluation
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS, read_drawn_set
 from mnist_pipeline.serving.request_formats import IMAGE_COLUMN
+from tests.helpers import started_reading_stderr
 
 FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
 
@@ -225,15 +225,7 @@ def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_mod
         *("--train_run", served["run"].data.tags["train_run"]),
         *("--output_dir", str(output_dir), "--register", "false"),
     ]
-    process = subprocess.Popen(
-        command,
-        cwd=store.root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = started_reading_stderr(command, store.root, env)
     try:
         for line in process.stderr:
             if line.startswith("Served accuracy on PNG files"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 from conftest import REPO, TINY_TRAINING, make_store, stop
 
 from mnist_pipeline.serving import promotion
+from tests.helpers import started_reading_stderr
 
 pytestmark = pytest.mark.full  # trains twice and packages three times
 FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
@@ -187,15 +187,7 @@ def test_stopped_while_the_champion_is_evaluated_ends_both_runs_killed(gated):
         *(sys.executable, str(REPO / "package_model.py"), "--champion", "auto"),
         *("--train_run", gated["train_runs"]["weak"], "--output_dir", "stopped-model"),
     ]
-    process = subprocess.Popen(
-        command,
-        cwd=store.root,
-        env=store.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = started_reading_stderr(command, store.root, store.env)
     try:
         for line in process.stderr:
             if line.startswith("Evaluated the served model"):
