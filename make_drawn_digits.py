@@ -16,14 +16,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import cv2
-
 from mnist_pipeline.cli import USER_ERRORS, Parser, fail, positive_int
 from mnist_pipeline.serving.drawn_digits import (
     DRAWN_DIGITS,
     MEDIA,
-    DrawnDigit,
-    contact_sheet,
+    write_contact_sheet,
     write_drawn_set,
 )
 
@@ -48,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         digits = write_drawn_set(args.out, args.per_digit, args.seed)
         if args.sheet:
-            write_sheet(args.sheet, digits)
+            write_contact_sheet(args.sheet, digits, MEDIA)
     except (*USER_ERRORS, OSError) as error:  # OSError: writing the folder or the sheet
         return fail(parser.prog, error)
     size = sum(len(digit.data) for digit in digits)
@@ -58,31 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         f"in {time.perf_counter() - started:.1f} s"
     )
     return 0
-
-
-def write_sheet(path: Path, digits: list[DrawnDigit]) -> None:
-    """Write a contact sheet to `path`: a line per digit, its first picture of each medium.
-
-    The German 1 and 7 get a line of their own, in every medium.
-    """
-    rows = []
-    for label in range(10):
-        of_label = [digit for digit in digits if digit.label == label]
-        first_of_medium = {}
-        for digit in of_label:
-            if digit.kind in MEDIA:
-                first_of_medium.setdefault(digit.kind, digit)
-        rows.append(list(first_of_medium.values()))
-        german = [digit for digit in of_label if digit.kind not in MEDIA]
-        if german:
-            rows.append(german[: len(MEDIA)])
-    ok, encoded = cv2.imencode(".png", contact_sheet(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise OSError(f"{path}: cv2 could not encode the contact sheet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(encoded.tobytes())
-    partial.replace(path)
 
 
 if __name__ == "__main__":

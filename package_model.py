@@ -9,9 +9,10 @@ the same model to `--output_dir`, replacing what was there in one move.
 
 Then evaluates the logged model as it is served (see mnist_pipeline/serving/evaluation.py): all
 test images as frames, 2,000 of them as PNG files and, for mnist, the drawn digits of
-drawn_digits/. Logs `served_accuracy`, `served_png_accuracy` and `drawn_accuracy` with
-the evaluator's metrics, per-class reports and confusion matrices, and tags the run and
-the registered version with the same three figures.
+drawn_digits/ and the typed ones of font_digits/. Logs `served_accuracy`,
+`served_png_accuracy`, `drawn_accuracy` and `fonts_accuracy` with the evaluator's metrics,
+per-class reports and confusion matrices, and tags the run and the registered version with
+the same figures.
 
 `--champion true` moves the alias `champion` to the new version; `--champion auto` moves
 it only if the new version is no worse than the current champion, by more than `--margin`,
@@ -46,6 +47,7 @@ from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_ar
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving import evaluation, promotion, requirements
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS
+from mnist_pipeline.serving.font_digits import FONT_DIGITS
 from mnist_pipeline.tracking.code_version import PROJECT_DIR, copy_package_modules
 
 SERVED_MODEL_CODE = "mnist_pipeline/serving/served_model.py"
@@ -217,7 +219,15 @@ def package(
         summary += f"; registered {spec.dataset} version {version}"
         if champion == "auto":
             verdict = promotion.gate(
-                spec.dataset, version, served, spec, test_pixels, y_test, DRAWN_DIGITS, margin
+                spec.dataset,
+                version,
+                served,
+                spec,
+                test_pixels,
+                y_test,
+                DRAWN_DIGITS,
+                FONT_DIGITS,
+                margin,
             )
             print(verdict.line())
             promoted = verdict.promoted
@@ -235,20 +245,24 @@ def evaluate_served(
     test_pixels: np.ndarray,
     test_labels: np.ndarray,
     drawn_dir: str | Path = DRAWN_DIGITS,
+    font_dir: str | Path = FONT_DIGITS,
 ) -> dict[str, float]:
     """Evaluate the model at `model_uri` as it is served; log and tag the run; return the figures.
 
     `test_pixels` are uint8 (n, 28, 28), 0-255, and `test_labels` their classes (n,). The
-    drawn digits at `drawn_dir` are evaluated for a digit dataset only (they are digits),
-    and only if the folder exists. Returns {"served_accuracy": ..., ...}.
+    drawn digits at `drawn_dir` and the font digits at `font_dir` are evaluated for MNIST
+    only (they are digits), and only if the folder exists. Returns {"served_accuracy": ..., ...}.
     """
     import mlflow
 
     started = time.perf_counter()
     model = mlflow.pyfunc.load_model(model_uri)
-    if spec.dataset == "mnist" and not Path(drawn_dir).is_dir():
-        print(f"No drawn digits at {drawn_dir}: no drawn_accuracy", file=sys.stderr)
-    request_sets = evaluation.served_request_sets(test_pixels, test_labels, spec, drawn_dir)
+    for folder, metric in ((drawn_dir, "drawn_accuracy"), (font_dir, "fonts_accuracy")):
+        if spec.dataset == "mnist" and not Path(folder).is_dir():
+            print(f"No pictures at {folder}: no {metric}", file=sys.stderr)
+    request_sets = evaluation.served_request_sets(
+        test_pixels, test_labels, spec, drawn_dir, font_dir
+    )
     served = {}
     for request_set in request_sets:
         result = evaluation.evaluate(model, request_set, model_id)

@@ -22,10 +22,11 @@ from conftest import REPO, render_digit, stop
 from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 from mnist_pipeline.serving import evaluation
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS, read_drawn_set
+from mnist_pipeline.serving.font_digits import FONT_DIGITS
 from mnist_pipeline.serving.request_formats import IMAGE_COLUMN
 from tests.helpers import started_reading_stderr
 
-FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
+FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy", "fonts_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +127,12 @@ def test_served_figures_are_what_the_model_answers_to_the_same_requests(served):
     assert first.startswith(b"\x89PNG")
     assert accuracy_asked_directly(model, png) == pytest.approx(metrics["served_png_accuracy"])
 
-    drawn = evaluation.drawn_files(DRAWN_DIGITS, spec)
+    drawn = evaluation.picture_files(DRAWN_DIGITS, spec, "drawn", "drawn digits")
     assert len(drawn.requests) == len(read_drawn_set(DRAWN_DIGITS))
     assert accuracy_asked_directly(model, drawn) == pytest.approx(metrics["drawn_accuracy"])
+    fonts = evaluation.picture_files(FONT_DIGITS, spec, "fonts", "font digits")
+    assert len(fonts.requests) == len(read_drawn_set(FONT_DIGITS))
+    assert accuracy_asked_directly(model, fonts) == pytest.approx(metrics["fonts_accuracy"])
 
 
 def test_pixels_from_arrays_gives_back_the_idx_pixels(served):
@@ -168,8 +172,8 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
         figures = evaluate_served(
             model_uri, None, spec, served["pixels"], served["labels"], drawn_dir=drawn
         )
-    assert set(figures) == set(FIGURES)
-    request_set = evaluation.drawn_files(drawn, spec)
+    assert set(figures) == set(FIGURES)  # font_digits/ too, by default
+    request_set = evaluation.picture_files(drawn, spec, "drawn", "drawn digits")
     assert list(request_set.targets) == [str(label) for label in labels]
     assert figures["drawn_accuracy"] == pytest.approx(
         accuracy_asked_directly(served["model"], request_set)
@@ -195,10 +199,18 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
     # No folder: no drawn_accuracy, and one line that says so.
     with mlflow.start_run(experiment_id=experiment):
         figures = evaluate_served(
-            model_uri, None, spec, served["pixels"], served["labels"], drawn_dir=tmp_path / "none"
+            model_uri,
+            None,
+            spec,
+            served["pixels"],
+            served["labels"],
+            drawn_dir=tmp_path / "none",
+            font_dir=tmp_path / "nothing",
         )
     assert set(figures) == {"served_accuracy", "served_png_accuracy"}
-    assert f"No drawn digits at {tmp_path / 'none'}: no drawn_accuracy" in capsys.readouterr().err
+    progress = capsys.readouterr().err
+    assert f"No pictures at {tmp_path / 'none'}: no drawn_accuracy" in progress
+    assert f"No pictures at {tmp_path / 'nothing'}: no fonts_accuracy" in progress
 
     # Not digits: the drawn digits say nothing about it, so they are not sent.
     fashion_like = dataclasses.replace(spec, dataset="fashion")

@@ -22,7 +22,7 @@ from mnist_pipeline.serving import promotion
 from tests.helpers import started_reading_stderr
 
 pytestmark = pytest.mark.full  # trains twice and packages three times
-FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy")
+FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy", "fonts_accuracy")
 WEAK_TRAINING = {**TINY_TRAINING, "epochs": "1", "lr": "0.00005"}
 
 

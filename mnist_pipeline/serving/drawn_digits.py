@@ -349,13 +349,13 @@ def _picture(rng: np.random.Generator, ink: np.ndarray, medium: str) -> tuple[by
         alpha = np.rint(ink * 255).astype(np.uint8)
         colour = np.empty((*ink.shape, 4), dtype=np.uint8)
         colour[..., 0], colour[..., 1], colour[..., 2], colour[..., 3] = blue, green, red, alpha
-        return _encode(".png", colour), "png"
+        return encode(".png", colour), "png"
     if medium == "page":
         page = np.full((*ink.shape, 4), 255, dtype=np.uint8)
         page[..., :3] = np.rint(255 * (1 - ink))[..., np.newaxis]
-        return _encode(".png", page), "png"
+        return encode(".png", page), "png"
     if medium == "photo":
-        return _encode(
+        return encode(
             ".jpg", _photo(rng, ink), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 86))]
         ), "jpg"
     if medium == "pencil":
@@ -365,7 +365,7 @@ def _picture(rng: np.random.Generator, ink: np.ndarray, medium: str) -> tuple[by
     else:
         paper, lead = 255.0, 0.0
     gray = paper + (lead - paper) * ink
-    return _encode(".png", np.rint(gray).astype(np.uint8)), "png"
+    return encode(".png", np.rint(gray).astype(np.uint8)), "png"
 
 
 def _photo(rng: np.random.Generator, ink: np.ndarray) -> np.ndarray:
@@ -385,7 +385,7 @@ def _photo(rng: np.random.Generator, ink: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _encode(extension: str, image: np.ndarray, settings: list[int] | None = None) -> bytes:
+def encode(extension: str, image: np.ndarray, settings: list[int] | None = None) -> bytes:
     ok, encoded = cv2.imencode(extension, image, settings or PNG_SETTINGS)
     if not ok:
         raise ValueError(f"cv2 could not encode a {image.shape} image as {extension}")
@@ -393,7 +393,17 @@ def _encode(extension: str, image: np.ndarray, settings: list[int] | None = None
 
 
 def write_drawn_set(folder: str | os.PathLike, per_digit: int, seed: int) -> list[DrawnDigit]:
-    """Write the set's files and labels.csv to `folder`, replacing it whole; return the digits.
+    """Write the set's files and labels.csv to `folder`, replacing it whole; return the digits."""
+    digits = list(drawn_digits(per_digit, seed))
+    write_picture_set(folder, digits)
+    return digits
+
+
+def write_picture_set(
+    folder: str | os.PathLike, digits: list[DrawnDigit], notes: dict[str, str] | None = None
+) -> None:
+    """Write the pictures of `digits`, their labels.csv and the text files `notes` (name:
+    text) to `folder`, replacing it whole.
 
     The files are written to a staging folder beside it and renamed into place, so that
     `folder` is never half-written. Raises UserError if `folder` exists and is not a set
@@ -405,14 +415,14 @@ def write_drawn_set(folder: str | os.PathLike, per_digit: int, seed: int) -> lis
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(folder.parent, f".{folder.name}.new-")
     try:
-        digits = list(drawn_digits(per_digit, seed))
         for digit in digits:
             (staging / digit.file).write_bytes(digit.data)
         (staging / LABELS_FILE).write_text(labels_csv(digits))
+        for name, text in (notes or {}).items():
+            (staging / name).write_text(text)
         swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return digits
 
 
 def labels_csv(digits: list[DrawnDigit]) -> str:
@@ -447,6 +457,31 @@ def read_drawn_set(folder: str | os.PathLike = DRAWN_DIGITS) -> pd.DataFrame:
         raise UserError(f"{labels}: names {len(missing)} missing file(s), the first {missing[0]}")
     frame["image"] = [(folder / name).read_bytes() for name in frame.file]
     return frame
+
+
+def write_contact_sheet(path: Path, digits: list[DrawnDigit], kinds: tuple[str, ...]) -> None:
+    """Write a contact sheet to `path`: a line per digit, its first picture of each of `kinds`.
+
+    Pictures of other kinds (the German 1 and 7) get a line of their own.
+    """
+    rows = []
+    for label in range(10):
+        of_label = [digit for digit in digits if digit.label == label]
+        first_of_kind = {}
+        for digit in of_label:
+            if digit.kind in kinds:
+                first_of_kind.setdefault(digit.kind, digit)
+        rows.append(list(first_of_kind.values()))
+        others = [digit for digit in of_label if digit.kind not in kinds]
+        if others:
+            rows.append(others[: len(kinds)])
+    ok, encoded = cv2.imencode(".png", contact_sheet(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise OSError(f"{path}: cv2 could not encode the contact sheet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(encoded.tobytes())
+    partial.replace(path)
 
 
 def contact_sheet(rows: list[list[DrawnDigit]], tile: int = 84) -> np.ndarray:

@@ -5,7 +5,8 @@ clients send it, in requests of the sizes the scoring server accepts:
 
 - `served`: every test image as a frame of 784 pixel columns (0-255), one row per image;
 - `served_png`: a seeded sample of test images as PNG files, base64 in the column `image`;
-- `drawn`: the drawn-digits set (drawn.py), its PNG and JPEG files as they are.
+- `drawn`: the drawn-digits set (drawn_digits.py), its PNG and JPEG files as they are;
+- `fonts`: the font-digits set (font_digits.py), typed in fonts that training never sees.
 
 Each goes through `mlflow.models.evaluate` with the classifier evaluator, which logs to the
 active run its metrics (`<prefix>_accuracy_score`, ...) and its confusion matrix
@@ -133,17 +134,19 @@ def test_png_files(
     return _file_requests("served_png", title, "test PNG files", name, files, labels[chosen], spec)
 
 
-def drawn_files(folder: str | os.PathLike, spec: TransformSpec) -> RequestSet:
-    """The drawn-digits set in `folder` (see drawn.py), its files base64 in the column `image`."""
+def picture_files(
+    folder: str | os.PathLike, spec: TransformSpec, prefix: str, description: str
+) -> RequestSet:
+    """A set of pictures and labels.csv in `folder` (drawn_digits/, font_digits/), its files
+    base64 in the column `image`; its metrics are named `<prefix>_...`."""
     from mnist_pipeline.serving.drawn_digits import read_drawn_set
 
-    drawn = read_drawn_set(folder)
-    files = [base64.b64encode(data).decode("ascii") for data in drawn["image"]]
-    name = f"drawn digits ({Path(folder).name})"
-    labels, kinds = drawn["label"].to_numpy(), drawn["kind"].to_numpy()
-    return _file_requests(
-        "drawn", "Drawn accuracy", "drawn digits", name, files, labels, spec, kinds
-    )
+    pictures = read_drawn_set(folder)
+    files = [base64.b64encode(data).decode("ascii") for data in pictures["image"]]
+    name = f"{description} ({Path(folder).name})"
+    labels, kinds = pictures["label"].to_numpy(), pictures["kind"].to_numpy()
+    title = f"{description.capitalize()} accuracy"
+    return _file_requests(prefix, title, description, name, files, labels, spec, kinds)
 
 
 def _file_requests(
@@ -175,16 +178,21 @@ def served_request_sets(
     labels: np.ndarray,
     spec: TransformSpec,
     drawn_dir: str | os.PathLike | None = None,
+    font_dir: str | os.PathLike | None = None,
 ) -> list[RequestSet]:
-    """The sets package evaluates a served model on: PNG files, drawn digits, test frames.
+    """The sets package evaluates a served model on: PNG files, drawn digits, font digits,
+    test frames.
 
-    The drawn digits at `drawn_dir` only for a digit dataset and only if the folder exists.
+    The drawn digits at `drawn_dir` and the font digits at `font_dir` only for MNIST and
+    only if the folder exists.
     The frames come last: MLflow's unprefixed per_class_metrics.csv is the last
     evaluation's, so it is then the report of the whole test set (see evaluate).
     """
     request_sets = [test_png_files(pixels, labels, spec)]
-    if spec.dataset == "mnist" and drawn_dir is not None and Path(drawn_dir).is_dir():
-        request_sets.append(drawn_files(drawn_dir, spec))
+    pictures = ((drawn_dir, "drawn", "drawn digits"), (font_dir, "fonts", "font digits"))
+    for folder, prefix, description in pictures:
+        if spec.dataset == "mnist" and folder is not None and Path(folder).is_dir():
+            request_sets.append(picture_files(folder, spec, prefix, description))
     request_sets.append(test_frames(pixels, labels, spec))
     return request_sets
 

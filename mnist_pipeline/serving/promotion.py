@@ -123,13 +123,14 @@ def gate(
     test_pixels: np.ndarray,
     test_labels: np.ndarray,
     drawn_dir: str | os.PathLike,
+    font_dir: str | os.PathLike,
     margin: float = MARGIN,
 ) -> Verdict:
     """Move `@champion` of the registered model `name` to `version` if it is no worse.
 
     `figures` are the new version's, from the served path on the sets that
     evaluation.served_request_sets makes of `test_pixels` (uint8 (n, 28, 28)),
-    `test_labels` (n,) and `drawn_dir`; the champion is evaluated on the same sets in a
+    `test_labels` (n,), `drawn_dir` and `font_dir`; the champion is evaluated on the same sets in a
     process of its own. Tags both versions and the active run; returns the verdict.
     """
     import mlflow
@@ -145,6 +146,7 @@ def gate(
             test_pixels,
             test_labels,
             drawn_dir,
+            font_dir,
         )
         verdict = judge(version, figures, champion, champion_figures, margin)
     record(name, verdict)
@@ -191,6 +193,7 @@ def evaluate_in_own_process(
     test_pixels: np.ndarray,
     test_labels: np.ndarray,
     drawn_dir: str | os.PathLike,
+    font_dir: str | os.PathLike,
 ) -> dict[str, float]:
     """Evaluate `model_uri` through the served path in a new Python; return its figures.
 
@@ -221,6 +224,7 @@ def evaluate_in_own_process(
                 test_pixels,
                 test_labels,
                 str(drawn_dir),
+                str(font_dir),
             )
         finally:
             sys.path[:] = saved_path
@@ -247,13 +251,16 @@ def _evaluate(
     test_pixels: np.ndarray,
     test_labels: np.ndarray,
     drawn_dir: str,
+    font_dir: str,
 ) -> dict[str, tuple[float, str]]:
     """In the child process: {metric: (accuracy, progress line)} of `model_uri` on the sets."""
     import mlflow
 
     signals.install()
     mlflow.set_tracking_uri(tracking_uri)
-    request_sets = evaluation.served_request_sets(test_pixels, test_labels, spec, drawn_dir)
+    request_sets = evaluation.served_request_sets(
+        test_pixels, test_labels, spec, drawn_dir, font_dir
+    )
     with (
         tempfile.TemporaryDirectory() as staging,
         mlflow.start_run(

@@ -1,0 +1,71 @@
+"""make_font_digits.py as a user runs it, the checked-in font_digits/ it made, and the rule
+that keeps it honest: training's supplement never uses a font family the set is typed in.
+
+No TensorFlow here. Regenerating needs the fonts that .ci/run installs (data/fonts.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from mnist_pipeline.data import fonts
+from mnist_pipeline.serving.drawn_digits import read_drawn_set
+from mnist_pipeline.serving.font_digits import FONT_DIGITS, FONTS_FILE, KINDS, fonts_txt
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+
+
+def test_the_supplement_and_the_evaluation_set_share_no_font():
+    evaluation, supplement = fonts.EVALUATION_FONTS, fonts.SUPPLEMENT_FONTS
+    assert not set(evaluation) & set(supplement)
+    evaluation_files = {file for _, file in fonts.faces(evaluation)}
+    supplement_files = {file for _, file in fonts.faces(supplement)}
+    assert not evaluation_files & supplement_files
+    # The checked-in list is the one the set was made from, and its families are the
+    # evaluation's.
+    listed = (FONT_DIGITS / FONTS_FILE).read_text()
+    assert listed == fonts_txt()
+    assert {line.split("\t")[0] for line in listed.splitlines()} == set(evaluation)
+
+
+def test_the_checked_in_set_is_what_the_script_makes(tmp_path):
+    """The script's first picture of each kind, for each digit, byte for byte."""
+    folder = tmp_path / "font_digits"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    sheet = tmp_path / "sheet.png"
+    result = subprocess.run(
+        [sys.executable, "make_font_digits.py", "--out", str(folder), "--per_kind", "1"]
+        + ["--sheet", str(sheet)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Wrote {10 * len(KINDS)} digits" in result.stdout
+    assert sheet.stat().st_size > 0
+    made = read_drawn_set(folder)
+    checked_in = read_drawn_set(FONT_DIGITS).set_index("file")
+    for row in made.itertuples():
+        assert row.image == checked_in.loc[row.file, "image"], row.file
+        assert (row.label, row.kind) == tuple(checked_in.loc[row.file, ["label", "kind"]])
+    assert (folder / FONTS_FILE).read_text() == fonts_txt()
+
+
+def test_every_checked_in_picture_reaches_the_model_with_ink():
+    pictures = read_drawn_set(FONT_DIGITS)
+    assert set(pictures["kind"]) == set(KINDS)
+    assert sorted(pictures["label"].unique()) == list(range(10))
+    for row in pictures.itertuples():
+        pixels = image_to_pixels(row.image)  # a refusal would raise UserError
+        assert pixels.shape == (28, 28) and pixels.max() > 100, row.file
+
+
+def test_a_font_that_is_not_installed_is_named_with_where_to_look():
+    with pytest.raises(fonts.UserError, match="font NoSuchFont.ttf is not installed; see "):
+        fonts.font_path("NoSuchFont.ttf")
