@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 nr_conv_1=args.nr_conv_1,
                 architecture=args.architecture,
                 augment=args.augment,
+                synthetic=args.synthetic,
                 seed=args.seed,
                 **used,
             )

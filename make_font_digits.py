@@ -3,11 +3,12 @@
 Writes digits typed in the fonts of EVALUATION_FONTS (mnist_pipeline/data/fonts.py), as
 print, on transparency, inverted, at low resolution, blurred, grey, faint and as JPEG, with
 labels.csv (file,label,kind) and fonts.txt (the faces used). The same seed gives the same
-bytes. It needs those fonts installed (the Debian packages are listed in fonts.py); the set
-is checked in, so nothing else does. With --sheet, also a contact sheet. Nothing trains or
-tunes on this set.
+bytes. Nothing trains or tunes on this set. With --sheet, also a contact sheet. With
+--glyphs, also renders the glyphs of training's synthetic supplement from the other list,
+SUPPLEMENT_FONTS, into mnist_pipeline/training/font_glyphs.npz. Both need the fonts
+installed (fonts.py lists the Debian packages); both are checked in, so nothing else does.
 
-$ python make_font_digits.py --sheet docs/font-digits.png
+$ python make_font_digits.py --sheet docs/font-digits.png --glyphs
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mnist_pipeline.serving.font_digits import (
     font_digits,
     fonts_txt,
 )
+from mnist_pipeline.training.synthetic import GLYPHS_FILE, write_glyphs
 
 
 def build_parser() -> Parser:
@@ -38,6 +40,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")
     parser.add_argument("--sheet", type=Path, help="also write a contact sheet PNG here")
+    parser.add_argument("--glyphs", action="store_true", help="also render the supplement's glyphs")
     return parser
 
 
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         write_picture_set(args.out, digits, {FONTS_FILE: fonts_txt()})
         if args.sheet:
             write_contact_sheet(args.sheet, digits, KINDS)
+        if args.glyphs:
+            glyphs = write_glyphs()
+            print(f"Wrote {glyphs} glyphs of the synthetic supplement to {GLYPHS_FILE}")
     except (*USER_ERRORS, OSError) as error:  # OSError: writing the folder or the sheet
         return fail(parser.prog, error)
     size = sum(len(digit.data) for digit in digits)

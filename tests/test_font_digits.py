@@ -1,5 +1,6 @@
-"""make_font_digits.py as a user runs it, the checked-in font_digits/ it made, and the rule
-that keeps it honest: training's supplement never uses a font family the set is typed in.
+"""make_font_digits.py as a user runs it, the checked-in font_digits/ it made, training's
+synthetic supplement, and the rule that keeps the set honest: the supplement never uses a
+font family the set is typed in.
 
 No TensorFlow here. Regenerating needs the fonts that .ci/run installs (data/fonts.py).
 """
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -17,6 +19,7 @@ from mnist_pipeline.data import fonts
 from mnist_pipeline.serving.drawn_digits import read_drawn_set
 from mnist_pipeline.serving.font_digits import FONT_DIGITS, FONTS_FILE, KINDS, fonts_txt
 from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+from mnist_pipeline.training import synthetic
 
 
 def test_the_supplement_and_the_evaluation_set_share_no_font():
@@ -30,6 +33,30 @@ def test_the_supplement_and_the_evaluation_set_share_no_font():
     listed = (FONT_DIGITS / FONTS_FILE).read_text()
     assert listed == fonts_txt()
     assert {line.split("\t")[0] for line in listed.splitlines()} == set(evaluation)
+    # And the glyphs that training reads are the supplement's.
+    assert set(np.load(synthetic.GLYPHS_FILE)["faces"]) == supplement_files
+
+
+def test_the_checked_in_glyphs_are_what_the_supplement_fonts_render(tmp_path):
+    written = synthetic.write_glyphs(tmp_path / "glyphs.npz")
+    made, checked_in = np.load(tmp_path / "glyphs.npz"), np.load(synthetic.GLYPHS_FILE)
+    assert written == 10 * len(fonts.faces(fonts.SUPPLEMENT_FONTS))
+    for name in ("glyphs", "labels", "faces"):
+        assert np.array_equal(made[name], checked_in[name]), name
+    assert not list(tmp_path.glob("*.part*"))
+
+
+def test_the_supplement_is_seeded_digits_as_mnist_draws_them():
+    images, labels = synthetic.supplement(50, seed=3)
+    again, same_labels = synthetic.supplement(50, seed=3)
+    other, _ = synthetic.supplement(50, seed=4)
+    assert images.shape == (50, 28, 28) and images.dtype == np.uint8
+    assert np.array_equal(images, again) and np.array_equal(labels, same_labels)
+    assert not np.array_equal(images, other)
+    assert set(labels) <= set(range(10)) and len(set(labels)) > 5
+    # White on black, inside MNIST's 20x20 box with a border of blank pixels.
+    assert (images.max(axis=(1, 2)) > 100).all()
+    assert images[:, :2, :].max() == 0 and images[:, :, -2:].max() == 0
 
 
 def test_the_checked_in_set_is_what_the_script_makes(tmp_path):

@@ -145,7 +145,7 @@ def picture_files(
     files = [base64.b64encode(data).decode("ascii") for data in pictures["image"]]
     name = f"{description} ({Path(folder).name})"
     labels, kinds = pictures["label"].to_numpy(), pictures["kind"].to_numpy()
-    title = f"{description.capitalize()} accuracy"
+    title = f"{prefix.capitalize()} accuracy"
     return _file_requests(prefix, title, description, name, files, labels, spec, kinds)
 
 

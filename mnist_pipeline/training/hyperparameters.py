@@ -52,6 +52,12 @@ HYPERPARAMETERS = (
         choices=(True, False),
     ),
     Hyperparameter(
+        "synthetic",
+        float,
+        fraction,
+        "typed and pen-drawn digits added to training, as a share of its images (not clothes)",
+    ),
+    Hyperparameter(
         "label_smoothing",
         float,
         or_dataset_default(fraction),
