@@ -2,10 +2,13 @@
 
 Each stroke (or a dropped PNG or JPEG) goes to the one model URL given here; the page shows
 the class, the three likeliest classes, the 28x28 image the model saw, and the curl command
-that sends the same request. Nothing is logged to MLflow.
+that sends the same request. Nothing is logged to MLflow, unless `--feedback`: then the page
+asks whether each answer was right, and keeps every drawing a person confirms, with its
+label, as a run of the experiment `feedback` (see mnist_pipeline/feedback.py).
 
 $ mlflow models serve -m ./model --env-manager local -p 5000
 $ python draw.py --model-url http://127.0.0.1:5000      # then open http://127.0.0.1:8000
+$ python draw.py --model-url http://127.0.0.1:5000 --feedback --model-version "mnist v3"
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import argparse
 import sys
 
 from mnist_pipeline.cli import Parser, fail, positive_float
+from mnist_pipeline.data.catalogue import DATASETS
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.feedback import FEEDBACK_EXPERIMENT
 
 
 def port_number(text: str) -> int:
@@ -37,7 +43,43 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--timeout", type=positive_float, default=10.0, help="seconds to wait for the model"
     )
+    parser.add_argument(
+        "--feedback",
+        nargs="?",
+        const=FEEDBACK_EXPERIMENT,
+        default="",
+        metavar="EXPERIMENT",
+        help="keep the drawings people confirm in MLflow, in this experiment "
+        f"(default: {FEEDBACK_EXPERIMENT}); off unless given",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="mnist",
+        help="with --feedback: whose classes the labels are (default: mnist)",
+    )
+    parser.add_argument(
+        "--model-version",
+        default="",
+        help="with --feedback: the model that answers, as kept with each drawing "
+        "(e.g. 'mnist v3'; default: unknown)",
+    )
     return parser
+
+
+def feedback_experiment(name: str, dataset: str, model_version: str):
+    """The Feedback that keeps drawings in the experiment `name`, made if missing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mnist_pipeline.drawing_page.server import Feedback
+
+    try:
+        # Made here, once, before any request: the drawings then only add runs to it.
+        experiment = mlflow.set_experiment(name)
+    except MlflowException as error:
+        raise UserError(f"--feedback {name}: {error.message}") from None
+    return Feedback(experiment.experiment_id, name, dataset, model_version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     from mnist_pipeline.drawing_page.server import create_app
 
     try:
-        app = create_app(args.model_url, timeout=args.timeout)
-    except ValueError as error:
+        feedback = None
+        if args.feedback:
+            feedback = feedback_experiment(args.feedback, args.dataset, args.model_version)
+        app = create_app(args.model_url, timeout=args.timeout, feedback=feedback)
+    except (ValueError, UserError) as error:
         return fail(parser.prog, error)
+    kept = f"; keeping confirmed drawings in the experiment '{args.feedback}'" if feedback else ""
     print(
         f"Drawing page on http://{args.host}:{args.port}/ asking the model at "
-        f"{args.model_url} (Ctrl-C stops it)",
+        f"{args.model_url}{kept} (Ctrl-C stops it)",
         file=sys.stderr,
         flush=True,
     )

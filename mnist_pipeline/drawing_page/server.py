@@ -10,6 +10,11 @@ The request asks the served model for details (`"params": {"details": true}`): t
 likeliest classes and the 28x28 image that the model's own transform made of the picture.
 The page shows that image as it is, so there is no second copy of the preprocessing here or
 in JavaScript.
+
+Started with a Feedback (draw.py --feedback), the page also offers "right" and "wrong, it is
+a ..." after each answer and posts the picture with its label to `/feedback`; this server
+keeps it as a run of the feedback experiment (see mnist_pipeline/feedback.py) before it
+answers, so that a drawing it accepted is in MLflow.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+
+from mnist_pipeline.errors import UserError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "draw"
 # A phone's photo is a few MB; nothing the page sends needs more.
@@ -30,6 +39,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 # gets its 413; beyond it, the connection is cut.
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
+# Drawings kept per second from one client address: more is a script, not a person.
+FEEDBACK_PER_SECOND = 10
 SERVE_HINT = "mlflow models serve -m ./model --env-manager local -p 5000"
 # Only what the page itself serves: no CDN, no inline script, nothing from elsewhere.
 SECURITY_HEADERS = {
@@ -177,6 +188,84 @@ class ModelClient:
         return ModelError(502, f"The model at {self.base_url} answered HTTP {error.code}: {line}")
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """Where the page keeps the drawings people confirm: an experiment, for a dataset's classes."""
+
+    experiment_id: str
+    experiment_name: str
+    dataset: str  # mnist or fashion: the labels are its classes
+    model_version: str = ""  # what answered, as the person who started the page names it
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        from mnist_pipeline.data.catalogue import dataset_spec
+
+        return dataset_spec(self.dataset).class_names
+
+    def label_of(self, text: str) -> int:
+        """The class index that `text` names ("7"), or raise UserError."""
+        count = len(self.class_names)
+        if not text.isdigit() or int(text) >= count:
+            raise UserError(
+                f"Label {text!r} is not one of the model's classes: send a number from 0 to "
+                f"{count - 1}."
+            )
+        return int(text)
+
+    def keep(self, picture: bytes, label: int, answer: str) -> str:
+        """Check that the served transform reads `picture`, log it; return the run's ID."""
+        from mnist_pipeline.feedback import save_drawing
+        from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+
+        # The same rule as preprocess.py's: digits are fitted like MNIST, the rest like clothes.
+        try:
+            image_to_pixels(picture, "digit" if self.dataset == "mnist" else "object")
+        except UserError as error:
+            raise UserError(f"This picture cannot be kept: {error}") from None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return save_drawing(
+                self.experiment_id,
+                picture,
+                label,
+                self.class_names[label],
+                answer,
+                self.model_version,
+                self.dataset,
+            )
+        except MlflowException as error:
+            reason = error.message.strip().splitlines()[0]
+            raise NotKept(f"MLflow could not keep the drawing ({reason}): send it again.") from None
+
+
+class NotKept(Exception):
+    """The tracking store refused to keep a drawing (busy, full, gone): worth trying again."""
+
+
+class RateLimit:
+    """At most `limit` requests in any `seconds` from one client address: a sliding window.
+
+    Used from the event loop only, which runs one handler at a time, so it needs no lock.
+    """
+
+    def __init__(self, limit: int = FEEDBACK_PER_SECOND, seconds: float = 1.0):
+        self.limit = limit
+        self.seconds = seconds
+        self.recent: dict[str, deque[float]] = {}
+
+    def allow(self, client: str) -> bool:
+        now = time.monotonic()
+        times = self.recent.setdefault(client, deque())
+        while times and times[0] <= now - self.seconds:
+            times.popleft()
+        if len(times) >= self.limit:
+            return False
+        times.append(now)
+        return True
+
+
 def _first_prediction(raw: bytes, base_url: str) -> dict:
     try:
         record = json.loads(raw)["predictions"][0]
@@ -188,8 +277,14 @@ def _first_prediction(raw: bytes, base_url: str) -> dict:
     return record
 
 
-def create_app(model_url: str, timeout: float = DEFAULT_TIMEOUT, max_body: int = MAX_BODY_BYTES):
-    """Return the page's ASGI app: the page, its files, /model (status) and /predict."""
+def create_app(
+    model_url: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_body: int = MAX_BODY_BYTES,
+    feedback: Feedback | None = None,
+):
+    """Return the page's ASGI app: the page, its files, /model (status), /predict and, with
+    `feedback`, /feedback."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -198,21 +293,25 @@ def create_app(model_url: str, timeout: float = DEFAULT_TIMEOUT, max_body: int =
     from starlette.staticfiles import StaticFiles
 
     client = ModelClient(model_url, timeout)
+    rate_limit = RateLimit()
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=SECURITY_HEADERS)
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(
+            {"error": message}, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})}
+        )
 
     async def page(request: Request) -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers=SECURITY_HEADERS)
 
     async def model(request: Request) -> JSONResponse:
         ready, message = await run_in_threadpool(client.status)
-        return JSONResponse(
-            {"url": client.base_url, "ready": ready, "message": message, "max_bytes": max_body},
-            headers=SECURITY_HEADERS,
-        )
+        status = {"url": client.base_url, "ready": ready, "message": message, "max_bytes": max_body}
+        status["feedback"] = feedback is not None
+        status["class_names"] = list(feedback.class_names) if feedback else []
+        return JSONResponse(status, headers=SECURITY_HEADERS)
 
-    async def predict(request: Request) -> JSONResponse:
+    async def read_picture(request: Request) -> bytes | JSONResponse:
+        """The request's body, or the response that refuses it (413: too large, 400: empty)."""
         too_large = f"The picture is larger than the {max_body / 2**20:g} MB this page accepts."
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
@@ -229,20 +328,59 @@ def create_app(model_url: str, timeout: float = DEFAULT_TIMEOUT, max_body: int =
                 chunks.append(chunk)
         if size > max_body:
             return error(413, too_large)
-        image = b"".join(chunks)
-        if not image:
+        if size == 0:
             return error(400, "Nothing to classify: draw something, or choose a picture.")
+        return b"".join(chunks)
+
+    async def predict(request: Request) -> JSONResponse:
+        image = await read_picture(request)
+        if isinstance(image, JSONResponse):
+            return image
         try:
             answer = await run_in_threadpool(client.ask, image)
         except ModelError as refused:
             return error(refused.status, str(refused))
         return JSONResponse(answer, headers=SECURITY_HEADERS)
 
+    async def keep(request: Request) -> JSONResponse:
+        """POST /feedback?label=7&answer=1, the picture as the body: keep it in MLflow."""
+        if feedback is None:
+            return error(404, "Feedback is off: start draw.py with --feedback to keep drawings.")
+        picture = await read_picture(request)
+        if isinstance(picture, JSONResponse):
+            return picture
+        address = request.client.host if request.client else "unknown"
+        if not rate_limit.allow(address):
+            return error(
+                429,
+                f"Too many drawings from {address}: at most {rate_limit.limit} a second. "
+                "Wait a moment, then send it again.",
+                {"Retry-After": "1"},
+            )
+        answer = request.query_params.get("answer", "")
+        if answer and answer not in feedback.class_names:
+            return error(400, f"Answer {answer!r} is not one of the model's classes.")
+        try:
+            label = feedback.label_of(request.query_params.get("label", ""))
+            # Answered only once the drawing's run has ended FINISHED: a 200 means it is kept.
+            run_id = await run_in_threadpool(feedback.keep, picture, label, answer)
+        except UserError as refused:
+            return error(400, str(refused))
+        except NotKept as refused:
+            return error(503, str(refused))
+        class_name = feedback.class_names[label]
+        message = f"Kept as {class_name} in the experiment '{feedback.experiment_name}'. Thank you!"
+        return JSONResponse(
+            {"run_id": run_id, "label": label, "class_name": class_name, "message": message},
+            headers=SECURITY_HEADERS,
+        )
+
     return Starlette(
         routes=[
             Route("/", page),
             Route("/model", model),
             Route("/predict", predict, methods=["POST"]),
+            Route("/feedback", keep, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
     )

@@ -23,6 +23,10 @@ const errorElement = document.getElementById("error");
 const noteElement = document.getElementById("note");
 const timingElement = document.getElementById("timing");
 const modelStatus = document.getElementById("model-status");
+const feedbackElement = document.getElementById("feedback");
+const rightButton = document.getElementById("right");
+const classesElement = document.getElementById("classes");
+const feedbackStatus = document.getElementById("feedback-status");
 
 let maxBytes = 8 * 1024 * 1024;
 let drawing = false;
@@ -38,6 +42,8 @@ let pending = null;        // what to send once the request in flight is answere
 let sequence = 0;          // one number per request; older answers never replace newer ones
 let shownSequence = 0;
 let fullCurl = "";
+let classNames = [];       // the model's classes, when draw.py keeps feedback (--feedback)
+let answered = null;       // { picture, className }: the picture whose answer is on screen
 
 // For the tests and the benchmark: stroke-end-to-answer-on-screen times, in ms.
 window.drawPage = { timings: [] };
@@ -108,6 +114,7 @@ document.getElementById("clear").addEventListener("click", () => {
   pending = null;
   shownSequence = ++sequence; // answers still on their way are for a picture now gone
   showNothing();
+  withdrawFeedback();
 });
 
 function askAboutPad(afterStroke) {
@@ -176,7 +183,13 @@ function ask(picture, stroke) {
       if (result.aborted) return;
       if (number > shownSequence) {
         shownSequence = number;
-        if (result.ok) showAnswer(result.answer, stroke); else showError(result.error);
+        if (result.ok) {
+          showAnswer(result.answer, stroke);
+          offerFeedback(picture, result.answer.class_name);
+        } else {
+          showError(result.error);
+          withdrawFeedback();
+        }
       }
     })
     .finally(() => {
@@ -321,6 +334,67 @@ copyButton.addEventListener("click", async () => {
   }
 });
 
+// Feedback: "right", or "wrong, it is a ..." for each class. The picture goes to this page's
+// server, which keeps it in MLflow with its label before it answers.
+function setUpFeedback(names) {
+  classNames = names;
+  classesElement.replaceChildren(...names.map((name, label) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = name;
+    button.setAttribute("aria-label", `Wrong, it is a ${name}`);
+    button.addEventListener("click", () => sendFeedback(label));
+    return button;
+  }));
+}
+
+function offerFeedback(picture, className) {
+  if (!classNames.length) return;
+  answered = { picture, className };
+  feedbackElement.hidden = false;
+  enableFeedback(true);
+  feedbackStatus.textContent = "";
+}
+
+function withdrawFeedback() {
+  answered = null;
+  feedbackElement.hidden = true;
+}
+
+function enableFeedback(enabled) {
+  for (const button of feedbackElement.querySelectorAll("button")) button.disabled = !enabled;
+}
+
+rightButton.addEventListener("click", () => {
+  if (answered) sendFeedback(classNames.indexOf(answered.className));
+});
+
+async function sendFeedback(label) {
+  if (!answered) return;
+  if (label < 0) {
+    feedbackStatus.textContent = `${answered.className} is not a class of this page: start draw.py with the model's --dataset.`;
+    return;
+  }
+  const { picture, className } = answered;
+  enableFeedback(false); // one answer per picture
+  feedbackStatus.textContent = "Keeping it…";
+  try {
+    const response = await fetch(`/feedback?label=${label}&answer=${encodeURIComponent(className)}`, {
+      method: "POST",
+      body: picture,
+      headers: { "Content-Type": picture.type || "application/octet-stream" },
+      signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS),
+    });
+    const body = await response.json().catch(() => null);
+    feedbackStatus.textContent = (body && (body.message || body.error)) || `HTTP ${response.status} from this page's server.`;
+    if (response.ok) feedbackStatus.dataset.runId = body.run_id;
+    else enableFeedback(answered !== null); // refused: it may be sent again
+  } catch (error) {
+    feedbackStatus.textContent = "This page's server is not answering: is draw.py still running?";
+    enableFeedback(answered !== null);
+  }
+}
+
 function percent(probability) {
   const value = probability * 100;
   if (value > 0 && value < 0.1) return "<0.1%";
@@ -336,6 +410,7 @@ async function checkModel() {
     const response = await fetch("/model", { signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS) });
     const status = await response.json();
     maxBytes = status.max_bytes || maxBytes;
+    if (status.feedback) setUpFeedback(status.class_names);
     modelStatus.textContent = status.message;
     modelStatus.classList.toggle("down", !status.ready);
   } catch (error) {
