@@ -4,7 +4,9 @@ Reads `--preprocess_run`, the workshop's `--input_dir` (a preprocess run's artif
 folder under ./mlruns), or the newest finished preprocess run of `--dataset`. With
 `--augment true`, trains on randomly distorted digits; logs the distortions as
 augment_* params (0 when off). `--synthetic 0.05` adds 5 % more digits, typed and drawn
-from fonts (training/synthetic.py; `synthetic_images` says how many). Logs per-epoch train_/val_ loss and accuracy, the test `loss` and
+from fonts (training/synthetic.py; `synthetic_images` says how many). `--feedback feedback`
+adds the training part of the drawings confirmed on the drawing page (mnist_pipeline/feedback.py;
+`feedback_images` says how many). Logs per-epoch train_/val_ loss and accuracy, the test `loss` and
 `accuracy`, a confusion matrix picture, and the Keras model with its signature and an
 input example.
 
@@ -58,6 +60,9 @@ def build_parser() -> Parser:
     parser.add_argument("--preprocess_run", help="a preprocess run ID")
     parser.add_argument("--input_dir", help="or ./mlruns/<exp>/<run id>/artifacts of one")
     parser.add_argument("--dataset", help="mnist or fashion, to find the newest preprocess run")
+    parser.add_argument(
+        "--feedback", help="also train on the drawing page's feedback: an experiment or run ID"
+    )
     add_hyperparameters(parser)
     parser.take_defaults_from(train)
     return parser
@@ -108,6 +113,7 @@ def train(
     synthetic: float = 0.05,
     label_smoothing: float | None = None,
     seed: int = 42,
+    feedback: str = "",
 ) -> tuple[float | None, float]:
     """Train the CNN on a preprocess run's arrays; return the test accuracy and the seconds
 
@@ -175,6 +181,17 @@ def train(
         )
         x_train = np.concatenate([x_train, normalize(x_synthetic, spec)])
         y_train = np.concatenate([y_train, y_synthetic])
+    if feedback:
+        from mnist_pipeline.feedback import training_part
+
+        # Only the training part: the evaluation part judges this version (see package).
+        x_feedback, y_feedback = training_part(feedback, spec)
+        mlflow.log_param("feedback_images", len(y_feedback))
+        name = f"feedback {feedback} (training part)"
+        dataset = mlflow.data.from_numpy(x_feedback, targets=y_feedback, name=name)
+        mlflow.log_input(dataset, context="training")
+        x_train = np.concatenate([x_train, normalize(x_feedback, spec)])
+        y_train = np.concatenate([y_train, y_feedback])
     mlflow.log_input(
         mlflow.data.from_numpy(x_test, targets=y_test, name=f"{spec.dataset}-test"),
         context="evaluation",

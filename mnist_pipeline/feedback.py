@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mnist_pipeline.data.transform import TransformSpec
+from mnist_pipeline.errors import UserError
+
 FEEDBACK_EXPERIMENT = "feedback"
 DATASET_NAME = "feedback"
 # A picture whose SHA-256 starts with a byte below this is for training: 205 of 256, 80 %.
@@ -153,3 +156,18 @@ def training_pixels(drawings: pd.DataFrame, style: str) -> tuple[np.ndarray, np.
     pixels = [image_to_pixels(picture, style) for picture in drawings["image"]]
     images = np.stack(pixels) if pixels else np.zeros((0, 28, 28), dtype=np.uint8)
     return images, drawings["label"].to_numpy(dtype=np.int64)
+
+
+def training_part(where: str, spec: TransformSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The training part of the feedback at `where` (an experiment name or a run ID) as
+    uint8 pixels (n, 28, 28), made by the served transform, and int64 labels (n,).
+
+    Raises UserError if `where` holds no drawing of spec.dataset at all.
+    """
+    drawings = read_feedback(where, spec.dataset)
+    if drawings.empty:
+        raise UserError(
+            f"feedback: no drawings of {spec.dataset} in an experiment or a run named {where!r}"
+        )
+    training, _ = split(drawings)
+    return training_pixels(training, spec.image_style)
