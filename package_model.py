@@ -9,8 +9,10 @@ the same model to `--output_dir`, replacing what was there in one move.
 
 Then evaluates the logged model as it is served (see mnist_pipeline/serving/evaluation.py): all
 test images as frames, 2,000 of them as PNG files and, for mnist, the drawn digits of
-drawn_digits/ and the typed ones of font_digits/. Logs `served_accuracy`,
-`served_png_accuracy`, `drawn_accuracy` and `fonts_accuracy` with the evaluator's metrics,
+drawn_digits/ and the typed ones of font_digits/, and the evaluation part of the drawing
+page's feedback in the experiment `--feedback` once it holds 20 drawings
+(mnist_pipeline/feedback.py). Logs `served_accuracy`, `served_png_accuracy`,
+`drawn_accuracy`, `fonts_accuracy` and `feedback_accuracy` with the evaluator's metrics,
 per-class reports and confusion matrices, and tags the run and the registered version with
 the same figures.
 
@@ -45,6 +47,7 @@ from mnist_pipeline.cli import (
 )
 from mnist_pipeline.data.transform import TRANSFORM_FILE, TransformSpec, load_arrays
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.feedback import FEEDBACK_EXPERIMENT, MIN_EVALUATION_DRAWINGS, evaluation_part
 from mnist_pipeline.serving import evaluation, promotion, requirements
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS
 from mnist_pipeline.serving.font_digits import FONT_DIGITS
@@ -77,6 +80,10 @@ def build_parser() -> Parser:
         "--margin",
         type=non_negative_float,
         help="with champion=auto: how much lower than the champion's each accuracy may be",
+    )
+    parser.add_argument(
+        "--feedback",
+        help="evaluate on the drawing page's feedback in this experiment too ('' for none)",
     )
     parser.take_defaults_from(package)
     return parser
@@ -113,6 +120,7 @@ def package(
     register: bool = True,
     champion: str = "false",
     margin: float = promotion.MARGIN,
+    feedback: str = FEEDBACK_EXPERIMENT,
 ) -> str:
     """Bundle a train run's model with its transform, log it, save it to `output_dir`.
 
@@ -123,8 +131,8 @@ def package(
     if `register`, and moves the alias `champion` to it if `champion` is "true", or if it is
     "auto" and the version passes the promotion gate (no accuracy lower than the champion's
     by more than `margin`; see promotion.gate). Before saving, evaluates the logged model as
-    it is served (see evaluate_served) and tags the version with the figures. Returns a
-    summary line.
+    it is served (see evaluate_served), with the feedback in the experiment `feedback`, and
+    tags the version with the figures. Returns a summary line.
     """
     import mlflow
     from mlflow.models import ModelSignature
@@ -203,7 +211,16 @@ def package(
         mlflow.log_metric("accuracy", accuracy)
     # Evaluated before it replaces the saved model: a model that fails its evaluation,
     # or a package stopped during it, leaves `output_dir` as it was.
-    served = evaluate_served(model_info.model_uri, model_info.model_id, spec, test_pixels, y_test)
+    # Read once: the champion is judged on the very same drawings.
+    feedback_drawings = feedback_to_evaluate(feedback, spec.dataset)
+    served = evaluate_served(
+        model_info.model_uri,
+        model_info.model_id,
+        spec,
+        test_pixels,
+        y_test,
+        feedback=feedback_drawings,
+    )
     replace_directory(model_info.model_uri, Path(output_dir))
 
     summary = (
@@ -228,6 +245,7 @@ def package(
                 DRAWN_DIGITS,
                 FONT_DIGITS,
                 margin,
+                feedback_drawings,
             )
             print(verdict.line())
             promoted = verdict.promoted
@@ -246,12 +264,14 @@ def evaluate_served(
     test_labels: np.ndarray,
     drawn_dir: str | Path = DRAWN_DIGITS,
     font_dir: str | Path = FONT_DIGITS,
+    feedback: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Evaluate the model at `model_uri` as it is served; log and tag the run; return the figures.
 
     `test_pixels` are uint8 (n, 28, 28), 0-255, and `test_labels` their classes (n,). The
     drawn digits at `drawn_dir` and the font digits at `font_dir` are evaluated for MNIST
-    only (they are digits), and only if the folder exists. Returns {"served_accuracy": ..., ...}.
+    only (they are digits), and only if the folder exists; the `feedback` drawings (columns
+    image, label) if given. Returns {"served_accuracy": ..., ...}.
     """
     import mlflow
 
@@ -261,7 +281,7 @@ def evaluate_served(
         if spec.dataset == "mnist" and not Path(folder).is_dir():
             print(f"No pictures at {folder}: no {metric}", file=sys.stderr)
     request_sets = evaluation.served_request_sets(
-        test_pixels, test_labels, spec, drawn_dir, font_dir
+        test_pixels, test_labels, spec, drawn_dir, font_dir, feedback
     )
     served = {}
     for request_set in request_sets:
@@ -272,6 +292,22 @@ def evaluate_served(
     mlflow.set_tags({name: f"{figure:.4f}" for name, figure in served.items()})
     print(f"Evaluated the served model in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return served
+
+
+def feedback_to_evaluate(experiment: str, dataset: str) -> pd.DataFrame | None:
+    """The evaluation part of the drawing page's feedback in `experiment`, or None when it
+    holds fewer than MIN_EVALUATION_DRAWINGS (a line on stderr then says so)."""
+    if not experiment:
+        return None
+    drawings = evaluation_part(experiment, dataset)
+    if len(drawings) < MIN_EVALUATION_DRAWINGS:
+        print(
+            f"{len(drawings)} feedback drawings to evaluate on in {experiment!r}, "
+            f"{MIN_EVALUATION_DRAWINGS} needed: no feedback_accuracy",
+            file=sys.stderr,
+        )
+        return None
+    return drawings
 
 
 def replace_directory(model_uri: str, output_dir: str | Path) -> None:

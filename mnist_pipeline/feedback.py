@@ -145,6 +145,11 @@ def split(drawings: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return drawings[training], drawings[~training]
 
 
+def evaluation_part(where: str, dataset: str) -> pd.DataFrame:
+    """The evaluation part of the feedback of `dataset` at `where` (read_feedback's columns)."""
+    return split(read_feedback(where, dataset))[1]
+
+
 def training_pixels(drawings: pd.DataFrame, style: str) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 28, 28) pixels made by the served transform, and int64 labels (n,).
 

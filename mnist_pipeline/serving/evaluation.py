@@ -6,7 +6,9 @@ clients send it, in requests of the sizes the scoring server accepts:
 - `served`: every test image as a frame of 784 pixel columns (0-255), one row per image;
 - `served_png`: a seeded sample of test images as PNG files, base64 in the column `image`;
 - `drawn`: the drawn-digits set (drawn_digits.py), its PNG and JPEG files as they are;
-- `fonts`: the font-digits set (font_digits.py), typed in fonts that training never sees.
+- `fonts`: the font-digits set (font_digits.py), typed in fonts that training never sees;
+- `feedback`: the evaluation part of the drawing page's feedback (mnist_pipeline/feedback.py),
+  when package found enough of it.
 
 Each goes through `mlflow.models.evaluate` with the classifier evaluator, which logs to the
 active run its metrics (`<prefix>_accuracy_score`, ...) and its confusion matrix
@@ -149,6 +151,17 @@ def picture_files(
     return _file_requests(prefix, title, description, name, files, labels, spec, kinds)
 
 
+def feedback_pictures(drawings: pd.DataFrame, spec: TransformSpec) -> RequestSet:
+    """The drawings people confirmed on the drawing page (columns image, label), base64 in the
+    column `image`; its metrics are named `feedback_...`."""
+    files = [base64.b64encode(data).decode("ascii") for data in drawings["image"]]
+    labels = drawings["label"].to_numpy()
+    name = "feedback drawings (evaluation part)"
+    return _file_requests(
+        "feedback", "Feedback accuracy", "feedback drawings", name, files, labels, spec
+    )
+
+
 def _file_requests(
     prefix: str,
     title: str,
@@ -179,12 +192,13 @@ def served_request_sets(
     spec: TransformSpec,
     drawn_dir: str | os.PathLike | None = None,
     font_dir: str | os.PathLike | None = None,
+    feedback: pd.DataFrame | None = None,
 ) -> list[RequestSet]:
     """The sets package evaluates a served model on: PNG files, drawn digits, font digits,
-    test frames.
+    the drawing page's feedback, test frames.
 
     The drawn digits at `drawn_dir` and the font digits at `font_dir` only for MNIST and
-    only if the folder exists.
+    only if the folder exists; the `feedback` drawings (image, label) if given.
     The frames come last: MLflow's unprefixed per_class_metrics.csv is the last
     evaluation's, so it is then the report of the whole test set (see evaluate).
     """
@@ -193,6 +207,8 @@ def served_request_sets(
     for folder, prefix, description in pictures:
         if spec.dataset == "mnist" and folder is not None and Path(folder).is_dir():
             request_sets.append(picture_files(folder, spec, prefix, description))
+    if feedback is not None:
+        request_sets.append(feedback_pictures(feedback, spec))
     request_sets.append(test_frames(pixels, labels, spec))
     return request_sets
 

@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
@@ -125,12 +126,13 @@ def gate(
     drawn_dir: str | os.PathLike,
     font_dir: str | os.PathLike,
     margin: float = MARGIN,
+    feedback: pd.DataFrame | None = None,
 ) -> Verdict:
     """Move `@champion` of the registered model `name` to `version` if it is no worse.
 
     `figures` are the new version's, from the served path on the sets that
     evaluation.served_request_sets makes of `test_pixels` (uint8 (n, 28, 28)),
-    `test_labels` (n,), `drawn_dir` and `font_dir`; the champion is evaluated on the same sets in a
+    `test_labels` (n,), `drawn_dir`, `font_dir` and the `feedback` drawings; the champion is evaluated on the same sets in a
     process of its own. Tags both versions and the active run; returns the verdict.
     """
     import mlflow
@@ -147,6 +149,7 @@ def gate(
             test_labels,
             drawn_dir,
             font_dir,
+            feedback,
         )
         verdict = judge(version, figures, champion, champion_figures, margin)
     record(name, verdict)
@@ -194,6 +197,7 @@ def evaluate_in_own_process(
     test_labels: np.ndarray,
     drawn_dir: str | os.PathLike,
     font_dir: str | os.PathLike,
+    feedback: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Evaluate `model_uri` through the served path in a new Python; return its figures.
 
@@ -225,6 +229,7 @@ def evaluate_in_own_process(
                 test_labels,
                 str(drawn_dir),
                 str(font_dir),
+                feedback,
             )
         finally:
             sys.path[:] = saved_path
@@ -252,6 +257,7 @@ def _evaluate(
     test_labels: np.ndarray,
     drawn_dir: str,
     font_dir: str,
+    feedback: pd.DataFrame | None,
 ) -> dict[str, tuple[float, str]]:
     """In the child process: {metric: (accuracy, progress line)} of `model_uri` on the sets."""
     import mlflow
@@ -259,7 +265,7 @@ def _evaluate(
     signals.install()
     mlflow.set_tracking_uri(tracking_uri)
     request_sets = evaluation.served_request_sets(
-        test_pixels, test_labels, spec, drawn_dir, font_dir
+        test_pixels, test_labels, spec, drawn_dir, font_dir, feedback
     )
     with (
         tempfile.TemporaryDirectory() as staging,
