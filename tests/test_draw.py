@@ -42,11 +42,13 @@ def serve_model(pipeline, tmp_path: Path):
     return server, f"http://127.0.0.1:{port}"
 
 
-def serve_page(model_url: str, tmp_path: Path, env: dict, *extra: str):
+def serve_page(model_url: str, tmp_path: Path, env: dict, *extra: str, cwd: Path = REPO):
+    """draw.py in front of `model_url`; with --feedback, `cwd` is the store's folder, where
+    its runs' artifacts go (./mlruns)."""
     port = free_port()
     command = [sys.executable, str(REPO / "draw.py"), "--model-url", model_url]
     command += ["--port", str(port), *extra]
-    server = running(command, f"http://127.0.0.1:{port}/", REPO, env, tmp_path / "page.log")
+    server = running(command, f"http://127.0.0.1:{port}/", cwd, env, tmp_path / "page.log")
     return server, f"http://127.0.0.1:{port}"
 
 
@@ -56,9 +58,15 @@ def model_url(model_server) -> str:
     return model_server.url
 
 
+# The page the browser tests use keeps feedback, in an experiment of this module's own.
+FEEDBACK = "drawing-page-feedback"
+
+
 @pytest.fixture(scope="module")
 def page_url(model_url, pipeline, tmp_path_factory):
-    server, url = serve_page(model_url, tmp_path_factory.mktemp("page"), pipeline["store"].env)
+    store = pipeline["store"]
+    folder = tmp_path_factory.mktemp("page")
+    server, url = serve_page(model_url, folder, store.env, "--feedback", FEEDBACK, cwd=store.root)
     with server:
         yield url
 
@@ -168,6 +176,54 @@ def test_a_stroke_gets_an_answer_three_bars_the_28x28_image_and_the_curl_command
     assert expected.max() == 255
     np.testing.assert_array_equal(seen_pixels(page), expected)
     assert direct["class_name"] == answer
+
+
+@needs_chromium
+def test_wrong_it_is_a_7_keeps_the_drawing_in_mlflow_with_its_label(page, page_url, pipeline):
+    import mlflow
+
+    from mnist_pipeline import feedback
+    from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+
+    page.goto(page_url)
+    page.wait_for_function("document.getElementById('model-status').textContent.includes('ready')")
+    draw_stroke(page, SEVEN)
+    wait_for_stroke_answer(page)
+    answer = page.locator("#answer").inner_text()
+    page.get_by_role("button", name="Wrong, it is a 7", exact=True).click()
+    page.wait_for_function("document.getElementById('feedback-status').dataset.runId")
+    status = page.locator("#feedback-status")
+    assert status.inner_text() == f"Kept as 7 in the experiment '{FEEDBACK}'. Thank you!"
+    assert page.get_by_role("button", name="Right", exact=True).is_disabled()  # one per answer
+    run_id = status.get_attribute("data-run-id")
+
+    # Read back with the project's function: the picture the model answered, labelled 7.
+    pipeline["store"].client()
+    [kept] = feedback.read_feedback(run_id, "mnist").itertuples()
+    assert kept.label == 7
+    np.testing.assert_array_equal(image_to_pixels(kept.image), seen_pixels(page))
+    assert run_id in set(feedback.read_feedback(FEEDBACK, "mnist")["run_id"])
+    # And with MLflow's own API: the run, its params, its dataset input and its artifact.
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["label"], run.data.params["answer"]) == ("7", answer)
+    [drawing] = run.inputs.dataset_inputs
+    assert drawing.dataset.name == "feedback"
+    assert {tag.key: tag.value for tag in drawing.tags}["mlflow.data.context"] == "feedback"
+    picture = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="picture.png")
+    assert Path(picture).read_bytes() == kept.image
+
+    # "Right" keeps the next drawing with the model's own answer as its label.
+    page.locator("#clear").click()
+    draw_stroke(page, ONE)
+    wait_for_stroke_answer(page, strokes_before=1)
+    answer = page.locator("#answer").inner_text()
+    page.get_by_role("button", name="Right", exact=True).click()
+    page.wait_for_function(
+        f"document.getElementById('feedback-status').dataset.runId !== '{run_id}'"
+    )
+    [kept] = feedback.read_feedback(status.get_attribute("data-run-id"), "mnist").itertuples()
+    assert kept.label == int(answer)
 
 
 @needs_chromium

@@ -1,0 +1,304 @@
+"""Feedback from the drawing page (mnist_pipeline/feedback.py): kept, read back, split, used.
+
+The page's server is the real `draw.py --feedback` in front of a temporary store, with no
+model behind it (keeping a drawing needs none). Several people are several client
+addresses: the whole of 127.0.0.0/8 is this machine, so each simulated person sends from
+an address of their own. The browser's side is in tests/test_draw.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import free_port, render_digit
+from test_draw import serve_page
+
+from mnist_pipeline import feedback
+from mnist_pipeline.data.transform import TransformSpec
+from mnist_pipeline.serving import evaluation
+from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+
+
+def digit_pictures(count: int, seed: int, for_training: bool | None = None) -> list[tuple]:
+    """`count` (PNG bytes, digit) of distinct drawings; with `for_training` given, only those
+    that the hash split puts in that part."""
+    rng = np.random.default_rng(seed)
+    pictures = []
+    while len(pictures) < count:
+        digit = len(pictures) % 10
+        picture = cv2.imencode(".png", 255 - render_digit(digit, rng, canvas=96))[1].tobytes()
+        if for_training is None or feedback.is_for_training(picture) == for_training:
+            pictures.append((picture, digit))
+    return pictures
+
+
+def post(page_url: str, body: bytes, query: str, source: str = "127.0.0.1") -> tuple[int, dict]:
+    """POST `body` to the page's /feedback?`query` from the address `source`: the status, and
+    the JSON answer with the response's headers (lower-case) added."""
+    address = urlsplit(page_url)
+    connection = http.client.HTTPConnection(
+        address.hostname, address.port, timeout=60, source_address=(source, 0)
+    )
+    try:
+        connection.request("POST", f"/feedback?{query}", body=body)
+        response = connection.getresponse()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, {**json.loads(response.read()), **headers}
+    finally:
+        connection.close()
+
+
+def feedback_page(store, tmp_path, experiment: str):
+    """`draw.py --feedback <experiment>` on the store, in front of a port where nothing answers."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    return serve_page(nowhere, tmp_path, store.env, "--feedback", experiment, cwd=store.root)
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory):
+    from conftest import make_store
+
+    folder = tmp_path_factory.mktemp("feedback-page")
+    store = make_store(folder / "store")
+    server, url = feedback_page(store, folder, "feedback")
+    with server:
+        yield url
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+def test_twenty_people_at_once_lose_nothing_and_a_crash_after_200_neither(store, tmp_path):
+    """20 posts at once, from 20 addresses, all kept; killed with SIGKILL after their 200s,
+    the server has left every one of them in the store, readable, with its label."""
+    server, url = feedback_page(store, tmp_path, "feedback")
+    pictures = digit_pictures(20, seed=1)
+    answers = [None] * len(pictures)
+
+    def send(number: int) -> None:
+        picture, digit = pictures[number]
+        answers[number] = post(url, picture, f"label={digit}&answer=1", f"127.0.0.{10 + number}")
+
+    with server as process:
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(len(pictures))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert [status for status, _ in answers] == [200] * len(pictures), answers
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(20)
+
+    store.client()
+    kept = feedback.read_feedback("feedback", "mnist")
+    assert sorted(kept["run_id"]) == sorted(body["run_id"] for _, body in answers)
+    by_run = {body["run_id"]: pictures[n] for n, (_, body) in enumerate(answers)}
+    for row in kept.itertuples():
+        assert (row.image, row.label) == by_run[row.run_id]
+    assert answers[7][1]["message"] == "Kept as 7 in the experiment 'feedback'. Thank you!"
+
+
+def test_a_bad_label_a_picture_that_is_not_one_and_an_oversized_one_are_refused(page_url):
+    picture, _ = digit_pictures(1, seed=2)[0]
+    source = "127.0.1.1"
+    status, body = post(page_url, picture, "label=11", source)
+    assert (status, body["error"]) == (
+        400,
+        "Label '11' is not one of the model's classes: send a number from 0 to 9.",
+    )
+    status, body = post(page_url, picture, "label=seven", source)
+    assert status == 400 and body["error"].startswith("Label 'seven' is not one")
+    status, body = post(page_url, b"GIF89a not a drawing", "label=3", source)
+    assert (status, body["error"]) == (
+        400,
+        "This picture cannot be kept: bytes are not a PNG or JPEG image",
+    )
+    status, body = post(page_url, b"\x89PNG" + bytes(9 * 2**20), "label=3", source)
+    assert (status, body["error"]) == (
+        413,
+        "The picture is larger than the 8 MB this page accepts.",
+    )
+
+
+def test_more_than_ten_drawings_a_second_from_one_address_get_429(page_url):
+    picture, _ = digit_pictures(1, seed=3)[0]
+    # A bad label: refused after the rate is counted, so nothing is written meanwhile.
+    statuses = [post(page_url, picture, "label=x", "127.0.2.1") for _ in range(12)]
+    codes = [status for status, _ in statuses]
+    assert codes.count(429) >= 1 and codes[:10] == [400] * 10, codes
+    status, body = statuses[-1]
+    assert body["error"] == (
+        "Too many drawings from 127.0.2.1: at most 10 a second. Wait a moment, then send it again."
+    )
+    assert body["retry-after"] == "1"
+    # Someone else is not slowed down.
+    assert post(page_url, picture, "label=x", "127.0.2.2")[0] == 400
+
+
+# ------------------------------------------------------------------------------ reading it back
+
+
+def test_the_hash_split_is_stable_disjoint_and_about_80_percent():
+    rng = np.random.default_rng(0)
+    pictures = [rng.bytes(64) for _ in range(2000)]
+    drawings = pd.DataFrame({"image": pictures, "label": rng.integers(0, 10, len(pictures))})
+    training, evaluating = feedback.split(drawings)
+    again, _ = feedback.split(drawings.sample(frac=1, random_state=1))
+    assert set(training.index) == set(again.index)  # the order of the drawings does not matter
+    assert set(training.index).isdisjoint(evaluating.index)
+    assert len(training) + len(evaluating) == len(drawings)
+    assert 0.77 < len(training) / len(drawings) < 0.83
+    # The same bytes are always on the same side, whatever their label or run.
+    twice = pd.DataFrame({"image": [pictures[0], pictures[0]], "label": [1, 2]})
+    assert len(feedback.split(twice)[0]) in (0, 2)
+
+
+def test_package_evaluates_on_the_feedback_once_its_evaluation_part_holds_20(store, capsys):
+    """From Python, as package reads it; the evaluation itself is tested on a served model
+    below (and train's mixing in, too)."""
+    import mlflow
+
+    from package_model import feedback_to_evaluate
+
+    store.client()
+    # Its artifacts in the store's folder, not in ./mlruns of the tests' working directory.
+    artifacts = (store.root / "mlruns" / "feedback").as_uri()
+    experiment = mlflow.create_experiment("feedback", artifact_location=artifacts)
+    for picture, digit in digit_pictures(2, seed=4, for_training=True):
+        feedback.save_drawing(experiment, picture, digit, str(digit), "", "", "mnist")
+    evaluating = digit_pictures(20, seed=5, for_training=False)
+    for picture, digit in evaluating[:19]:
+        feedback.save_drawing(experiment, picture, digit, str(digit), "", "v1", "mnist")
+    assert feedback_to_evaluate("feedback", "mnist") is None
+    assert "19 feedback drawings to evaluate on in 'feedback', 20 needed: no feedback_accuracy" in (
+        capsys.readouterr().err
+    )
+    picture, digit = evaluating[19]
+    feedback.save_drawing(experiment, picture, digit, str(digit), "", "v1", "mnist")
+    drawings = feedback_to_evaluate("feedback", "mnist")
+    assert [(row.image, row.label) for row in drawings.itertuples()] == evaluating
+    assert feedback_to_evaluate("feedback", "fashion") is None  # only the dataset's drawings
+    assert feedback_to_evaluate("", "mnist") is None
+
+    spec = TransformSpec(dataset="mnist", mean=33.0, std=78.0, class_names=tuple("0123456789"))
+    pixels, labels = np.zeros((3, 28, 28), dtype=np.uint8), np.array([0, 1, 2])
+    sets = evaluation.served_request_sets(pixels, labels, spec, feedback=drawings)
+    [feedback_set] = [each for each in sets if each.prefix == "feedback"]
+    assert list(feedback_set.targets) == [str(digit) for _, digit in evaluating]
+    assert sets[-1].prefix == "served"  # the frames stay last
+
+    x_train, y_train = feedback.training_part("feedback", spec)
+    assert x_train.shape == (2, 28, 28) and x_train.dtype == np.uint8
+    expected = [image_to_pixels(p) for p, _ in digit_pictures(2, seed=4, for_training=True)]
+    np.testing.assert_array_equal(x_train, np.stack(expected))
+    assert list(y_train) == [0, 1]
+
+
+# ------------------------------------------------------------------------------ used
+
+
+def feedback_experiment(store, name: str, pictures: list[tuple]) -> str:
+    """An experiment `name` in `store` holding `pictures` (bytes, digit) as kept drawings."""
+    import mlflow
+
+    store.client()
+    artifacts = (store.root / "mlruns" / name).as_uri()
+    experiment = mlflow.create_experiment(name, artifact_location=artifacts)
+    for picture, digit in pictures:
+        feedback.save_drawing(experiment, picture, digit, str(digit), "", "", "mnist")
+    return experiment
+
+
+def test_package_evaluation_reports_feedback_accuracy(pipeline, tmp_path, capsys):
+    """package's evaluate_served, in this process, on the tiny pipeline's model: the other
+    sets left out (as in test_evaluation.py), 20 feedback drawings in."""
+    import mlflow
+
+    from mnist_pipeline.data.transform import TRANSFORM_FILE, load_arrays
+    from mnist_pipeline.tracking import runs
+    from package_model import evaluate_served
+
+    store = pipeline["store"]
+    [package_run] = store.runs(
+        "package", experiment="Default", query=f"tags.train_run = '{pipeline['train_run']}'"
+    )
+    preprocess_dir = runs.artifact_dir(pipeline["preprocess_run"])
+    spec = TransformSpec.load(preprocess_dir / TRANSFORM_FILE)
+    x_test, y_test = load_arrays(preprocess_dir, "test")
+    pictures = digit_pictures(20, seed=6)
+    drawings = pd.DataFrame(pictures, columns=["image", "label"])
+    experiment = mlflow.create_experiment(
+        "feedback-evaluation", artifact_location=(store.root / "mlruns" / "fe").as_uri()
+    )
+    model_uri = runs.logged_model_uri(package_run)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        figures = evaluate_served(
+            model_uri,
+            None,
+            spec,
+            evaluation.pixels_from_arrays(x_test, spec),
+            y_test,
+            drawn_dir=tmp_path / "none",
+            font_dir=tmp_path / "none",
+            feedback=drawings,
+        )
+    assert set(figures) == {"served_accuracy", "served_png_accuracy", "feedback_accuracy"}
+    answers = mlflow.pyfunc.load_model(model_uri).predict(
+        evaluation.feedback_pictures(drawings, spec).requests
+    )
+    right = answers["class_name"].to_numpy() == np.array([str(digit) for _, digit in pictures])
+    assert figures["feedback_accuracy"] == pytest.approx(right.mean())
+    logged = mlflow.get_run(run.info.run_id)
+    assert logged.data.metrics["feedback_accuracy"] == figures["feedback_accuracy"]
+    assert logged.data.tags["feedback_accuracy"] == f"{figures['feedback_accuracy']:.4f}"
+    progress = capsys.readouterr().err
+    assert f"Feedback accuracy {figures['feedback_accuracy']:.4f} on 20 feedback drawings" in (
+        progress
+    )
+
+
+def test_train_mixes_in_the_training_part_and_logs_it_as_an_input(pipeline):
+    import mlflow
+
+    store = pipeline["store"]
+    pictures = digit_pictures(5, seed=7, for_training=True)
+    pictures += digit_pictures(2, seed=8, for_training=False)
+    feedback_experiment(store, "feedback-for-train", pictures)
+    # Made here, with its artifacts in the store's folder: this process's MLflow has opened
+    # the store before, from the tests' working directory, which it would take for ./mlruns.
+    artifacts = (store.root / "mlruns" / "train-feedback").as_uri()
+    mlflow.create_experiment("train-feedback", artifact_location=artifacts)
+    training = ["--epochs=1", "--batch_size=32", "--nr_conv_1=8", "--architecture=classic"]
+    training += ["--augment=false", "--synthetic=0", "--preprocess_run", pipeline["preprocess_run"]]
+    called = store.call(
+        "train.py", *training, "--feedback", "feedback-for-train", experiment="train-feedback"
+    )
+    assert called.returncode == 0, called.stderr
+    run = store.last_run("train", "train-feedback")
+    assert run.data.params["feedback"] == "feedback-for-train"
+    assert run.data.params["feedback_images"] == "5"
+    inputs = {
+        each.dataset.name: {tag.key: tag.value for tag in each.tags}
+        for each in mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    }
+    assert (
+        inputs["feedback feedback-for-train (training part)"]["mlflow.data.context"] == "training"
+    )
+
+    called = store.call(
+        "train.py", *training, "--feedback", "nothing-here", experiment="train-feedback"
+    )
+    assert called.returncode == 1
+    assert called.stderr.strip().splitlines()[-1] == (
+        "train.py: error: feedback: no drawings of mnist in an experiment or a run named "
+        "'nothing-here'"
+    )
