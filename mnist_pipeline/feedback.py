@@ -23,6 +23,7 @@ on the second once it holds MIN_EVALUATION_DRAWINGS.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,9 @@ import pandas as pd
 
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
+
+# read_feedback downloads one picture per drawing: no progress bar for each (as in cli.py).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 FEEDBACK_EXPERIMENT = "feedback"
 DATASET_NAME = "feedback"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import threading
 from urllib.parse import urlsplit
@@ -19,13 +20,16 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, render_digit
+from conftest import REPO, free_port, render_digit, running
 from test_draw import serve_page
+from test_readme import guide_block
 
 from mnist_pipeline import feedback
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.serving import evaluation
 from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+
+GUIDE_HEADING = "## Feedback: draw, correct, retrain"
 
 
 def digit_pictures(count: int, seed: int, for_training: bool | None = None) -> list[tuple]:
@@ -64,14 +68,26 @@ def feedback_page(store, tmp_path, experiment: str):
 
 
 @pytest.fixture(scope="module")
-def page_url(tmp_path_factory):
+def guide_page(tmp_path_factory) -> dict:
+    """The guide's draw.py line as written, with free ports (no model is needed to keep a
+    drawing), run beside a store of its own as a participant runs it beside ./mlflow.db."""
     from conftest import make_store
 
-    folder = tmp_path_factory.mktemp("feedback-page")
-    store = make_store(folder / "store")
-    server, url = feedback_page(store, folder, "feedback")
-    with server:
-        yield url
+    store = make_store(tmp_path_factory.mktemp("feedback-page") / "store")
+    draw = guide_block(GUIDE_HEADING)[0]
+    assert draw == (
+        'python draw.py --model-url http://127.0.0.1:5000 --feedback --model-version "mnist v1"'
+    )
+    command = draw.replace("draw.py", str(REPO / "draw.py")).replace("5000", str(free_port()))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(["bash", "-c", f"{command} --port {port}"], f"{url}/", store.root, store.env):
+        yield {"url": url, "store": store}
+
+
+@pytest.fixture(scope="module")
+def page_url(guide_page) -> str:
+    return guide_page["url"]
 
 
 # ------------------------------------------------------------------------------ the page
@@ -201,6 +217,37 @@ def test_package_evaluates_on_the_feedback_once_its_evaluation_part_holds_20(sto
     expected = [image_to_pixels(p) for p, _ in digit_pictures(2, seed=4, for_training=True)]
     np.testing.assert_array_equal(x_train, np.stack(expected))
     assert list(y_train) == [0, 1]
+
+    # The guide's Python block, as written, on the same drawings.
+    chapter = (REPO / "docs" / "3-serving-and-drawing.md").read_text()
+    section = chapter[chapter.index(GUIDE_HEADING) :]
+    block = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    names = {}
+    exec(block, names)
+    assert (len(names["training"]), len(names["evaluating"])) == (2, 20)
+
+
+def test_the_guides_feedback_block_as_written(guide_page):
+    """Its draw.py line keeps a drawing in the experiment `feedback` with the model version;
+    the train and package lines name parameters that their entry points take (the tests
+    below train with feedback; test_promotion.py packages with champion=auto)."""
+    import mlflow
+    import yaml
+
+    picture, digit = digit_pictures(1, seed=9)[0]
+    status, body = post(guide_page["url"], picture, f"label={digit}", "127.0.4.1")
+    assert status == 200, body
+    guide_page["store"].client()
+    run = mlflow.get_run(body["run_id"])
+    assert mlflow.get_experiment(run.info.experiment_id).name == "feedback"
+    assert run.data.params["model_version"] == "mnist v1"
+
+    _, train, package = guide_block(GUIDE_HEADING)
+    entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    for line in (train, package):
+        assert line.startswith("mlflow run . -e ")
+        parameters = entry_points[re.search(r"-e (\w+)", line).group(1)]["parameters"]
+        assert set(re.findall(r"-P (\w+)=", line)) <= set(parameters), line
 
 
 # ------------------------------------------------------------------------------ used
