@@ -103,8 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    # uvicorn ends on SIGINT and SIGTERM alike, closing its connections first.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # uvicorn ends on SIGINT and SIGTERM alike, closing its connections first (and finishing
+    # the drawings being kept). No proxy stands in front of the page: the address that the
+    # rate limit counts is the client's own, never an X-Forwarded-For header.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
     return 0
 
 

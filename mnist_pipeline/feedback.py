@@ -32,6 +32,7 @@ import pandas as pd
 
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.tracking.signals import PROCESS_TAG, process_tag
 
 # read_feedback downloads one picture per drawing: no progress bar for each (as in cli.py).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -61,7 +62,8 @@ def save_drawing(
 ) -> str:
     """Log one confirmed drawing as a run of `experiment_id`; return the run's ID.
 
-    Safe to call from several threads at once: MLflow's active run is per thread.
+    Each thread has an active run of its own in MLflow, but the drawing page calls this from
+    one thread at a time (see drawing_page/server.py for why).
     """
     import mlflow
 
@@ -70,7 +72,10 @@ def save_drawing(
         path = Path(staging) / name
         path.write_bytes(picture)
         with mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"{class_name} (answered {answer or '?'})"
+            experiment_id=experiment_id,
+            run_name=f"{class_name} (answered {answer or '?'})",
+            # A run that a killed page left RUNNING is then ended by end_stale_runs.py.
+            tags={PROCESS_TAG: process_tag()},
         ) as run:
             mlflow.log_params(
                 {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -41,6 +42,11 @@ DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
 # Drawings kept per second from one client address: more is a script, not a person.
 FEEDBACK_PER_SECOND = 10
+# One drawing is kept at a time; the others wait their turn, a tenth of a second each.
+# SQLite writes one at a time anyway, and MLflow's SQL store opens a second database session
+# inside some of its own (create_run): twenty drawings kept at once took every connection of
+# its pool and waited for one another until the pool's 30 s timeout.
+KEEPING_ONE_AT_A_TIME = threading.Lock()
 SERVE_HINT = "mlflow models serve -m ./model --env-manager local -p 5000"
 # Only what the page itself serves: no CDN, no inline script, nothing from elsewhere.
 SECURITY_HEADERS = {
@@ -215,26 +221,28 @@ class Feedback:
 
     def keep(self, picture: bytes, label: int, answer: str) -> str:
         """Check that the served transform reads `picture`, log it; return the run's ID."""
+        from mlflow.exceptions import MlflowException
+
         from mnist_pipeline.feedback import save_drawing
         from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
+        # A picture that training and evaluation could not read is refused now, in one line.
         # The same rule as preprocess.py's: digits are fitted like MNIST, the rest like clothes.
         try:
             image_to_pixels(picture, "digit" if self.dataset == "mnist" else "object")
         except UserError as error:
             raise UserError(f"This picture cannot be kept: {error}") from None
-        from mlflow.exceptions import MlflowException
-
         try:
-            return save_drawing(
-                self.experiment_id,
-                picture,
-                label,
-                self.class_names[label],
-                answer,
-                self.model_version,
-                self.dataset,
-            )
+            with KEEPING_ONE_AT_A_TIME:
+                return save_drawing(
+                    self.experiment_id,
+                    picture,
+                    label,
+                    self.class_names[label],
+                    answer,
+                    self.model_version,
+                    self.dataset,
+                )
         except MlflowException as error:
             reason = error.message.strip().splitlines()[0]
             raise NotKept(f"MLflow could not keep the drawing ({reason}): send it again.") from None
