@@ -464,3 +464,34 @@ def write_tiny_dataset(
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+def digit_pngs(count: int, seed: int, for_training: bool | None = None) -> list[tuple]:
+    """`count` (PNG bytes, digit) of distinct drawings, dark on white; with `for_training`
+    given, only those that the drawing page's feedback puts in that part (feedback.split)."""
+    from mnist_pipeline.feedback import is_for_training
+
+    rng = np.random.default_rng(seed)
+    pictures = []
+    while len(pictures) < count:
+        digit = len(pictures) % 10
+        picture = cv2.imencode(".png", 255 - render_digit(digit, rng, canvas=96))[1].tobytes()
+        if for_training is None or is_for_training(picture) == for_training:
+            pictures.append((picture, digit))
+    return pictures
+
+
+def kept_drawings(store: Store, experiment: str, pictures: list[tuple]) -> str:
+    """Make the experiment `experiment` in `store` hold `pictures` (bytes, digit) as drawings
+    kept by the drawing page (mnist_pipeline/feedback.py); return its ID."""
+    import mlflow
+
+    from mnist_pipeline.feedback import save_drawing
+
+    store.client()
+    # Its artifacts in the store's folder, not in ./mlruns of this process's working directory.
+    artifacts = (store.root / "mlruns" / experiment).as_uri()
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifacts)
+    for picture, digit in pictures:
+        save_drawing(experiment_id, picture, digit, str(digit), "", "", "mnist")
+    return experiment_id

@@ -16,11 +16,10 @@ import signal
 import threading
 from urllib.parse import urlsplit
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, free_port, render_digit, running
+from conftest import REPO, free_port, running
 from test_draw import serve_page
 from test_readme import guide_block
 
@@ -28,21 +27,9 @@ from mnist_pipeline import feedback
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.serving import evaluation
 from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+from tests.helpers import digit_pngs, kept_drawings
 
 GUIDE_HEADING = "## Feedback: draw, correct, retrain"
-
-
-def digit_pictures(count: int, seed: int, for_training: bool | None = None) -> list[tuple]:
-    """`count` (PNG bytes, digit) of distinct drawings; with `for_training` given, only those
-    that the hash split puts in that part."""
-    rng = np.random.default_rng(seed)
-    pictures = []
-    while len(pictures) < count:
-        digit = len(pictures) % 10
-        picture = cv2.imencode(".png", 255 - render_digit(digit, rng, canvas=96))[1].tobytes()
-        if for_training is None or feedback.is_for_training(picture) == for_training:
-            pictures.append((picture, digit))
-    return pictures
 
 
 def post(page_url: str, body: bytes, query: str, source: str = "127.0.0.1") -> tuple[int, dict]:
@@ -97,7 +84,7 @@ def test_twenty_people_at_once_lose_nothing_and_a_crash_after_200_neither(store,
     """20 posts at once, from 20 addresses, all kept; killed with SIGKILL after their 200s,
     the server has left every one of them in the store, readable, with its label."""
     server, url = feedback_page(store, tmp_path, "feedback")
-    pictures = digit_pictures(20, seed=1)
+    pictures = digit_pngs(20, seed=1)
     answers = [None] * len(pictures)
 
     def send(number: int) -> None:
@@ -124,7 +111,7 @@ def test_twenty_people_at_once_lose_nothing_and_a_crash_after_200_neither(store,
 
 
 def test_a_bad_label_a_picture_that_is_not_one_and_an_oversized_one_are_refused(page_url):
-    picture, _ = digit_pictures(1, seed=2)[0]
+    picture, _ = digit_pngs(1, seed=2)[0]
     source = "127.0.1.1"
     status, body = post(page_url, picture, "label=11", source)
     assert (status, body["error"]) == (
@@ -146,7 +133,7 @@ def test_a_bad_label_a_picture_that_is_not_one_and_an_oversized_one_are_refused(
 
 
 def test_more_than_ten_drawings_a_second_from_one_address_get_429(page_url):
-    picture, _ = digit_pictures(1, seed=3)[0]
+    picture, _ = digit_pngs(1, seed=3)[0]
     # A bad label: refused after the rate is counted, so nothing is written meanwhile.
     statuses = [post(page_url, picture, "label=x", "127.0.2.1") for _ in range(12)]
     codes = [status for status, _ in statuses]
@@ -181,19 +168,11 @@ def test_the_hash_split_is_stable_disjoint_and_about_80_percent():
 def test_package_evaluates_on_the_feedback_once_its_evaluation_part_holds_20(store, capsys):
     """From Python, as package reads it; the evaluation itself is tested on a served model
     below (and train's mixing in, too)."""
-    import mlflow
-
     from package_model import feedback_to_evaluate
 
-    store.client()
-    # Its artifacts in the store's folder, not in ./mlruns of the tests' working directory.
-    artifacts = (store.root / "mlruns" / "feedback").as_uri()
-    experiment = mlflow.create_experiment("feedback", artifact_location=artifacts)
-    for picture, digit in digit_pictures(2, seed=4, for_training=True):
-        feedback.save_drawing(experiment, picture, digit, str(digit), "", "", "mnist")
-    evaluating = digit_pictures(20, seed=5, for_training=False)
-    for picture, digit in evaluating[:19]:
-        feedback.save_drawing(experiment, picture, digit, str(digit), "", "v1", "mnist")
+    evaluating = digit_pngs(20, seed=5, for_training=False)
+    training = digit_pngs(2, seed=4, for_training=True)
+    experiment = kept_drawings(store, "feedback", training + evaluating[:19])
     assert feedback_to_evaluate("feedback", "mnist") is None
     assert "19 feedback drawings to evaluate on in 'feedback', 20 needed: no feedback_accuracy" in (
         capsys.readouterr().err
@@ -214,7 +193,7 @@ def test_package_evaluates_on_the_feedback_once_its_evaluation_part_holds_20(sto
 
     x_train, y_train = feedback.training_part("feedback", spec)
     assert x_train.shape == (2, 28, 28) and x_train.dtype == np.uint8
-    expected = [image_to_pixels(p) for p, _ in digit_pictures(2, seed=4, for_training=True)]
+    expected = [image_to_pixels(picture) for picture, _ in training]
     np.testing.assert_array_equal(x_train, np.stack(expected))
     assert list(y_train) == [0, 1]
 
@@ -234,7 +213,7 @@ def test_the_guides_feedback_block_as_written(guide_page):
     import mlflow
     import yaml
 
-    picture, digit = digit_pictures(1, seed=9)[0]
+    picture, digit = digit_pngs(1, seed=9)[0]
     status, body = post(guide_page["url"], picture, f"label={digit}", "127.0.4.1")
     assert status == 200, body
     guide_page["store"].client()
@@ -253,18 +232,6 @@ def test_the_guides_feedback_block_as_written(guide_page):
 # ------------------------------------------------------------------------------ used
 
 
-def feedback_experiment(store, name: str, pictures: list[tuple]) -> str:
-    """An experiment `name` in `store` holding `pictures` (bytes, digit) as kept drawings."""
-    import mlflow
-
-    store.client()
-    artifacts = (store.root / "mlruns" / name).as_uri()
-    experiment = mlflow.create_experiment(name, artifact_location=artifacts)
-    for picture, digit in pictures:
-        feedback.save_drawing(experiment, picture, digit, str(digit), "", "", "mnist")
-    return experiment
-
-
 def test_package_evaluation_reports_feedback_accuracy(pipeline, tmp_path, capsys):
     """package's evaluate_served, in this process, on the tiny pipeline's model: the other
     sets left out (as in test_evaluation.py), 20 feedback drawings in."""
@@ -281,7 +248,7 @@ def test_package_evaluation_reports_feedback_accuracy(pipeline, tmp_path, capsys
     preprocess_dir = runs.artifact_dir(pipeline["preprocess_run"])
     spec = TransformSpec.load(preprocess_dir / TRANSFORM_FILE)
     x_test, y_test = load_arrays(preprocess_dir, "test")
-    pictures = digit_pictures(20, seed=6)
+    pictures = digit_pngs(20, seed=6)
     drawings = pd.DataFrame(pictures, columns=["image", "label"])
     experiment = mlflow.create_experiment(
         "feedback-evaluation", artifact_location=(store.root / "mlruns" / "fe").as_uri()
@@ -317,9 +284,9 @@ def test_train_mixes_in_the_training_part_and_logs_it_as_an_input(pipeline):
     import mlflow
 
     store = pipeline["store"]
-    pictures = digit_pictures(5, seed=7, for_training=True)
-    pictures += digit_pictures(2, seed=8, for_training=False)
-    feedback_experiment(store, "feedback-for-train", pictures)
+    pictures = digit_pngs(5, seed=7, for_training=True)
+    pictures += digit_pngs(2, seed=8, for_training=False)
+    kept_drawings(store, "feedback-for-train", pictures)
     # Made here, with its artifacts in the store's folder: this process's MLflow has opened
     # the store before, from the tests' working directory, which it would take for ./mlruns.
     artifacts = (store.root / "mlruns" / "train-feedback").as_uri()

@@ -4,7 +4,8 @@ A store of this module's own (the registered model is named after the dataset, `
 the session's pipeline store keeps its own `mnist`), with two train runs of the tiny data:
 a weak one (one epoch at a tiny learning rate) and the tiny pipeline's training. The weak
 one is packaged first, then the good one, then the weak one again, each with champion=auto;
-last, train_run=best with champion=auto.
+last, train_run=best with champion=auto. The experiment `feedback` holds 20 drawings of the
+drawing page to evaluate on, so the gate judges both versions on them too.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ import pytest
 from conftest import REPO, TINY_TRAINING, make_store, stop
 
 from mnist_pipeline.serving import promotion
-from tests.helpers import started_reading_stderr
+from tests.helpers import digit_pngs, kept_drawings, started_reading_stderr
 
 pytestmark = pytest.mark.full  # trains twice and packages three times
-FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy", "fonts_accuracy")
+FIGURES = (
+    "served_accuracy",
+    "served_png_accuracy",
+    "drawn_accuracy",
+    "fonts_accuracy",
+    "feedback_accuracy",
+)
 WEAK_TRAINING = {**TINY_TRAINING, "epochs": "1", "lr": "0.00005"}
 
 
@@ -69,6 +76,8 @@ def gated(tmp_path_factory, tiny_data) -> dict:
     data_run = store.last_run("get_data").info.run_id
     assert store.call("preprocess.py", "--data_run", data_run).returncode == 0
     preprocess_run = store.last_run("preprocess").info.run_id
+    # The drawing page's feedback, 20 drawings to evaluate on: one more set for the gate.
+    kept_drawings(store, "feedback", digit_pngs(20, seed=0, for_training=False))
     train_runs = {}
     for kind, training in (("weak", WEAK_TRAINING), ("good", TINY_TRAINING)):
         arguments = [f"--{name}={value}" for name, value in training.items()]
