@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.join:
             found, search = study.join(args.join)
             with cli.stage_run("train_batch_worker", parser, args, __file__) as run:
-                summary = study.join_search(found, search, args.workers)
+                ran = study.optimize(found, search, args.workers)
+            summary = f"ran {ran} trials of search {args.join}; its own run writes the summary"
         else:
             space.check(hyperparameters, args.strategy, args.trials)
             study.open_storage(args.heartbeat_seconds, args.grace_seconds)
@@ -90,11 +91,8 @@ def train_batch(
     heartbeat_seconds: int = 20,
     grace_seconds: int = 60,
 ) -> str:
-    """Run a search of train runs as children of the active run; return its summary line.
-
-    `hyperparameters` gives each of train's a value ("16"), a list ("8,16,24") or a range
-    ("8:64"). The preprocess run is `preprocess_run`, or the newest of `dataset`.
-    """
+    """Run the search that the module's docstring describes, in the active run (or a new
+    one), which the trials are children of; return its summary line."""
     import mlflow
 
     from mnist_pipeline.search import space, study
@@ -129,7 +127,6 @@ def train_batch(
             "study_storage": study.redacted(study.storage_url()),
         }
     )
-    print(f"[train_batch] {trials} trials ({strategy}), {workers} at a time", file=sys.stderr)
     if study.storage_url():
         join = f"mlflow run . -e train_batch --env-manager local -P join={parent.info.run_id}"
         print(f"[train_batch] other machines join with: {join}", file=sys.stderr)

@@ -116,7 +116,6 @@ def open_study(search: Search, joining: bool = False) -> optuna.Study:
         return optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
         )
-    # Not seeded: workers seeded alike would all suggest the same first trials.
     sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials, False)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -144,18 +143,6 @@ def join(parent_run_id: str) -> tuple[optuna.Study, Search]:
     return open_study(search, joining=True), search
 
 
-def join_search(study: optuna.Study, search: Search, workers: int) -> str:
-    """Run trials of the shared search that `join` returned until it has its trials, in the
-    active run (a worker's); return a line that says how many. The run that started the
-    search writes its summary."""
-    parent = search.parent_run_id
-    mlflow.set_tags({"joined": parent, "host": HOST, "worker": WORKER})
-    print(f"[train_batch] joining search {parent}: {workers} at a time here", file=sys.stderr)
-    ran = optimize(study, search, workers)
-    mlflow.log_metric("trials_run_here", ran)
-    return f"ran {ran} trials of search {parent}; its own run writes the summary"
-
-
 def optimize(study: optuna.Study, search: Search, workers: int) -> int:
     """Run trials of `search` here, `workers` at a time, until it is done; return how many.
 
@@ -167,7 +154,10 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
     this_run = mlflow.active_run().info.run_id
     joined = this_run != search.parent_run_id
     if joined:
+        mlflow.set_tags({"joined": search.parent_run_id, "host": HOST, "worker": WORKER})
         tags["worker_run"] = this_run  # a joined worker's run, ended KILLED if it dies
+    shown = f"{search.trials} trials ({search.strategy}), {workers} at a time here"
+    print(f"[train_batch] {shown}", file=sys.stderr)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = str(max(1, (cores or 1) // workers))
     # Each trial process gets its share of the cores.
@@ -257,6 +247,7 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             optuna.storages.fail_stale_trials(study)
             if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+    mlflow.log_metric("trials_run_here", len(ran))
     return len(ran)
 
 
@@ -331,20 +322,11 @@ def write_summary(study: optuna.Study) -> str:
     print(table.to_string(index=False), file=sys.stderr)
     mlflow.log_table(table, "trials.json")
     mlflow.log_text(table.to_csv(index=False), "trials.csv")
-    # Optuna's states, counted: COMPLETE, FAIL and PRUNED.
-    counts = table["state"].value_counts()
-    finished, failed, pruned = (
-        int(counts.get(state, 0)) for state in ("COMPLETE", "FAIL", "PRUNED")
-    )
+    counts = table["state"].value_counts()  # of Optuna's states
+    finished, failed, pruned = (int(counts.get(s, 0)) for s in ("COMPLETE", "FAIL", "PRUNED"))
+    mlflow.log_metrics(dict(trials_finished=finished, trials_failed=failed, trials_pruned=pruned))
     seconds = time.time() - parent.start_time / 1000
-    mlflow.log_metrics(
-        {
-            "trials_finished": finished,
-            "trials_failed": failed,
-            "trials_pruned": pruned,
-            "batch_seconds": seconds,
-        }
-    )
+    mlflow.log_metric("batch_seconds", seconds)
     numbers = [name for name in searched if table[name].dtype.kind in "biuf"]
     if numbers and finished:
         figure = plots.metric_against_params(table, "accuracy", numbers)
@@ -352,14 +334,14 @@ def write_summary(study: optuna.Study) -> str:
     if not finished:
         raise UserError(f"none of the {len(table)} trials finished; see the child runs' logs")
     best = study.best_trial
+    best_run = best.user_attrs["mlflow_run_id"]
     mlflow.log_metric("best_accuracy", best.value)
-    mlflow.set_tag("best_run_id", best.user_attrs["mlflow_run_id"])
+    mlflow.set_tag("best_run_id", best_run)
     machines = table["host"].nunique()
     where = f" on {machines} machines" if machines > 1 else ""
     return (
-        f"{finished} of {len(table)} trials finished in {seconds:.0f} s{where}, "
-        f"{failed} FAILED, {pruned} pruned; best {best.user_attrs['mlflow_run_id']} "
-        f"with accuracy {best.value:.4f}"
+        f"{finished} of {len(table)} trials finished in {seconds:.0f} s{where}, {failed} FAILED, "
+        f"{pruned} pruned; best {best_run} with accuracy {best.value:.4f}"
     )
 
 
