@@ -103,6 +103,7 @@ def train_batch(
         preprocess = runs.get_run(preprocess_run, "preprocess")
     else:
         preprocess = runs.latest_run("preprocess", dataset)
+    storage = study.storage_url()
     parent = mlflow.active_run() or mlflow.start_run()
     search = study.Search(
         parent_run_id=parent.info.run_id,
@@ -122,12 +123,12 @@ def train_batch(
             "dataset": preprocess.data.tags.get("dataset", dataset),
             "preprocess_run": preprocess.info.run_id,
             "strategy": strategy,
-            "search": "shared" if study.storage_url() else "local",
+            "search": "shared" if storage else "local",
             "study_name": found.study_name,
-            "study_storage": study.redacted(study.storage_url()),
+            "study_storage": study.redacted(storage),
         }
     )
-    if study.storage_url():
+    if storage:
         join = f"mlflow run . -e train_batch --env-manager local -P join={parent.info.run_id}"
         print(f"[train_batch] other machines join with: {join}", file=sys.stderr)
     study.optimize(found, search, workers)
