@@ -14,7 +14,7 @@ $ mlflow run . -e train_batch --env-manager local -P join=<run id>   # another m
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import sys
 
 from mnist_pipeline import cli
@@ -58,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     from mnist_pipeline.tracking import runs
 
     hyperparameters = {name: getattr(args, name) for name in NAMES}
-    # The study storage is never a parameter, which `mlflow run` would log with its password.
-    storage = os.environ.get(study.STORAGE_ENV, "")
     try:
         if unknown:
             name = unknown[0].lstrip("-").split("=")[0]
@@ -67,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         # Everything a user can get wrong is checked before this process's run exists.
         runs.check_tracking_server()
         if args.join:
-            found, search = study.join(args.join, storage)
+            found, search = study.join(args.join)
             with cli.stage_run("train_batch_worker", parser, args, __file__) as run:
-                summary = study.join_search(found, search, args.workers)
+                ran = study.optimize(found, search, args.workers)
+            summary = f"ran {ran} trials of search {args.join}; its own run writes the summary"
         else:
             space.check(hyperparameters, args.strategy, args.trials)
-            if storage:
-                study.open_storage(storage)
+            study.open_storage(args.heartbeat_seconds, args.grace_seconds)
             with cli.stage_run("train_batch", parser, args, __file__) as run:
                 summary = train_batch(hyperparameters, **cli.arguments_for(train_batch, args))
     except cli.USER_ERRORS as error:
@@ -93,13 +91,8 @@ def train_batch(
     heartbeat_seconds: int = 20,
     grace_seconds: int = 60,
 ) -> str:
-    """Run a search of train runs as children of the active run; return its summary line.
-
-    `hyperparameters` gives each of train's a value ("16"), a list ("8,16,24") or a range
-    ("8:64"). The preprocess run is `preprocess_run`, or the newest of `dataset`. `workers`
-    trials run at a time, in a study that other machines can join when OPTUNA_STORAGE is a
-    database URL.
-    """
+    """Run the search that the module's docstring describes, in the active run (or a new
+    one), which the trials are children of; return its summary line."""
     import mlflow
 
     from mnist_pipeline.search import space, study
@@ -110,7 +103,7 @@ def train_batch(
         preprocess = runs.get_run(preprocess_run, "preprocess")
     else:
         preprocess = runs.latest_run("preprocess", dataset)
-    storage = os.environ.get(study.STORAGE_ENV, "")
+    storage = study.storage_url()
     parent = mlflow.active_run() or mlflow.start_run()
     search = study.Search(
         parent_run_id=parent.info.run_id,
@@ -123,7 +116,8 @@ def train_batch(
         heartbeat_seconds=heartbeat_seconds,
         grace_seconds=grace_seconds,
     )
-    found = study.create(search, storage)
+    found = study.open_study(search)
+    mlflow.log_dict(dataclasses.asdict(search), "search.json")
     mlflow.set_tags(
         {
             "dataset": preprocess.data.tags.get("dataset", dataset),
@@ -134,12 +128,11 @@ def train_batch(
             "study_storage": study.redacted(storage),
         }
     )
-    print(f"[train_batch] {trials} trials ({strategy}), {workers} at a time", file=sys.stderr)
     if storage:
         join = f"mlflow run . -e train_batch --env-manager local -P join={parent.info.run_id}"
         print(f"[train_batch] other machines join with: {join}", file=sys.stderr)
-    study.optimize(found, search, workers, shared=bool(storage))
-    return study.write_summary(found, search)
+    study.optimize(found, search, workers)
+    return study.write_summary(found)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from mnist_pipeline.cli import USER_ERRORS, Parser, fail, positive_int
@@ -22,6 +21,7 @@ from mnist_pipeline.serving.drawn_digits import (
     MEDIA,
     write_contact_sheet,
     write_drawn_set,
+    wrote,
 )
 
 
@@ -48,12 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             write_contact_sheet(args.sheet, digits, MEDIA)
     except (*USER_ERRORS, OSError) as error:  # OSError: writing the folder or the sheet
         return fail(parser.prog, error)
-    size = sum(len(digit.data) for digit in digits)
-    kinds = ", ".join(f"{kind} {count}" for kind, count in Counter(d.kind for d in digits).items())
-    print(
-        f"Wrote {len(digits)} digits ({kinds}) to {args.out}/ ({size / 1e6:.2f} MB) "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
+    print(f"{wrote(digits, args.out)} in {time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from mnist_pipeline.cli import USER_ERRORS, Parser, fail, positive_int
-from mnist_pipeline.serving.drawn_digits import write_contact_sheet, write_picture_set
+from mnist_pipeline.serving.drawn_digits import write_contact_sheet, write_picture_set, wrote
 from mnist_pipeline.serving.font_digits import (
     FONT_DIGITS,
     FONTS_FILE,
@@ -58,12 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Wrote {glyphs} glyphs of the synthetic supplement to {GLYPHS_FILE}")
     except (*USER_ERRORS, OSError) as error:  # OSError: writing the folder or the sheet
         return fail(parser.prog, error)
-    size = sum(len(digit.data) for digit in digits)
-    kinds = ", ".join(f"{kind} {count}" for kind, count in Counter(d.kind for d in digits).items())
-    print(
-        f"Wrote {len(digits)} digits ({kinds}) to {args.out}/ ({size / 1e6:.2f} MB) "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
+    print(f"{wrote(digits, args.out)} in {time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -3,12 +3,12 @@
 Reads `--preprocess_run`, the workshop's `--input_dir` (a preprocess run's artifact
 folder under ./mlruns), or the newest finished preprocess run of `--dataset`. With
 `--augment true`, trains on randomly distorted digits; logs the distortions as
-augment_* params (0 when off). `--synthetic 0.05` adds 5 % more digits, typed and drawn
-from fonts (training/synthetic.py; `synthetic_images` says how many). `--feedback feedback`
-adds the training part of the drawings confirmed on the drawing page (mnist_pipeline/feedback.py;
-`feedback_images` says how many). Logs per-epoch train_/val_ loss and accuracy, the test `loss` and
-`accuracy`, a confusion matrix picture, and the Keras model with its signature and an
-input example.
+augment_* params (0 when off). `--synthetic 0.1` (the default) adds 10 % more digits,
+typed and pen-drawn from fonts (training/synthetic.py; `synthetic_images` says how many).
+`--feedback feedback` adds the training part of the drawings confirmed on the drawing page
+(mnist_pipeline/feedback.py; `feedback_images` says how many). Logs per-epoch train_/val_
+loss and accuracy, the test `loss` and `accuracy`, a confusion matrix picture, and the Keras
+model with its signature and an input example.
 
 $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_conv_1=16
 """
@@ -110,7 +110,7 @@ def train(
     nr_conv_1: int = 16,
     architecture: str = "deeper",
     augment: bool = True,
-    synthetic: float = 0.05,
+    synthetic: float = 0.1,
     label_smoothing: float | None = None,
     seed: int = 42,
     feedback: str = "",
@@ -174,6 +174,7 @@ def train(
     if added:
         from mnist_pipeline.training.synthetic import supplement
 
+        print(f"Making {added:,} synthetic digits...", flush=True)
         x_synthetic, y_synthetic = supplement(added, seed)
         mlflow.log_input(
             mlflow.data.from_numpy(x_synthetic, targets=y_synthetic, name="synthetic digits"),

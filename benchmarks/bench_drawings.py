@@ -10,6 +10,7 @@ Fashion-MNIST with its own defaults, once per seed (the supplement is for digits
 Training seconds depend on the machine and its load: compare the ratio within one run.
 
 $ python benchmarks/bench_drawings.py --seeds 1 2 3 --synthetic 0 0.05 0.1 --fashion
+$ python benchmarks/bench_drawings.py --quick
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def trained(dataset, preprocess_run, environment, root, **parameters) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--synthetic", type=float, nargs="+", default=[0.0, 0.05])
+    parser.add_argument("--synthetic", type=float, nargs="+", default=[0.0, 0.1])
     parser.add_argument("--fashion", action="store_true", help="Fashion-MNIST's defaults too")
     parser.add_argument("--epochs", default="", help="for a smoke run: fewer epochs")
+    parser.add_argument("--quick", action="store_true", help="smoke run: seed 1, 1 epoch")
     parser.add_argument("--keep", action="store_true", help="keep the temporary store")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs = [1], "1"
     rows = []
     started = time.perf_counter()
     with temporary_folder("bench_drawings", args.keep) as root:

@@ -99,16 +99,6 @@ def test_package_best_without_train_runs_is_one_line(pipeline):
     assert "Traceback" not in result.stderr
 
 
-def a_search(parent: str, nr_conv_1: str = "4,8,16"):
-    from mnist_pipeline.search.study import Search
-    from mnist_pipeline.training.hyperparameters import NAMES
-
-    hyperparameters = dict.fromkeys(NAMES, "") | {"nr_conv_1": nr_conv_1, "lr": "0.004"}
-    hyperparameters |= {"epochs": "1", "batch_size": "32", "architecture": "classic"}
-    hyperparameters |= {"augment": "false", "seed": "1"}
-    return Search(parent, "0", "p" * 32, hyperparameters, "grid", 3, "none", 20, 60)
-
-
 def test_a_shared_search_summary_names_the_best_trial_with_one_row_per_trial(store):
     """Written once, by the run that started the search, from the trials of every machine."""
     import mlflow
@@ -135,7 +125,7 @@ def test_a_shared_search_summary_names_the_best_trial_with_one_row_per_trial(sto
             )
         )
     with mlflow.start_run(experiment_id="0") as parent:
-        summary = write_summary(study, a_search(parent.info.run_id))
+        summary = write_summary(study)
     assert "2 of 3 trials finished" in summary and "on 2 machines" in summary
     assert "1 FAILED" in summary
     table = mlflow.load_table("trials.json", run_ids=[parent.info.run_id])
@@ -163,13 +153,14 @@ def test_a_summary_of_a_search_without_trials_is_one_line(store):
     with mlflow.start_run(experiment_id="0") as parent:
         parent_id = parent.info.run_id
         with pytest.raises(UserError, match=f"search {parent_id} has no trials to sum up"):
-            write_summary(optuna.create_study(), a_search(parent_id))
+            write_summary(optuna.create_study())
 
 
 def test_lists_and_ranges_become_optuna_distributions():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     from mnist_pipeline.search import space
+    from mnist_pipeline.training.hyperparameters import NAMES
 
     assert space.parse("nr_conv_1", "16") == 16
     assert space.parse("nr_conv_1", "8,16") == CategoricalDistribution([8, 16])
@@ -177,8 +168,8 @@ def test_lists_and_ranges_become_optuna_distributions():
     assert space.parse("lr", "0.001:0.01") == FloatDistribution(0.001, 0.01, log=True)
     assert space.parse("augment", "true,false") == CategoricalDistribution([True, False])
     assert space.parse("architecture", "classic") == "classic"
-    texts = a_search("0" * 32, nr_conv_1="4,8,16").hyperparameters
-    assert space.check(texts | {"augment": "true,false"}, "auto", 8) == ("grid", 6)
+    texts = dict.fromkeys(NAMES, "") | {"nr_conv_1": "4,8,16", "augment": "true,false"}
+    assert space.check(texts, "auto", 8) == ("grid", 6)
     assert space.check(texts | {"lr": "0.001:0.01"}, "auto", 8) == ("tpe", 8)
 
 

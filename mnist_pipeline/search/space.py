@@ -17,6 +17,7 @@ from mnist_pipeline.errors import UserError
 from mnist_pipeline.training.hyperparameters import BY_NAME, NAMES
 
 STRATEGIES = ("auto", "grid", "random", "tpe")
+RANGES = (IntDistribution, FloatDistribution)
 PRUNERS = {
     "none": optuna.pruners.NopPruner,
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
@@ -61,10 +62,10 @@ def parse_space(texts: dict[str, str]) -> dict[str, object]:
     return {name: parse(name, texts[name]) for name in NAMES}
 
 
-def searched(space: dict[str, object]) -> list[str]:
-    """The names of the hyperparameters that take a list or a range."""
-    fixed = (int, float, str, bool)
-    return [name for name, value in space.items() if not isinstance(value, fixed)]
+def grid(space: dict[str, object]) -> dict[str, list]:
+    """The values of each hyperparameter that takes a list: what a grid combines."""
+    lists = {name: v for name, v in space.items() if isinstance(v, CategoricalDistribution)}
+    return {name: list(distribution.choices) for name, distribution in lists.items()}
 
 
 def suggest(trial: optuna.Trial, space: dict[str, object]) -> dict[str, object]:
@@ -86,14 +87,13 @@ def check(texts: dict[str, str], strategy: str, trials: int) -> tuple[str, int]:
     Raises UserError for a malformed hyperparameter or a grid of ranges.
     """
     space = parse_space(texts)
-    lists = [name for name in searched(space) if isinstance(space[name], CategoricalDistribution)]
-    ranges = [name for name in searched(space) if name not in lists]
+    ranges = [name for name, value in space.items() if isinstance(value, RANGES)]
     if strategy == "grid" and ranges:
         raise UserError(f"strategy grid cannot search ranges ({', '.join(ranges)}); use tpe")
     if strategy == "auto":
         strategy = "tpe" if ranges else "grid"
     if strategy == "grid":
-        trials = math.prod(len(space[name].choices) for name in lists)
+        trials = math.prod(len(values) for values in grid(space).values())
     return strategy, trials
 
 
@@ -106,8 +106,7 @@ def make_sampler(
     space = parse_space(texts)
     seed = space["seed"] if seeded and isinstance(space["seed"], int) else None
     if strategy == "grid":
-        lists = {name: list(space[name].choices) for name in searched(space)}
-        return optuna.samplers.GridSampler(lists, seed=seed)
+        return optuna.samplers.GridSampler(grid(space), seed=seed)
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar: trials that run at the same time are told apart, not suggested twice.

@@ -26,7 +26,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import mlflow
 import optuna
@@ -53,7 +53,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 @dataclass
 class Search:
-    """What every worker of a search needs, kept in the study so that joining takes one ID."""
+    """What every worker of a search needs: the parent run's `search.json`, so that joining
+    takes one ID."""
 
     parent_run_id: str
     experiment_id: str
@@ -70,81 +71,26 @@ class TrialFailed(Exception):
     """A trial's training failed: the study records it as FAIL, and the search goes on."""
 
 
-def create(search: Search, url: str) -> optuna.Study:
-    """Create the study of `search`, in the database at `url` or in a temporary journal."""
-    if url:
-        storage = open_storage(url, search)
-    else:
-        folder = tempfile.mkdtemp(prefix="train_batch-study-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        storage = optuna.storages.JournalStorage(JournalFileBackend(f"{folder}/study.log"))
-    study = optuna.create_study(
-        study_name=f"train_batch-{search.parent_run_id}",
-        storage=storage,
-        direction="maximize",
-        sampler=space.make_sampler(search.hyperparameters, search.strategy, search.trials),
-        pruner=space.PRUNERS[search.pruner](),
-    )
-    study.set_user_attr("search", asdict(search))
-    return study
+def storage_url() -> str:
+    """The study's database, from the environment only: as a parameter, `mlflow run` would
+    log it, password and all. Empty for a search on this machine alone."""
+    return os.environ.get(STORAGE_ENV, "")
 
 
-def join(parent_run_id: str, url: str) -> tuple[optuna.Study, Search]:
-    """The study of the shared search whose parent run is `parent_run_id`, and its settings;
-    UserError if there is none."""
-    try:
-        parent = mlflow.MlflowClient().get_run(parent_run_id)
-    except MlflowException:
-        where = mlflow.get_tracking_uri()
-        raise UserError(f"run {parent_run_id!r} does not exist in {where}") from None
-    tags = parent.data.tags
-    status = parent.info.status
-    if tags.get("stage") != "train_batch" or tags.get("search") != "shared":
-        raise UserError(f"run {parent_run_id} is not a train_batch run with a shared search")
-    if status != "RUNNING":
-        raise UserError(f"run {parent_run_id} has ended ({status})")
+def open_storage(heartbeat_seconds: int, grace_seconds: int) -> optuna.storages.RDBStorage | None:
+    """Optuna's storage in the database at OPTUNA_STORAGE, if set, which fails (and retries)
+    the trials whose heartbeats stop; UserError if the database cannot be opened."""
+    url = storage_url()
     if not url:
-        where = tags.get("study_storage")
-        raise UserError(f"run {parent_run_id} is shared through {where}: set {STORAGE_ENV}")
-    name = tags["study_name"]
+        return None
     try:
-        settings = optuna.load_study(study_name=name, storage=open_storage(url)).user_attrs
-    except KeyError:
-        raise UserError(f"study {name} is not in {redacted(url)}") from None
-    # Opened again with the search's heartbeats. The sampler is not seeded: workers seeded
-    # alike would all suggest the same first trials.
-    search = Search(**settings["search"])
-    sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials, False)
-    pruner = space.PRUNERS[search.pruner]()
-    storage = open_storage(url, search)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    return study, search
-
-
-def join_search(study: optuna.Study, search: Search, workers: int) -> str:
-    """Run trials of the shared search that `join` returned until it has its trials, in the
-    active run (a worker's); return a line that says how many. The run that started the
-    search writes its summary."""
-    parent = search.parent_run_id
-    mlflow.set_tags({"joined": parent, "host": HOST, "worker": WORKER})
-    print(f"[train_batch] joining search {parent}: {workers} at a time here", file=sys.stderr)
-    ran = optimize(study, search, workers, shared=True)
-    mlflow.log_metric("trials_run_here", ran)
-    return f"ran {ran} trials of search {parent}; its own run writes the summary"
-
-
-def open_storage(url: str, search: Search | None = None) -> optuna.storages.RDBStorage:
-    """Optuna's storage in the database at `url`, with `search`'s heartbeats; UserError if
-    `url` is not a database URL or the database cannot be opened."""
-    heartbeats = {}
-    if search:
-        heartbeats = {
-            "heartbeat_interval": search.heartbeat_seconds,
-            "grace_period": search.grace_seconds,
-            "heartbeat_stale_trial_callback": end_stale_trial,
-        }
-    try:
-        return optuna.storages.RDBStorage(url, {"pool_pre_ping": True}, **heartbeats)
+        return optuna.storages.RDBStorage(
+            url,
+            {"pool_pre_ping": True},
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=grace_seconds,
+            heartbeat_stale_trial_callback=end_stale_trial,
+        )
     except ArgumentError:  # no such database dialect: http://, a path...
         raise UserError(
             f"study storage {redacted(url)} is not a database URL; expected one such as "
@@ -155,7 +101,49 @@ def open_storage(url: str, search: Search | None = None) -> optuna.storages.RDBS
         raise UserError(f"cannot open the study storage {redacted(url)}: {first_line}") from None
 
 
-def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) -> int:
+def open_study(search: Search, joining: bool = False) -> optuna.Study:
+    """The study of `search`: created in OPTUNA_STORAGE, or else in a temporary journal file
+    that this machine's processes share; loaded by the workers that join it."""
+    storage = open_storage(search.heartbeat_seconds, search.grace_seconds)
+    if storage is None:
+        folder = tempfile.mkdtemp(prefix="train_batch-study-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        storage = optuna.storages.JournalStorage(JournalFileBackend(f"{folder}/study.log"))
+    name = f"train_batch-{search.parent_run_id}"
+    pruner = space.PRUNERS[search.pruner]()
+    if not joining:
+        sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials)
+        return optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
+        )
+    sampler = space.make_sampler(search.hyperparameters, search.strategy, search.trials, False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        raise UserError(f"study {name} is not in {redacted(storage_url())}") from None
+
+
+def join(parent_run_id: str) -> tuple[optuna.Study, Search]:
+    """The study of the shared search whose parent run is `parent_run_id`, and its settings
+    (the parent's `search.json`); UserError if there is none."""
+    try:
+        parent = mlflow.MlflowClient().get_run(parent_run_id)
+    except MlflowException:
+        where = mlflow.get_tracking_uri()
+        raise UserError(f"run {parent_run_id!r} does not exist in {where}") from None
+    tags, status = parent.data.tags, parent.info.status
+    if tags.get("stage") != "train_batch" or tags.get("search") != "shared":
+        raise UserError(f"run {parent_run_id} is not a train_batch run with a shared search")
+    if status != "RUNNING":
+        raise UserError(f"run {parent_run_id} has ended ({status})")
+    if not storage_url():
+        where = tags["study_storage"]
+        raise UserError(f"run {parent_run_id} is shared through {where}: set {STORAGE_ENV}")
+    search = Search(**mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/search.json"))
+    return open_study(search, joining=True), search
+
+
+def optimize(study: optuna.Study, search: Search, workers: int) -> int:
     """Run trials of `search` here, `workers` at a time, until it is done; return how many.
 
     The process that started a shared search then waits for the trials of other machines.
@@ -166,7 +154,10 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
     this_run = mlflow.active_run().info.run_id
     joined = this_run != search.parent_run_id
     if joined:
+        mlflow.set_tags({"joined": search.parent_run_id, "host": HOST, "worker": WORKER})
         tags["worker_run"] = this_run  # a joined worker's run, ended KILLED if it dies
+    shown = f"{search.trials} trials ({search.strategy}), {workers} at a time here"
+    print(f"[train_batch] {shown}", file=sys.stderr)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = str(max(1, (cores or 1) // workers))
     # Each trial process gets its share of the cores.
@@ -182,8 +173,7 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         params = space.suggest(trial, chosen)
         number = trial_number(study, trial)
         title = f"trial {number}/{search.trials}"
-        for name in space.searched(chosen):
-            value = params[name]
+        for name, value in trial.params.items():
             title += f" {name}={value:.2g}" if isinstance(value, float) else f" {name}={value}"
         run_tags = tags | {"trial": str(number)}
         # A retry carries the attributes of the trial it repeats, whose run it names.
@@ -205,7 +195,7 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
             if client.get_run(run_id).info.status == "RUNNING":  # it never ended its run
                 client.set_terminated(run_id, "KILLED" if signals.stopping() else "FAILED")
         if signals.stopping():
-            if shared:  # the other workers run it again, as they would a dead worker's
+            if storage_url():  # the other workers run it again, as they would a dead worker's
                 Retry(max_retry=2)(study, study.get_trials(deepcopy=False)[trial.number])
             raise signals.Stopped("the search is stopping")
         ran.append(run_id)
@@ -240,7 +230,7 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         # A signal to this process alone ends the trials too: their runs end KILLED.
         signals.on_stop(lambda: [child.terminate() for child in multiprocessing.active_children()])
         # Locally, this process runs every trial; shared, each worker runs until they are done.
-        n_trials = None if shared else search.trials
+        n_trials = None if storage_url() else search.trials
         study.optimize(
             objective,
             n_trials,
@@ -252,11 +242,12 @@ def optimize(study: optuna.Study, search: Search, workers: int, shared: bool) ->
         # dead worker's trial only when it starts one, and none starts once the search has
         # its answers, so it asks the storage itself, and runs the retry if nobody else does.
         unfinished = (TrialState.RUNNING, TrialState.WAITING)
-        while shared and not joined and study.get_trials(states=unfinished):
+        while not joined and study.get_trials(states=unfinished):
             time.sleep(search.heartbeat_seconds)
             optuna.storages.fail_stale_trials(study)
             if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+    mlflow.log_metric("trials_run_here", len(ran))
     return len(ran)
 
 
@@ -312,49 +303,45 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
     Retry(max_retry=2)(study, trial)
 
 
-def write_summary(study: optuna.Study, search: Search) -> str:
+def write_summary(study: optuna.Study) -> str:
     """Log the search's summary to the active run, its parent; return it in one line.
 
     The study's trials as `trials.json` (a table in the UI) and `trials.csv`, the counts,
     `best_accuracy`, the tag `best_run_id` and accuracy against each searched value.
     """
+    parent = mlflow.active_run().info
     table = study.trials_dataframe(("user_attrs", "state", "params", "value", "duration"))
     if table.empty:
-        raise UserError(f"search {search.parent_run_id} has no trials to sum up")
+        raise UserError(f"search {parent.run_id} has no trials to sum up")
+    searched = [column.removeprefix("params_") for column in table if column.startswith("params_")]
     table.columns = [c.removeprefix("user_attrs_").removeprefix("params_") for c in table]
     table = table.rename(columns={"mlflow_run_id": "run_id", "value": "accuracy"})
     table["seconds"] = table.pop("duration").dt.total_seconds().round(1)
-    searched = space.searched(space.parse_space(search.hyperparameters))
     columns = ["trial", "run_id", "state", *searched, "accuracy", "seconds", "host", "error"]
     table = table.reindex(columns=columns).sort_values("trial").fillna({"error": ""})
     print(table.to_string(index=False), file=sys.stderr)
     mlflow.log_table(table, "trials.json")
     mlflow.log_text(table.to_csv(index=False), "trials.csv")
-    states = table["state"].value_counts()
-    finished = int(states.get("COMPLETE", 0))
-    failed = int(states.get("FAIL", 0))
-    pruned = int(states.get("PRUNED", 0))
-    mlflow.log_metrics(
-        {"trials_finished": finished, "trials_failed": failed, "trials_pruned": pruned}
-    )
-    seconds = time.time() - mlflow.active_run().info.start_time / 1000
+    counts = table["state"].value_counts()  # of Optuna's states
+    finished, failed, pruned = (int(counts.get(s, 0)) for s in ("COMPLETE", "FAIL", "PRUNED"))
+    mlflow.log_metrics(dict(trials_finished=finished, trials_failed=failed, trials_pruned=pruned))
+    seconds = time.time() - parent.start_time / 1000
     mlflow.log_metric("batch_seconds", seconds)
     numbers = [name for name in searched if table[name].dtype.kind in "biuf"]
     if numbers and finished:
-        completed = table[table["state"] == "COMPLETE"]
-        figure = plots.metric_against_params(completed, "accuracy", numbers)
+        figure = plots.metric_against_params(table, "accuracy", numbers)
         mlflow.log_figure(figure, "accuracy_by_hyperparameter.png")
     if not finished:
         raise UserError(f"none of the {len(table)} trials finished; see the child runs' logs")
     best = study.best_trial
+    best_run = best.user_attrs["mlflow_run_id"]
     mlflow.log_metric("best_accuracy", best.value)
-    mlflow.set_tag("best_run_id", best.user_attrs["mlflow_run_id"])
+    mlflow.set_tag("best_run_id", best_run)
     machines = table["host"].nunique()
     where = f" on {machines} machines" if machines > 1 else ""
     return (
-        f"{finished} of {len(table)} trials finished in {seconds:.0f} s{where}, "
-        f"{failed} FAILED, {pruned} pruned; best {best.user_attrs['mlflow_run_id']} "
-        f"with accuracy {best.value:.4f}"
+        f"{finished} of {len(table)} trials finished in {seconds:.0f} s{where}, {failed} FAILED, "
+        f"{pruned} pruned; best {best_run} with accuracy {best.value:.4f}"
     )
 
 

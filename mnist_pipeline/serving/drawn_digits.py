@@ -26,6 +26,7 @@ import csv
 import io
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -423,6 +424,13 @@ def write_picture_set(
         swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def wrote(digits: list[DrawnDigit], folder: str | os.PathLike) -> str:
+    """A line that says how many pictures of which kinds went to `folder`, in how many MB."""
+    size = sum(len(digit.data) for digit in digits)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in Counter(d.kind for d in digits).items())
+    return f"Wrote {len(digits)} digits ({kinds}) to {folder}/ ({size / 1e6:.2f} MB)"
 
 
 def labels_csv(digits: list[DrawnDigit]) -> str:
