@@ -5,7 +5,9 @@ folder under ./mlruns), or the newest finished preprocess run of `--dataset`. Wi
 `--augment true`, trains on randomly distorted digits; logs the distortions as
 augment_* params (0 when off), per-epoch train_/val_ loss and accuracy, the test `loss` and
 `accuracy`, a confusion matrix picture, and the Keras model with its signature and an
-input example.
+input example. After each epoch it logs a checkpoint: the CNN as a logged model with the
+epoch's validation metrics, and what resuming needs (training/checkpoints.py).
+`--resume <run id>` continues a stopped train run from its last checkpoint.
 
 $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_conv_1=16
 """
@@ -52,6 +54,9 @@ def build_parser() -> Parser:
     parser.add_argument("--input_dir", help="or ./mlruns/<exp>/<run id>/artifacts of one")
     parser.add_argument("--dataset", help="mnist or fashion, to find the newest preprocess run")
     add_hyperparameters(parser)
+    parser.add_argument(
+        "--resume", help="a stopped train run to continue from its last checkpoint (same settings)"
+    )
     parser.take_defaults_from(train)
     return parser
 
@@ -100,6 +105,7 @@ def train(
     augment: bool = True,
     label_smoothing: float | None = None,
     seed: int = 42,
+    resume: str = "",
 ) -> tuple[float | None, float]:
     """Train the CNN on a preprocess run's arrays; return the test accuracy and the seconds
 
@@ -110,13 +116,28 @@ def train(
     every training image is randomly distorted (see model.Augmentation) each time it is
     seen; the logged model never is. Logs to the active MLflow run (MLflow starts one if none is active): the
     augmentation settings, the curves per epoch, the test loss and accuracy, a confusion
-    matrix and the Keras model as 'model'.
+    matrix and the Keras model as 'model'; after each epoch, a checkpoint (see
+    training/checkpoints.py). With `resume`, the ID of a stopped train run, training goes
+    on from that run's last checkpoint, with the same settings (the preprocess run is
+    the stopped run's unless given).
     """
     import mlflow
 
     from mnist_pipeline.tracking import runs
+    from mnist_pipeline.training import checkpoints
 
     # Before TensorFlow is imported: a wrong run is said in a few seconds, not ten.
+    resumed = checkpoint = None
+    if resume:
+        resumed = checkpoints.stopped_run(resume)
+        checkpoint = checkpoints.latest(resume)
+        if checkpoint is None:
+            raise UserError(
+                f"resume: train run {resume} has no checkpoint (it stopped in its first "
+                "epoch); start it again instead"
+            )
+        if not (preprocess_run or input_dir):
+            preprocess_run = resumed.data.tags.get("preprocess_run", "")
     preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
 
     import keras
@@ -136,6 +157,20 @@ def train(
     )
     mlflow.log_params({f"{name}_used": value for name, value in used.items()})
     epochs, label_smoothing = used["epochs"], used["label_smoothing"]
+    # What a resumed run must share with the stopped one, and a checkpoint records.
+    settings = {
+        "preprocess_run": preprocess_run,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "lr": lr,
+        "nr_conv_1": nr_conv_1,
+        "architecture": architecture,
+        "augment": augment,
+        "label_smoothing": label_smoothing,
+        "seed": seed,
+    }
+    if resume:
+        checkpoints.checked_settings(resume, checkpoint, settings)
     mlflow.set_tags(
         {
             "dataset": spec.dataset,
@@ -154,6 +189,8 @@ def train(
         mlflow.data.from_numpy(x_train, targets=y_train, name=f"{spec.dataset}-train"),
         context="training",
     )
+    validation = mlflow.data.from_numpy(x_val, targets=y_val, name=f"{spec.dataset}-validation")
+    mlflow.log_input(validation, context="validation")
     mlflow.log_input(
         mlflow.data.from_numpy(x_test, targets=y_test, name=f"{spec.dataset}-test"),
         context="evaluation",
@@ -184,15 +221,47 @@ def train(
     classes = len(spec.class_names)
     y_train_fit, y_val_fit = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
 
+    def servable():
+        """The bare CNN in float32, as it is logged and served, whatever dtype it trains in."""
+        if dtype == "float32":
+            return model
+        copy = build_cnn(nr_conv_1, classes, architecture)
+        copy.set_weights(model.get_weights())
+        return copy
+
+    first_epoch = 0
+    if resume:
+        checkpoints.restore(trained, resume, checkpoint)
+        first_epoch = checkpoint["epochs_done"]
+        if resumed.info.status == "RUNNING":  # its process is gone: it will never end itself
+            mlflow.MlflowClient().set_terminated(resume, "KILLED")
+        mlflow.set_tags(
+            {checkpoints.RESUMED_FROM_TAG: resume, "resumed_after_epoch": str(first_epoch)}
+        )
+        print(f"Resuming train run {resume} after epoch {first_epoch} of {epochs}")
     pruning = pruning_callbacks()  # none unless a search started this run
+    checkpointing = []
+    if checkpoints.enabled:
+        checkpointing.append(
+            checkpoints.epoch_checkpoint(
+                servable,
+                trained,
+                settings,
+                validation,
+                x_val[:1],
+                requirements.pinned(requirements.KERAS_MODEL_PACKAGES),
+            )
+        )
     started = time.perf_counter()
     trained.fit(
         x_train,
         y_train_fit,
         batch_size=batch_size,
         epochs=epochs,
+        initial_epoch=first_epoch,
         validation_data=(x_val, y_val_fit),
-        callbacks=[epoch_logger(), *pruning],
+        # The checkpoints log the validation metrics themselves, linked to each epoch's model.
+        callbacks=[epoch_logger(validation=not checkpointing), *checkpointing, *pruning],
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - started
@@ -201,28 +270,29 @@ def train(
         # nothing ever picks it as the best.
         mlflow.log_metric("train_seconds", seconds)
         return None, seconds
-    if dtype != "float32":
-        # The model is logged, served and measured in float32, wherever it runs: the
-        # same weights (kept in float32 while training in mixed precision) in a float32 CNN.
-        weights = model.get_weights()
-        model = build_cnn(nr_conv_1, len(spec.class_names), architecture)
-        model.set_weights(weights)
+    # The model is logged, served and measured in float32, wherever it runs: the same
+    # weights (kept in float32 while training in mixed precision) in a float32 CNN.
+    model = servable()
     # The bare model is measured (the augmenting wrapper is what was compiled).
     probabilities = model.predict(x_test, batch_size=1024, verbose=0)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
     loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y_test, probabilities)))
-    mlflow.log_metrics({"loss": loss, "accuracy": accuracy, "train_seconds": seconds})
 
     counts = confusion_counts(y_test, probabilities.argmax(axis=1), len(spec.class_names))
     mlflow.log_figure(plots.confusion_matrix(counts, spec.class_names), "confusion_matrix.png")
     example = x_test[:1]
-    mlflow.tensorflow.log_model(
+    logged = mlflow.tensorflow.log_model(
         model,
         name="model",
         signature=infer_signature(example, probabilities[:1]),
         input_example=example,
         # Written out: inferring them would load the model again in a new process.
         pip_requirements=requirements.pinned(requirements.KERAS_MODEL_PACKAGES),
+    )
+    # Linked to the model explicitly: MLflow would link a metric of step 0 to the first
+    # epoch's checkpoint.
+    mlflow.log_metrics(
+        {"loss": loss, "accuracy": accuracy, "train_seconds": seconds}, model_id=logged.model_id
     )
     return accuracy, seconds
 
