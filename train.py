@@ -129,13 +129,7 @@ def train(
     # Before TensorFlow is imported: a wrong run is said in a few seconds, not ten.
     resumed = checkpoint = None
     if resume:
-        resumed = checkpoints.stopped_run(resume)
-        checkpoint = checkpoints.latest(resume)
-        if checkpoint is None:
-            raise UserError(
-                f"resume: train run {resume} has no checkpoint (it stopped in its first "
-                "epoch); start it again instead"
-            )
+        resumed, checkpoint = checkpoints.to_resume(resume)
         if not (preprocess_run or input_dir):
             preprocess_run = resumed.data.tags.get("preprocess_run", "")
     preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
@@ -231,18 +225,13 @@ def train(
 
     first_epoch = 0
     if resume:
-        checkpoints.restore(trained, resume, checkpoint)
-        first_epoch = checkpoint["epochs_done"]
-        if resumed.info.status == "RUNNING":  # its process is gone: it will never end itself
-            mlflow.MlflowClient().set_terminated(resume, "KILLED")
-        mlflow.set_tags(
-            {checkpoints.RESUMED_FROM_TAG: resume, "resumed_after_epoch": str(first_epoch)}
-        )
+        first_epoch = checkpoints.restore(trained, resumed, checkpoint)
         print(f"Resuming train run {resume} after epoch {first_epoch} of {epochs}")
     pruning = pruning_callbacks()  # none unless a search started this run
-    checkpointing = []
+    # The checkpoints log the validation metrics themselves, linked to each epoch's model.
+    callbacks = [epoch_logger(validation=not checkpoints.enabled), *pruning]
     if checkpoints.enabled:
-        checkpointing.append(
+        callbacks.append(
             checkpoints.epoch_checkpoint(
                 servable,
                 trained,
@@ -260,8 +249,7 @@ def train(
         epochs=epochs,
         initial_epoch=first_epoch,
         validation_data=(x_val, y_val_fit),
-        # The checkpoints log the validation metrics themselves, linked to each epoch's model.
-        callbacks=[epoch_logger(validation=not checkpointing), *checkpointing, *pruning],
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - started

@@ -13,10 +13,10 @@ At the end of every epoch, `EpochCheckpoint` logs to the active run:
   augmentation and of dropout, the training's settings). state.json is written last: a
   folder without it is a checkpoint cut short, which is never resumed from.
 
-The data order needs nothing saved: Keras shuffles each epoch with the generators that
-`keras.utils.set_random_seed` seeds, so the same seed orders epoch n the same way in a
-resumed run. Everything lives in the tracking store, so that a training stopped on one
-machine resumes on another.
+The data order needs nothing saved: Keras shuffles the arrays with the generators that
+`keras.utils.set_random_seed` seeds, which a resumed run seeds alike (with Keras 3.15 the
+order is even the same in every epoch). Everything lives in the tracking store, so that a
+training stopped on one machine resumes on another.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def epoch_checkpoint(cnn, training_model, settings: dict, validation, example, r
             state = {
                 "epochs_done": epoch + 1,
                 "model_id": info.model_id,
+                # The seed generators of the augmentation and of dropout, Keras variables
+                # that save_weights leaves out.
                 "random_states": [
                     v.numpy().tolist() for v in training_model.non_trainable_variables
                 ],
@@ -89,11 +91,11 @@ def epoch_checkpoint(cnn, training_model, settings: dict, validation, example, r
     return EpochCheckpoint()
 
 
-def stopped_run(run_id: str):
-    """Return the train run `run_id` if it can be resumed, else raise UserError saying why.
+def to_resume(run_id: str):
+    """Return the train run `run_id` and its last checkpoint's state, or raise UserError.
 
-    It can be when it ended KILLED (Ctrl-C, SIGTERM) or is RUNNING while the process named
-    by its `process` tag is gone (SIGKILL, a power cut).
+    A run is resumed when it ended KILLED (Ctrl-C, SIGTERM) or is RUNNING while the process
+    named by its `process` tag is gone (SIGKILL, a power cut), and has a whole checkpoint.
     """
     try:
         run = mlflow.MlflowClient().get_run(run_id)
@@ -116,7 +118,13 @@ def stopped_run(run_id: str):
             f"resume: train run {run_id} is {status}; only a KILLED run, or a RUNNING one "
             "whose process is gone, is resumed"
         )
-    return run
+    state = latest(run_id)
+    if state is None:
+        raise UserError(
+            f"resume: train run {run_id} has no checkpoint (it stopped in its first epoch); "
+            "start it again instead"
+        )
+    return run, state
 
 
 def latest(run_id: str) -> dict | None:
@@ -138,13 +146,15 @@ def latest(run_id: str) -> dict | None:
     return None
 
 
-def restore(training_model, run_id: str, state: dict) -> None:
-    """Load the checkpoint of `state` (see latest) into the compiled `training_model`.
+def restore(training_model, run, state: dict) -> int:
+    """Load `run`'s checkpoint of `state` (see to_resume) into `training_model`; return its epochs.
 
-    The model must be built and compiled as the stopped run's was: its weights, the
-    optimizer's moments and step count (so the learning rate schedule goes on where it
-    stopped), and the random generators' states.
+    The model must be built and compiled as the stopped run's was. It gets the weights,
+    the optimizer's moments and step count (so the learning rate schedule goes on where it
+    stopped), and the random generators' states. The active run is tagged as resuming
+    `run`, and `run`, if still RUNNING (its process is gone), is ended KILLED.
     """
+    run_id = run.info.run_id
     training_model.build((None, *IMAGE_SHAPE, 1))
     # Built, the optimizer has the variables that the file holds values for.
     training_model.optimizer.build(training_model.trainable_variables)
@@ -160,6 +170,10 @@ def restore(training_model, run_id: str, state: dict) -> None:
         raise UserError(f"resume: run {run_id}'s checkpoint is of another model")
     for variable, value in zip(variables, state["random_states"], strict=True):
         variable.assign(value)
+    if run.info.status == "RUNNING":
+        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
+    mlflow.set_tags({RESUMED_FROM_TAG: run_id, "resumed_after_epoch": str(state["epochs_done"])})
+    return state["epochs_done"]
 
 
 def checked_settings(run_id: str, state: dict, settings: dict) -> None:
