@@ -5,7 +5,8 @@ At the end of every epoch, `EpochCheckpoint` logs to the active run:
 - the bare CNN (what serving uses) as a logged model named 'checkpoint', with `step` the
   epoch (counted from 0, as the run's per-epoch metrics are), and the epoch's val_loss and
   val_accuracy linked to it and to the validation dataset: the experiment's Models tab
-  lists the epochs side by side, and `mlflow.search_logged_models` finds the best;
+  lists the epochs side by side, and `mlflow.search_logged_models` finds the best. The
+  seconds the checkpoint took are its metric `checkpoint_seconds`;
 - beside it, as run artifacts in `checkpoints/epoch-<n>/` (n epochs done), what the CNN
   does not hold: `training.weights.h5` (Keras's save_weights of the training model, the
   augmentation in front of the CNN: its weights and the optimizer's moments and step
@@ -17,11 +18,17 @@ The data order needs nothing saved: Keras shuffles the arrays with the generator
 `keras.utils.set_random_seed` seeds, which a resumed run seeds alike (with Keras 3.15 the
 order is even the same in every epoch). Everything lives in the tracking store, so that a
 training stopped on one machine resumes on another.
+
+Why a callback of our own: Keras's BackupAndRestore keeps its backup in a local folder,
+which another machine does not have. MLflow's MlflowModelCheckpointCallback saves run
+artifacts, but tags a checkpoint as the latest before its file is written (a stop in
+between points at nothing), keeps no random generator states, and logs no logged models.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -53,6 +60,7 @@ def epoch_checkpoint(cnn, training_model, settings: dict, validation, example, r
 
     class EpochCheckpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            started = time.perf_counter()
             served = cnn()
             signature = infer_signature(example, served(example, training=False).numpy())
             info = mlflow.tensorflow.log_model(
@@ -62,15 +70,12 @@ def epoch_checkpoint(cnn, training_model, settings: dict, validation, example, r
                 signature=signature,
                 pip_requirements=requirements,
             )
-            for name in ("val_loss", "val_accuracy"):
-                if name in (logs or {}):
-                    mlflow.log_metric(
-                        name,
-                        float(logs[name]),
-                        step=epoch,
-                        model_id=info.model_id,
-                        dataset=validation,
-                    )
+            validated = {
+                name: float(value)
+                for name, value in (logs or {}).items()
+                if name.startswith("val_")
+            }
+            mlflow.log_metrics(validated, step=epoch, model_id=info.model_id, dataset=validation)
             state = {
                 "epochs_done": epoch + 1,
                 "model_id": info.model_id,
@@ -87,6 +92,9 @@ def epoch_checkpoint(cnn, training_model, settings: dict, validation, example, r
                 training_model.save_weights(weights)
                 mlflow.log_artifact(str(weights), folder)
             mlflow.log_dict(state, f"{folder}/state.json")  # last: the checkpoint is whole
+            # What the checkpoint cost, beside the epoch's time (benchmarks/bench_resume.py).
+            seconds = time.perf_counter() - started
+            mlflow.log_metric("checkpoint_seconds", seconds, step=epoch, model_id=info.model_id)
 
     return EpochCheckpoint()
 
