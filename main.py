@@ -3,7 +3,9 @@
 get_data → explore_data → preprocess → train → package. A stage that already FINISHED
 in this experiment with the same parameters (compared after the stage's own parsing,
 so "0.001" equals "1e-3"), the same upstream runs and the same code version is reused,
-not run again. The parent run records every stage's run ID and which were reused.
+not run again. A train run that stopped (KILLED, or RUNNING with its process gone) with
+the same parameters and code is resumed from its last checkpoint instead of starting
+over. The parent run records every stage's run ID and which were reused or resumed.
 
 $ mlflow run . --env-manager local -P source=../shared/data/mnist
 """
@@ -124,7 +126,8 @@ def warn_about_stale_runs(experiment_id: str) -> None:
     stale, _ = stale_runs.stale_runs([experiment_id])
     if stale:
         print(
-            f"[main] {len(stale)} stale RUNNING runs (their process was killed), never reused; "
+            f"[main] {len(stale)} stale RUNNING runs (their process was killed), never reused "
+            "(a train run with a checkpoint is resumed); "
             "end them as KILLED with: python end_stale_runs.py",
             file=sys.stderr,
         )
@@ -150,16 +153,42 @@ class Pipeline:
             return found
         return None
 
+    def resumable(self, entry_point: str, **parameters):
+        """Return the stopped train run that `stage` would resume, or None (other stages: None)."""
+        from mnist_pipeline.tracking import runs
+        from mnist_pipeline.tracking.code_version import code_version
+        from mnist_pipeline.training import checkpoints
+
+        if entry_point != "train":
+            return None
+        parser = train.build_parser()
+        wanted = canonical_params(parser, {k: param_text(v) for k, v in parameters.items()})
+        candidates = runs.stopped_runs(
+            "train",
+            f"tags.{runs.CODE_VERSION_TAG} = '{code_version(train.__file__)}'",
+            [self.experiment_id],
+        )
+        for run in with_params(candidates, parser, wanted):
+            if checkpoints.latest(run.info.run_id) is not None:
+                return run
+        return None
+
     def stage(self, entry_point: str, **parameters) -> str:
         """Return the run ID of `entry_point` with `parameters`, reused or freshly run."""
         import mlflow
 
         found = self.reusable(entry_point, **parameters)
+        stopped = None
         if found is not None:
             run_id, reused = found.info.run_id, True
             print(f"[main] {entry_point}: reusing finished run {run_id}", file=sys.stderr)
         else:
-            print(f"[main] {entry_point}: starting", file=sys.stderr)
+            stopped = self.resumable(entry_point, **parameters)
+            if stopped is not None:
+                parameters = {**parameters, "resume": stopped.info.run_id}
+                print(f"[main] {entry_point}: resuming run {stopped.info.run_id}", file=sys.stderr)
+            else:
+                print(f"[main] {entry_point}: starting", file=sys.stderr)
             submitted = mlflow.projects.run(
                 uri=str(PROJECT_DIR),
                 entry_point=entry_point,
@@ -170,6 +199,8 @@ class Pipeline:
             )
             run_id, reused = submitted.run_id, False
         self.stages.append({"stage": entry_point, "run_id": run_id, "reused": reused})
+        if stopped is not None:
+            self.stages[-1]["resumed_from"] = stopped.info.run_id
         return run_id
 
     @staticmethod
@@ -190,7 +221,7 @@ class Pipeline:
     def report(self, run_id: str, seconds: float, output_dir: str) -> str:
         lines = [f"Pipeline run {run_id} finished in {seconds:.1f} s:"]
         for stage in self.stages:
-            how = "reused" if stage["reused"] else "ran"
+            how = "reused" if stage["reused"] else "resumed" if "resumed_from" in stage else "ran"
             lines.append(f"  {stage['stage']:<13} {how:<7} {stage['run_id']}")
         lines += [
             "Next:",
@@ -218,6 +249,15 @@ def already_ran(
     candidates = runs.finished_runs(
         stage, f"tags.{runs.CODE_VERSION_TAG} = '{version}'", experiment_ids_=[experiment_id]
     )
+    return next(with_params(candidates, parser, wanted), None)
+
+
+def with_params(candidates: list, parser: argparse.ArgumentParser, wanted: dict[str, str]):
+    """Yield the runs of `candidates` whose parameters, parsed by `parser`, are `wanted`.
+
+    `resume` is not compared: a train run that resumed another trained what it asks.
+    """
+    wanted = {name: value for name, value in wanted.items() if name != "resume"}
     for run in candidates:
         # A train run that took the dataset's default logged the value as <name>_used.
         used = {
@@ -226,11 +266,11 @@ def already_ran(
             if f"{name}_used" in run.data.params
         }
         try:
-            if canonical_params(parser, {**run.data.params, **used}) == wanted:
-                return run
+            logged = canonical_params(parser, {**run.data.params, **used})
         except UserError:
             continue  # a run whose parameters no longer parse cannot be reused
-    return None
+        if {name: value for name, value in logged.items() if name != "resume"} == wanted:
+            yield run
 
 
 def canonical_params(parser: argparse.ArgumentParser, values: dict[str, str]) -> dict[str, str]:

@@ -8,7 +8,10 @@ typed and pen-drawn from fonts (training/synthetic.py; `synthetic_images` says h
 `--feedback feedback` adds the training part of the drawings confirmed on the drawing page
 (mnist_pipeline/feedback.py; `feedback_images` says how many). Logs per-epoch train_/val_
 loss and accuracy, the test `loss` and `accuracy`, a confusion matrix picture, and the Keras
-model with its signature and an input example.
+model with its signature and an input example. After each epoch it logs a checkpoint: the
+CNN as a logged model with the epoch's validation metrics, and what resuming needs
+(training/checkpoints.py). `--resume <run id>` continues a stopped train run from its last
+checkpoint.
 
 $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_conv_1=16
 """
@@ -64,6 +67,9 @@ def build_parser() -> Parser:
         "--feedback", help="also train on the drawing page's feedback: an experiment or run ID"
     )
     add_hyperparameters(parser)
+    parser.add_argument(
+        "--resume", help="a stopped train run to continue from its last checkpoint (same settings)"
+    )
     parser.take_defaults_from(train)
     return parser
 
@@ -114,6 +120,7 @@ def train(
     label_smoothing: float | None = None,
     seed: int = 42,
     feedback: str = "",
+    resume: str = "",
 ) -> tuple[float | None, float]:
     """Train the CNN on a preprocess run's arrays; return the test accuracy and the seconds
 
@@ -124,13 +131,22 @@ def train(
     every training image is randomly distorted (see model.Augmentation) each time it is
     seen; the logged model never is. Logs to the active MLflow run (MLflow starts one if none is active): the
     augmentation settings, the curves per epoch, the test loss and accuracy, a confusion
-    matrix and the Keras model as 'model'.
+    matrix and the Keras model as 'model'; after each epoch, a checkpoint (see
+    training/checkpoints.py). With `resume`, the ID of a stopped train run, training goes
+    on from that run's last checkpoint, with the same settings (the preprocess run is
+    the stopped run's unless given).
     """
     import mlflow
 
     from mnist_pipeline.tracking import runs
+    from mnist_pipeline.training import checkpoints
 
     # Before TensorFlow is imported: a wrong run is said in a few seconds, not ten.
+    resumed = checkpoint = None
+    if resume:
+        resumed, checkpoint = checkpoints.to_resume(resume)
+        if not (preprocess_run or input_dir):
+            preprocess_run = resumed.data.tags.get("preprocess_run", "")
     preprocess_run = resolve_preprocess_run(preprocess_run, input_dir, dataset)
 
     import keras
@@ -150,6 +166,22 @@ def train(
     )
     mlflow.log_params({f"{name}_used": value for name, value in used.items()})
     epochs, label_smoothing = used["epochs"], used["label_smoothing"]
+    # What a resumed run must share with the stopped one, and a checkpoint records.
+    settings = {
+        "preprocess_run": preprocess_run,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "lr": lr,
+        "nr_conv_1": nr_conv_1,
+        "architecture": architecture,
+        "augment": augment,
+        "synthetic": synthetic,
+        "label_smoothing": label_smoothing,
+        "seed": seed,
+        "feedback": feedback,
+    }
+    if resume:
+        checkpoints.checked_settings(resume, checkpoint, settings)
     mlflow.set_tags(
         {
             "dataset": spec.dataset,
@@ -168,6 +200,8 @@ def train(
         mlflow.data.from_numpy(x_train, targets=y_train, name=f"{spec.dataset}-train"),
         context="training",
     )
+    validation = mlflow.data.from_numpy(x_val, targets=y_val, name=f"{spec.dataset}-validation")
+    mlflow.log_input(validation, context="validation")
     # Digits only: typed and pen-drawn digits from fonts that no evaluation set uses.
     added = round(len(y_train) * synthetic) if spec.image_style == "digit" else 0
     mlflow.log_param("synthetic_images", added)
@@ -223,15 +257,41 @@ def train(
     classes = len(spec.class_names)
     y_train_fit, y_val_fit = (keras.utils.to_categorical(y, classes) for y in (y_train, y_val))
 
+    def servable():
+        """The bare CNN in float32, as it is logged and served, whatever dtype it trains in."""
+        if dtype == "float32":
+            return model
+        copy = build_cnn(nr_conv_1, classes, architecture)
+        copy.set_weights(model.get_weights())
+        return copy
+
+    first_epoch = 0
+    if resume:
+        first_epoch = checkpoints.restore(trained, resumed, checkpoint)
+        print(f"Resuming train run {resume} after epoch {first_epoch} of {epochs}")
     pruning = pruning_callbacks()  # none unless a search started this run
+    # The checkpoints log the validation metrics themselves, linked to each epoch's model.
+    callbacks = [epoch_logger(validation=not checkpoints.enabled), *pruning]
+    if checkpoints.enabled:
+        callbacks.append(
+            checkpoints.epoch_checkpoint(
+                servable,
+                trained,
+                settings,
+                validation,
+                x_val[:1],
+                requirements.pinned(requirements.KERAS_MODEL_PACKAGES),
+            )
+        )
     started = time.perf_counter()
     trained.fit(
         x_train,
         y_train_fit,
         batch_size=batch_size,
         epochs=epochs,
+        initial_epoch=first_epoch,
         validation_data=(x_val, y_val_fit),
-        callbacks=[epoch_logger(), *pruning],
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - started
@@ -240,28 +300,29 @@ def train(
         # nothing ever picks it as the best.
         mlflow.log_metric("train_seconds", seconds)
         return None, seconds
-    if dtype != "float32":
-        # The model is logged, served and measured in float32, wherever it runs: the
-        # same weights (kept in float32 while training in mixed precision) in a float32 CNN.
-        weights = model.get_weights()
-        model = build_cnn(nr_conv_1, len(spec.class_names), architecture)
-        model.set_weights(weights)
+    # The model is logged, served and measured in float32, wherever it runs: the same
+    # weights (kept in float32 while training in mixed precision) in a float32 CNN.
+    model = servable()
     # The bare model is measured (the augmenting wrapper is what was compiled).
     probabilities = model.predict(x_test, batch_size=1024, verbose=0)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
     loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y_test, probabilities)))
-    mlflow.log_metrics({"loss": loss, "accuracy": accuracy, "train_seconds": seconds})
 
     counts = confusion_counts(y_test, probabilities.argmax(axis=1), len(spec.class_names))
     mlflow.log_figure(plots.confusion_matrix(counts, spec.class_names), "confusion_matrix.png")
     example = x_test[:1]
-    mlflow.tensorflow.log_model(
+    logged = mlflow.tensorflow.log_model(
         model,
         name="model",
         signature=infer_signature(example, probabilities[:1]),
         input_example=example,
         # Written out: inferring them would load the model again in a new process.
         pip_requirements=requirements.pinned(requirements.KERAS_MODEL_PACKAGES),
+    )
+    # Linked to the model explicitly: MLflow would link a metric of step 0 to the first
+    # epoch's checkpoint.
+    mlflow.log_metrics(
+        {"loss": loss, "accuracy": accuracy, "train_seconds": seconds}, model_id=logged.model_id
     )
     return accuracy, seconds
 

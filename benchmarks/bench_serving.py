@@ -130,7 +130,7 @@ def logged_model_uri(train_run_id: str) -> str:
 
     run = mlflow.get_run(train_run_id)
     found = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                        filter_string=f"source_run_id = '{train_run_id}'",
+                                        filter_string=f"source_run_id = '{train_run_id}' AND name = 'model'",
                                         output_format="list")  # fmt: skip
     return f"models:/{found[0].model_id}"
 

@@ -15,7 +15,7 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then
     . .venv/bin/activate
 fi
 failed=()
-for name in bench_preprocess bench_rerun bench_training bench_accuracy bench_drawings bench_serving bench_load bench_batch bench_draw; do
+for name in bench_preprocess bench_rerun bench_training bench_resume bench_accuracy bench_drawings bench_serving bench_load bench_batch bench_draw; do
     echo "=== $name $* ($(date +%H:%M:%S))"
     SECONDS=0
     python "benchmarks/$name.py" "$@" || failed+=("$name")

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shlex
+import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, free_port, make_store, once_per_session, running, write_tiny_dataset
 
@@ -282,3 +287,116 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
         (prediction,) = answer["predictions"]
         assert set(prediction) == {"label", "class_name", "probability"}
+
+
+def weights_of(path: Path) -> dict:
+    """Every array of a Keras .weights.h5 file (the layers' and the optimizer's), by name."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path) as weights:
+        weights.visititems(
+            lambda name, item: (
+                arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+            )
+        )
+    return arrays
+
+
+def stopped_after_first_checkpoint(command: str, project: Path, env: dict, log: Path) -> str:
+    """Run `command`, SIGTERM it (as a CI timeout does) once an epoch-1 checkpoint is whole.
+
+    Returns the ID of the run that the checkpoint belongs to.
+    """
+    before = set(project.glob("mlruns/*/*/artifacts/checkpoints/epoch-1/state.json"))
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            shlex.split(command),
+            cwd=project,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            whole = []
+            while not whole and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                whole = [
+                    path
+                    for path in project.glob("mlruns/*/*/artifacts/checkpoints/epoch-1/state.json")
+                    if path not in before
+                ]
+            if whole:
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert whole, log.read_text()[-3000:]
+    return whole[0].parents[3].name
+
+
+def test_checkpoint_block_as_written(tmp_path, tiny_mirror):
+    """The after-the-first-model chapter's block: train, stop, resume, the best checkpoint.
+
+    The first command's training runs once to its end (the uninterrupted training, through
+    train.py), and the command itself once, stopped with SIGTERM after its first epoch. The resumed run trains only the remaining epochs
+    and ends with the uninterrupted run's whole training state (CNN, augmentation,
+    optimizer), within floating-point tolerance.
+    """
+    import mlflow
+
+    project, store = copy_of_the_project(tmp_path, tiny_mirror)
+    source = ("--source", str(tiny_mirror / "data" / "mnist"), "--allow_unverified", "true")
+    store.script("download.py", *source, "--outdir", str(tmp_path / "data"))
+    store.script("preprocess.py")
+    train, resume, best = guide_block("## Train, stop, resume")
+    # The uninterrupted training: the same settings, through the script (no `mlflow run`
+    # start-up, 4.5 CPU-seconds).
+    assert train.endswith("--experiment-name checkpoints -P epochs=3")
+    store.script("train.py", "--epochs", "3", experiment="checkpoints")
+    experiment = experiment_id(project, "checkpoints")
+    uninterrupted = newest(project, "train", experiment)
+
+    stopped = stopped_after_first_checkpoint(train, project, store.env, tmp_path / "train.log")
+    client = in_project(project)
+    assert client.get_run(stopped).info.status == "KILLED", (tmp_path / "train.log").read_text()
+    folder = project / "mlruns" / experiment
+    done = sorted(
+        int(path.parent.name[6:])
+        for path in folder.glob(f"{stopped}/artifacts/checkpoints/*/state.json")
+    )
+    assert done and done[-1] < 3, done
+
+    run_lines(store, project, [resume], lambda line: line.replace("<stopped run id>", stopped))
+    resumed = newest(project, "train", experiment)
+    tags = tags_of(project, resumed)
+    assert tags["resumed_from"] == stopped
+    assert tags["resumed_after_epoch"] == str(done[-1])
+    # Only the remaining epochs were trained (the steps count epochs from 0).
+    steps = [metric.step for metric in client.get_metric_history(resumed, "val_accuracy")]
+    assert steps == list(range(done[-1], 3))
+    final = "artifacts/checkpoints/epoch-3/training.weights.h5"
+    expected = weights_of(folder / uninterrupted / final)
+    actual = weights_of(folder / resumed / final)
+    assert sorted(actual) == sorted(expected)
+    for name, values in expected.items():
+        np.testing.assert_allclose(actual[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+    # The best checkpoint of the resumed run, by validation accuracy, as the guide asks it.
+    line = best.replace("<experiment id>", experiment).replace("<train run id>", resumed)
+    printed = store.run(["bash", "-c", line], cwd=project).stdout.split()[0]
+    checkpoints = mlflow.search_logged_models(
+        experiment_ids=[experiment],
+        filter_string=f"source_run_id = '{resumed}' AND name = 'checkpoint'",
+        output_format="list",
+    )
+    accuracy = {
+        model.model_id: {metric.key: metric.value for metric in model.metrics}["val_accuracy"]
+        for model in checkpoints
+    }
+    assert len(accuracy) == 3 - done[-1]
+    assert accuracy[printed] == max(accuracy.values())

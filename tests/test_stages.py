@@ -119,12 +119,16 @@ def test_train_logs_curves_test_metrics_confusion_and_model(pipeline):
     assert "confusion_matrix.png" in artifacts
     import mlflow
 
+    # The final model, beside a checkpoint per epoch (tests/test_resume.py), with the test
+    # figures linked to it.
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'",
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'model'",
         output_format="list",
     )
-    assert [model.name for model in models] == ["model"]
+    assert len(models) == 1
+    linked = {metric.key: metric.value for metric in models[0].metrics}
+    assert linked["accuracy"] == run.data.metrics["accuracy"]
     info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
     assert info.signature is not None and info.saved_input_example_info is not None
     # The installed versions of what the Keras model imports, pinned (not inferred by

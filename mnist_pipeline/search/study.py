@@ -41,7 +41,7 @@ from mnist_pipeline import plots
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.search import space
 from mnist_pipeline.tracking import signals
-from mnist_pipeline.training import pruning
+from mnist_pipeline.training import checkpoints, pruning
 
 STORAGE_ENV = "OPTUNA_STORAGE"  # a database URL, as Optuna's own CLI reads it
 HOST = socket.gethostname()
@@ -273,6 +273,8 @@ def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.T
     import train  # the project's train.py, on the path of the process that made the pool
 
     pruning.trial = trial
+    # A trial logs no checkpoints (see training/checkpoints.py).
+    checkpoints.enabled = False
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):

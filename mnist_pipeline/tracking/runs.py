@@ -87,6 +87,34 @@ def finished_runs(
     )
 
 
+def stopped_runs(
+    stage: str, extra_filter: str = "", experiment_ids_: list[str] | None = None
+) -> list[Run]:
+    """Return the runs of `stage` that stopped unfinished, newest first.
+
+    Those that ended KILLED (Ctrl-C, SIGTERM) and those still RUNNING whose process is gone
+    (SIGKILL, a power cut; see stale_runs.py).
+    """
+    from mnist_pipeline.tracking.signals import PROCESS_TAG
+    from mnist_pipeline.tracking.stale_runs import process_is_gone
+
+    query = f"tags.{STAGE_TAG} = '{stage}' and attributes.status != 'FINISHED'"
+    if extra_filter:
+        query += f" and {extra_filter}"
+    found = mlflow.search_runs(
+        experiment_ids=experiment_ids_ or experiment_ids(),
+        filter_string=query,
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    return [
+        run
+        for run in found
+        if run.info.status == "KILLED"
+        or (run.info.status == "RUNNING" and process_is_gone(run.data.tags.get(PROCESS_TAG, "")))
+    ]
+
+
 def latest_run(
     stage: str, dataset: str | None = None, lineage: dict[str, str] | None = None
 ) -> Run:

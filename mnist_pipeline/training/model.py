@@ -225,12 +225,14 @@ def compile_cnn(model, lr: float, steps: int, label_smoothing: float = 0.0) -> N
     )
 
 
-def epoch_logger():
+def epoch_logger(validation: bool = True):
     """Return a Keras callback that logs each epoch's metrics to the active MLflow run.
 
     Built on mlflow.keras.MlflowCallback (which also logs the optimizer and the model
     summary), with the names the UI charts side by side: train_loss, train_accuracy,
-    val_loss, val_accuracy. The bare `loss` and `accuracy` are kept for the test set.
+    val_loss, val_accuracy (without `validation`, only the train_ ones: checkpoints log
+    the val_ ones, linked to each epoch's model). The bare `loss` and `accuracy` are kept
+    for the test set.
     """
     import mlflow
     from mlflow.keras import MlflowCallback
@@ -241,7 +243,7 @@ def epoch_logger():
                 named = {
                     name if name.startswith("val_") else f"train_{name}": float(value)
                     for name, value in logs.items()
-                    if name != "learning_rate"
+                    if name != "learning_rate" and (validation or not name.startswith("val_"))
                 }
                 mlflow.log_metrics(named, step=epoch)
 
