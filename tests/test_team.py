@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_TRAINING, VENV_BIN, Store, free_port, running
 
+from mnist_pipeline.training import checkpoints
+
 POSTGRES_MISSING = shutil.which("pg_config") is None and not list(
     Path("/usr/lib/postgresql").glob("*/bin/initdb")
 )
@@ -263,7 +265,13 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
         return None
 
     killed_trial = wait_for(a_trial_of_the_doomed_worker, 240, "a trial on the third machine")
-    time.sleep(1)
+
+    def its_checkpoint():
+        machines[0].client()  # MLflow pointed at the team's server
+        return checkpoints.latest(killed_trial.info.run_id)
+
+    # Killed once the trial has a checkpoint, from which its retry goes on.
+    wait_for(its_checkpoint, 120, "the trial's first checkpoint")
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait()
 
@@ -278,6 +286,8 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     )
     assert retry.info.status == "FINISHED"
     assert retry.data.params["lr"] == killed_trial.data.params["lr"]
+    assert retry.data.tags["resumed_from"] == killed_trial.info.run_id
+    assert int(retry.data.tags["resumed_after_epoch"]) >= 1
     # Every trial is accounted for, once with an answer, whichever machine ran it. Optuna's
     # MaxTrialsCallback lets a live worker finish a trial begun before the fifth answer.
     answered = [run for run in children if run.info.status == "FINISHED"]

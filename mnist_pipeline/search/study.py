@@ -177,14 +177,17 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             title += f" {name}={value:.2g}" if isinstance(value, float) else f" {name}={value}"
         run_tags = tags | {"trial": str(number)}
         # A retry carries the attributes of the trial it repeats, whose run it names.
-        if "mlflow_run_id" in trial.user_attrs:
-            run_tags["retry_of"] = trial.user_attrs["mlflow_run_id"]
+        repeated = trial.user_attrs.get("mlflow_run_id")
+        if repeated:
+            run_tags["retry_of"] = repeated
         run_id = client.create_run(search.experiment_id, run_name=title, tags=run_tags).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("trial", number)
         trial.set_user_attr("host", HOST)
         arguments = ["--preprocess_run", search.preprocess_run]
         arguments += [f"--{name}={value}" for name, value in params.items()]
+        if repeated and checkpoints.latest(repeated):  # goes on from its last checkpoint
+            arguments += ["--resume", repeated]
         started = time.perf_counter()
         try:
             trial_environment = environment | {"MLFLOW_RUN_ID": run_id}
@@ -273,8 +276,6 @@ def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.T
     import train  # the project's train.py, on the path of the process that made the pool
 
     pruning.trial = trial
-    # A trial logs no checkpoints (see training/checkpoints.py).
-    checkpoints.enabled = False
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):

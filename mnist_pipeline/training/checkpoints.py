@@ -42,8 +42,8 @@ from mnist_pipeline.tracking.signals import PROCESS_TAG
 CHECKPOINT_MODEL = "checkpoint"
 FOLDER = "checkpoints"
 RESUMED_FROM_TAG = "resumed_from"
-# False: train logs no checkpoints. A search's trials do not (see search/study.py): a dozen
-# trials of several epochs would fill the Models tab, and nothing resumes a trial yet.
+# False: train logs no checkpoints (benchmarks/bench_resume.py's baseline). A search's trials
+# log them too: a dead worker's trial is retried from its last one (see search/study.py).
 enabled = True
 
 
