@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -211,16 +210,16 @@ def package(
         mlflow.log_metric("accuracy", accuracy)
     # Evaluated before it replaces the saved model: a model that fails its evaluation,
     # or a package stopped during it, leaves `output_dir` as it was.
-    # Read once: the champion is judged on the very same drawings.
-    feedback_drawings = feedback_to_evaluate(feedback, spec.dataset)
-    served = evaluate_served(
-        model_info.model_uri,
-        model_info.model_id,
-        spec,
+    # Made once: the champion is judged on the very same sets.
+    request_sets = evaluation.served_request_sets(
         test_pixels,
         y_test,
-        feedback=feedback_drawings,
+        spec,
+        DRAWN_DIGITS,
+        FONT_DIGITS,
+        feedback_to_evaluate(feedback, spec.dataset),
     )
+    served = evaluate_served(model_info.model_uri, model_info.model_id, request_sets)
     replace_directory(model_info.model_uri, Path(output_dir))
 
     summary = (
@@ -235,18 +234,7 @@ def package(
             client.set_model_version_tag(spec.dataset, version, name, f"{figure:.4f}")
         summary += f"; registered {spec.dataset} version {version}"
         if champion == "auto":
-            verdict = promotion.gate(
-                spec.dataset,
-                version,
-                served,
-                spec,
-                test_pixels,
-                y_test,
-                DRAWN_DIGITS,
-                FONT_DIGITS,
-                margin,
-                feedback_drawings,
-            )
+            verdict = promotion.gate(spec.dataset, version, served, request_sets, margin)
             print(verdict.line())
             promoted = verdict.promoted
         else:
@@ -257,32 +245,15 @@ def package(
 
 
 def evaluate_served(
-    model_uri: str,
-    model_id: str | None,
-    spec: TransformSpec,
-    test_pixels: np.ndarray,
-    test_labels: np.ndarray,
-    drawn_dir: str | Path = DRAWN_DIGITS,
-    font_dir: str | Path = FONT_DIGITS,
-    feedback: pd.DataFrame | None = None,
+    model_uri: str, model_id: str | None, request_sets: list[evaluation.RequestSet]
 ) -> dict[str, float]:
-    """Evaluate the model at `model_uri` as it is served; log and tag the run; return the figures.
-
-    `test_pixels` are uint8 (n, 28, 28), 0-255, and `test_labels` their classes (n,). The
-    drawn digits at `drawn_dir` and the font digits at `font_dir` are evaluated for MNIST
-    only (they are digits), and only if the folder exists; the `feedback` drawings (columns
-    image, label) if given. Returns {"served_accuracy": ..., ...}.
-    """
+    """Evaluate the model at `model_uri` as it is served, on `request_sets` (see
+    evaluation.served_request_sets); log and tag the run; return the figures,
+    {"served_accuracy": ..., ...}."""
     import mlflow
 
     started = time.perf_counter()
     model = mlflow.pyfunc.load_model(model_uri)
-    for folder, metric in ((drawn_dir, "drawn_accuracy"), (font_dir, "fonts_accuracy")):
-        if spec.dataset == "mnist" and not Path(folder).is_dir():
-            print(f"No pictures at {folder}: no {metric}", file=sys.stderr)
-    request_sets = evaluation.served_request_sets(
-        test_pixels, test_labels, spec, drawn_dir, font_dir, feedback
-    )
     served = {}
     for request_set in request_sets:
         result = evaluation.evaluate(model, request_set, model_id)

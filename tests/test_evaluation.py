@@ -168,11 +168,14 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
     drawn = tmp_path / "drawn"
     labels = write_drawn_folder(drawn)
     model_uri, spec = served["model_uri"], served["spec"]
+
+    def sets(spec, drawn_dir, font_dir=FONT_DIGITS):
+        pixels, labels = served["pixels"], served["labels"]
+        return evaluation.served_request_sets(pixels, labels, spec, drawn_dir, font_dir)
+
     with mlflow.start_run(experiment_id=experiment) as run:
-        figures = evaluate_served(
-            model_uri, None, spec, served["pixels"], served["labels"], drawn_dir=drawn
-        )
-    assert set(figures) == set(FIGURES)  # font_digits/ too, by default
+        figures = evaluate_served(model_uri, None, sets(spec, drawn))
+    assert set(figures) == set(FIGURES)  # font_digits/ too, as package sends it
     request_set = evaluation.picture_files(drawn, spec, "drawn", "drawn digits")
     assert list(request_set.targets) == [str(label) for label in labels]
     assert figures["drawn_accuracy"] == pytest.approx(
@@ -199,13 +202,7 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
     # No folder: no drawn_accuracy, and one line that says so.
     with mlflow.start_run(experiment_id=experiment):
         figures = evaluate_served(
-            model_uri,
-            None,
-            spec,
-            served["pixels"],
-            served["labels"],
-            drawn_dir=tmp_path / "none",
-            font_dir=tmp_path / "nothing",
+            model_uri, None, sets(spec, tmp_path / "none", tmp_path / "nothing")
         )
     assert set(figures) == {"served_accuracy", "served_png_accuracy"}
     progress = capsys.readouterr().err
@@ -215,9 +212,7 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
     # Not digits: the drawn digits say nothing about it, so they are not sent.
     fashion_like = dataclasses.replace(spec, dataset="fashion")
     with mlflow.start_run(experiment_id=experiment):
-        figures = evaluate_served(
-            model_uri, None, fashion_like, served["pixels"], served["labels"], drawn_dir=drawn
-        )
+        figures = evaluate_served(model_uri, None, sets(fashion_like, drawn))
     assert set(figures) == {"served_accuracy", "served_png_accuracy"}
     assert "drawn" not in capsys.readouterr().err
 

@@ -232,7 +232,7 @@ def test_the_guides_feedback_block_as_written(guide_page):
 # ------------------------------------------------------------------------------ used
 
 
-def test_package_evaluation_reports_feedback_accuracy(pipeline, tmp_path, capsys):
+def test_package_evaluation_reports_feedback_accuracy(pipeline, capsys):
     """package's evaluate_served, in this process, on the tiny pipeline's model: the other
     sets left out (as in test_evaluation.py), 20 feedback drawings in."""
     import mlflow
@@ -255,16 +255,9 @@ def test_package_evaluation_reports_feedback_accuracy(pipeline, tmp_path, capsys
     )
     model_uri = runs.logged_model_uri(package_run)
     with mlflow.start_run(experiment_id=experiment) as run:
-        figures = evaluate_served(
-            model_uri,
-            None,
-            spec,
-            evaluation.pixels_from_arrays(x_test, spec),
-            y_test,
-            drawn_dir=tmp_path / "none",
-            font_dir=tmp_path / "none",
-            feedback=drawings,
-        )
+        pixels = evaluation.pixels_from_arrays(x_test, spec)
+        request_sets = evaluation.served_request_sets(pixels, y_test, spec, feedback=drawings)
+        figures = evaluate_served(model_uri, None, request_sets)
     assert set(figures) == {"served_accuracy", "served_png_accuracy", "feedback_accuracy"}
     answers = mlflow.pyfunc.load_model(model_uri).predict(
         evaluation.feedback_pictures(drawings, spec).requests

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -197,16 +198,21 @@ def served_request_sets(
     """The sets package evaluates a served model on: PNG files, drawn digits, font digits,
     the drawing page's feedback, test frames.
 
-    The drawn digits at `drawn_dir` and the font digits at `font_dir` only for MNIST and
-    only if the folder exists; the `feedback` drawings (image, label) if given.
-    The frames come last: MLflow's unprefixed per_class_metrics.csv is the last
-    evaluation's, so it is then the report of the whole test set (see evaluate).
+    The drawn digits at `drawn_dir` and the font digits at `font_dir` only for MNIST (they
+    are digits) and only if the folder exists (a line on stderr says when it does not); the
+    `feedback` drawings (image, label) if given. The frames come last: MLflow's unprefixed
+    per_class_metrics.csv is the last evaluation's, so it is then the report of the whole
+    test set (see evaluate).
     """
     request_sets = [test_png_files(pixels, labels, spec)]
     pictures = ((drawn_dir, "drawn", "drawn digits"), (font_dir, "fonts", "font digits"))
     for folder, prefix, description in pictures:
-        if spec.dataset == "mnist" and folder is not None and Path(folder).is_dir():
+        if spec.dataset != "mnist" or folder is None:
+            continue
+        if Path(folder).is_dir():
             request_sets.append(picture_files(folder, spec, prefix, description))
+        else:
+            print(f"No pictures at {folder}: no {prefix}_accuracy", file=sys.stderr)
     if feedback is not None:
         request_sets.append(feedback_pictures(feedback, spec))
     request_sets.append(test_frames(pixels, labels, spec))

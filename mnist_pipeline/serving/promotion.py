@@ -15,16 +15,11 @@ a run nested under the package run.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-
-from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving import evaluation
 from mnist_pipeline.tracking import signals
@@ -120,20 +115,14 @@ def gate(
     name: str,
     version: str,
     figures: dict[str, float],
-    spec: TransformSpec,
-    test_pixels: np.ndarray,
-    test_labels: np.ndarray,
-    drawn_dir: str | os.PathLike,
-    font_dir: str | os.PathLike,
+    request_sets: list[evaluation.RequestSet],
     margin: float = MARGIN,
-    feedback: pd.DataFrame | None = None,
 ) -> Verdict:
     """Move `@champion` of the registered model `name` to `version` if it is no worse.
 
-    `figures` are the new version's, from the served path on the sets that
-    evaluation.served_request_sets makes of `test_pixels` (uint8 (n, 28, 28)),
-    `test_labels` (n,), `drawn_dir`, `font_dir` and the `feedback` drawings; the champion is evaluated on the same sets in a
-    process of its own. Tags both versions and the active run; returns the verdict.
+    `figures` are the new version's, from the served path on `request_sets`; the champion
+    is evaluated on the very same sets in a process of its own. Tags both versions and the
+    active run; returns the verdict.
     """
     import mlflow
 
@@ -144,12 +133,7 @@ def gate(
         champion_figures = evaluate_in_own_process(
             f"models:/{name}/{champion}",
             f"champion v{champion} on the sets of v{version}",
-            spec,
-            test_pixels,
-            test_labels,
-            drawn_dir,
-            font_dir,
-            feedback,
+            request_sets,
         )
         verdict = judge(version, figures, champion, champion_figures, margin)
     record(name, verdict)
@@ -190,16 +174,10 @@ def record(name: str, verdict: Verdict) -> None:
 
 
 def evaluate_in_own_process(
-    model_uri: str,
-    run_name: str,
-    spec: TransformSpec,
-    test_pixels: np.ndarray,
-    test_labels: np.ndarray,
-    drawn_dir: str | os.PathLike,
-    font_dir: str | os.PathLike,
-    feedback: pd.DataFrame | None = None,
+    model_uri: str, run_name: str, request_sets: list[evaluation.RequestSet]
 ) -> dict[str, float]:
-    """Evaluate `model_uri` through the served path in a new Python; return its figures.
+    """Evaluate `model_uri` on `request_sets` through the served path in a new Python;
+    return its figures.
 
     The model carries its own copy of this package (code_paths), which this process has
     already imported in another version. The evaluation is logged to a run named
@@ -224,12 +202,7 @@ def evaluate_in_own_process(
                 mlflow.get_tracking_uri(),
                 parent.info.experiment_id if parent else None,
                 parent.info.run_id if parent else None,
-                spec,
-                test_pixels,
-                test_labels,
-                str(drawn_dir),
-                str(font_dir),
-                feedback,
+                request_sets,
             )
         finally:
             sys.path[:] = saved_path
@@ -252,21 +225,13 @@ def _evaluate(
     tracking_uri: str,
     experiment_id: str | None,
     parent_run_id: str | None,
-    spec: TransformSpec,
-    test_pixels: np.ndarray,
-    test_labels: np.ndarray,
-    drawn_dir: str,
-    font_dir: str,
-    feedback: pd.DataFrame | None,
+    request_sets: list[evaluation.RequestSet],
 ) -> dict[str, tuple[float, str]]:
     """In the child process: {metric: (accuracy, progress line)} of `model_uri` on the sets."""
     import mlflow
 
     signals.install()
     mlflow.set_tracking_uri(tracking_uri)
-    request_sets = evaluation.served_request_sets(
-        test_pixels, test_labels, spec, drawn_dir, font_dir, feedback
-    )
     with (
         tempfile.TemporaryDirectory() as staging,
         mlflow.start_run(
