@@ -26,6 +26,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import mlflow
@@ -189,14 +190,18 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         if repeated and checkpoints.latest(repeated):  # goes on from its last checkpoint
             arguments += ["--resume", repeated]
         started = time.perf_counter()
+        killed = False
         try:
             trial_environment = environment | {"MLFLOW_RUN_ID": run_id}
             error = pool.submit(run_trial, arguments, trial_environment, trial).result()
-        except Exception as failure:  # a bug in train, or a process that died
+        except BrokenProcessPool:  # its process was killed: by a stop, or by the OOM killer
+            killed, error = True, "the trial's process was killed"
+        except Exception as failure:  # a bug in train
             error = f"{type(failure).__name__}: {failure}"
         finally:
             if client.get_run(run_id).info.status == "RUNNING":  # it never ended its run
-                client.set_terminated(run_id, "KILLED" if signals.stopping() else "FAILED")
+                ended = "KILLED" if killed or signals.stopping() else "FAILED"
+                client.set_terminated(run_id, ended)
         if signals.stopping():
             if storage_url():  # the other workers run it again, as they would a dead worker's
                 Retry(max_retry=2)(study, study.get_trials(deepcopy=False)[trial.number])
@@ -228,10 +233,12 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         answers = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         optuna.study.MaxTrialsCallback(search.trials + retries, states=answers)(study, trial)
 
-    # Spawned, not forked: a process that imported TensorFlow must not fork.
-    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool:
-        # A signal to this process alone ends the trials too: their runs end KILLED.
-        signals.on_stop(lambda: [child.terminate() for child in multiprocessing.active_children()])
+    # Spawned, not forked: a process that imported TensorFlow must not fork. The trial
+    # processes ignore SIGINT and SIGTERM, which a Ctrl-C or `kill -- -<pid>` sends them too:
+    # this process decides. When it stops, it kills them and ends their runs KILLED.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, spawn, initializer=signals.ignore) as pool:
+        signals.on_stop(lambda: [child.kill() for child in multiprocessing.active_children()])
         # Locally, this process runs every trial; shared, each worker runs until they are done.
         n_trials = None if storage_url() else search.trials
         study.optimize(

@@ -58,6 +58,13 @@ def install() -> None:
         sys.excepthook = _one_line_when_stopped
 
 
+def ignore() -> None:
+    """Ignore SIGINT and SIGTERM in this process, and install() leaves them ignored: for a
+    search's trial processes, which the search's own process stops (search/study.py)."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def stopping() -> bool:
     return stopped_by is not None
 
