@@ -254,16 +254,20 @@ def started_reading_stderr(command: list, cwd: Path, env: dict) -> subprocess.Po
     )
 
 
-def copy_of_the_working_tree(destination: Path) -> Path:
-    """Copy the working tree's files as a clone has them (no .venv, store or model)."""
-    files = subprocess.run(
+def working_tree_files() -> list[str]:
+    """The project's files as git sees them, new ones too: not .venv, the store or a model."""
+    return subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
-    for name in files:
+
+
+def copy_of_the_working_tree(destination: Path) -> Path:
+    """Copy the working tree's files as a clone has them (no .venv, store or model)."""
+    for name in working_tree_files():
         if (REPO / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, destination / name)

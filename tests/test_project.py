@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO
 
 from main import canonical_params
+from tests.helpers import working_tree_files
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
 ENTRY_POINTS = MLPROJECT["entry_points"]
@@ -106,11 +107,12 @@ def test_every_stage_is_a_function_with_typed_named_arguments():
 
 
 def test_readme_names_existing_files_and_entry_points():
+    names = {path.rsplit("/", 1)[-1] for path in working_tree_files()}
     for name in set(re.findall(r"\b([\w/-]+\.(?:py|md))\b", GUIDE)):
         if "/" in name:  # a path from the repository's root, as the guide writes them
             assert (REPO / name).is_file(), f"the guide names {name}, which does not exist"
         elif name != "README.md":
-            assert list(REPO.rglob(name)), f"the guide names {name}, which does not exist"
+            assert name in names, f"the guide names {name}, which does not exist"
     for entry_point in re.findall(r"-e (\w+)", GUIDE):
         assert entry_point in ENTRY_POINTS, f"the guide runs unknown entry point {entry_point}"
     assert "0/" in README
