@@ -6,7 +6,8 @@ full suite (`python -m pytest`, as `make test` does) at the working tree and, wi
 --baseline, at an earlier commit checked out in a temporary git worktree, one after the
 other in the same run. It reports each suite's CPU-seconds (pytest and every process it
 waited for: xdist workers, `mlflow run`, servers), its wall time, and the test files that
-cost the most, measured per test by the plugin below.
+cost the most, measured per test by the plugin below, and what the tests that both suites
+have cost in each.
 
 $ python benchmarks/bench_suite.py [--baseline 5ccd1e6] [-- pytest options...]
 
@@ -120,6 +121,13 @@ def main() -> int:
         print(f"  {sum(files.values()):7.1f}  all tests\n\nThe costliest tests, {label}:")
         for test, seconds in tests.most_common(args.top):
             print(f"  {seconds:7.1f}  {test}")
+    if len(results) == 2:  # the tests that both suites have, and those added since
+        before, after = results[0][-1], results[1][-1]
+        shared = before.keys() & after.keys()
+        added = after.keys() - before.keys()
+        then, now = (sum(tests[name] for name in shared) for tests in (before, after))
+        print(f"\nThe {len(shared)} tests of both suites: {then:.0f} CPU-s, then {now:.0f}")
+        print(f"The {len(added)} tests added: {sum(after[name] for name in added):.0f} CPU-s")
     return max(code for _, _, _, code, *_ in results)
 
 
