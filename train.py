@@ -269,6 +269,9 @@ def train(
     if resume:
         first_epoch = checkpoints.restore(trained, resumed, checkpoint)
         print(f"Resuming train run {resume} after epoch {first_epoch} of {epochs}")
+    # Written out for the checkpoints and the model: inferring them would load each model
+    # again in a new process.
+    model_requirements = requirements.pinned(requirements.KERAS_MODEL_PACKAGES)
     pruning = pruning_callbacks()  # none unless a search started this run
     # The checkpoints log the validation metrics themselves, linked to each epoch's model.
     callbacks = [epoch_logger(validation=not checkpoints.enabled), *pruning]
@@ -280,7 +283,7 @@ def train(
                 settings,
                 validation,
                 x_val[:1],
-                requirements.pinned(requirements.KERAS_MODEL_PACKAGES),
+                model_requirements,
             )
         )
     started = time.perf_counter()
@@ -316,8 +319,7 @@ def train(
         name="model",
         signature=infer_signature(example, probabilities[:1]),
         input_example=example,
-        # Written out: inferring them would load the model again in a new process.
-        pip_requirements=requirements.pinned(requirements.KERAS_MODEL_PACKAGES),
+        pip_requirements=model_requirements,
     )
     # Linked to the model explicitly: MLflow would link a metric of step 0 to the first
     # epoch's checkpoint.
