@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_TRAINING, make_store
 
+from mnist_pipeline.tracking.signals import PROCESS_TAG
+
 # Every test here starts real stages, trainings among them, and signals them: not `make check`.
 pytestmark = pytest.mark.full
 
@@ -290,7 +292,10 @@ def test_main_stopped_in_train_and_in_package_then_rerun_reuses(tmp_path, tiny_d
     assert_nothing_running(store)
 
 
-def test_train_batch_with_two_workers_stopped(pipeline):
+def test_train_batch_outlives_a_killed_trial_process_then_stops_with_two_workers(pipeline):
+    """A trial process killed as the OOM killer would (SIGKILL) costs only its own trial: the
+    other worker's trial goes on, and the next trial starts in a new process. SIGTERM then
+    ends the search and all its runs KILLED."""
     store = pipeline["store"]
     experiment = "stopping-train-batch"
     process = start(
@@ -299,23 +304,26 @@ def test_train_batch_with_two_workers_stopped(pipeline):
         experiment=experiment,
         preprocess_run=pipeline["preprocess_run"],
         nr_conv_1="4,8,12",
-        epochs="30",
+        epochs="200",
         batch_size="32",
         workers="2",
     )
     (batch,) = wait_for_running(store, process, "tags.stage = 'train_batch'", experiment=experiment)
-    trials = wait_for_running(
-        store,
-        process,
-        f"tags.mlflow.parentRunId = '{batch.info.run_id}' and tags.stage = 'train'",
-        count=2,
-        experiment=experiment,
+    trials_query = f"tags.mlflow.parentRunId = '{batch.info.run_id}' and tags.stage = 'train'"
+    doomed, other = wait_for_running(store, process, trials_query, count=2, experiment=experiment)
+    os.kill(int(doomed.data.tags[PROCESS_TAG].rsplit(":", 1)[1]), signal.SIGKILL)
+    (third,) = wait_for_running(
+        store, process, f"{trials_query} and tags.trial = '3'", experiment=experiment
     )
+    client = store.client()
+    killed = client.get_run(doomed.info.run_id)
+    assert killed.info.status == "KILLED", output(process)
+    assert killed.data.tags["error"] == "the trial's process was killed"
+    assert client.get_run(other.info.run_id).info.status == "RUNNING", output(process)
+
     seconds = stop_with(process, signal.SIGTERM)
     assert seconds < 20
     found = {run.info.run_id: run.info.status for run in store.runs(experiment=experiment)}
     assert found[batch.info.run_id] == "KILLED", output(process)
-    for trial in trials:
-        assert found[trial.info.run_id] == "KILLED", output(process)
-    # The third trial never started: there is no run for it, or it ended KILLED.
+    assert found[other.info.run_id] == found[third.info.run_id] == "KILLED", output(process)
     assert set(found.values()) == {"KILLED"}, found

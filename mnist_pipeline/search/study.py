@@ -2,8 +2,8 @@
 
 `study.optimize(objective, n_jobs=workers)` runs `workers` trials at a time. The objective
 creates each trial's run under the parent (`mlflow.parentRunId`: the active run is
-thread-local) and runs train.py's `main` in a pool of spawned processes that import
-TensorFlow once each. The run reaches the process as MLFLOW_RUN_ID, and the process reports
+thread-local) and runs train.py's `main` in a spawned process of the thread's own, which
+imports TensorFlow once and runs the thread's next trials too. The run reaches the process as MLFLOW_RUN_ID, and the process reports
 val_accuracy per epoch to the trial, whose pruner may stop it (training/pruning.py).
 
 Locally, the study is a journal file that this machine's processes share. In a database
@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -191,11 +192,18 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             arguments += ["--resume", repeated]
         started = time.perf_counter()
         killed = False
+        thread = threading.get_ident()
+        if thread not in processes:  # its first trial, or its process was killed
+            processes[thread] = pools.enter_context(
+                ProcessPoolExecutor(1, spawn, initializer=signals.ignore)
+            )
         try:
             trial_environment = environment | {"MLFLOW_RUN_ID": run_id}
-            error = pool.submit(run_trial, arguments, trial_environment, trial).result()
+            executor = processes[thread]
+            error = executor.submit(run_trial, arguments, trial_environment, trial).result()
         except BrokenProcessPool:  # its process was killed: by a stop, or by the OOM killer
             killed, error = True, "the trial's process was killed"
+            del processes[thread]
         except Exception as failure:  # a bug in train
             error = f"{type(failure).__name__}: {failure}"
         finally:
@@ -233,11 +241,14 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         answers = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         optuna.study.MaxTrialsCallback(search.trials + retries, states=answers)(study, trial)
 
-    # Spawned, not forked: a process that imported TensorFlow must not fork. The trial
-    # processes ignore SIGINT and SIGTERM, which a Ctrl-C or `kill -- -<pid>` sends them too:
-    # this process decides. When it stops, it kills them and ends their runs KILLED.
+    # Each of optimize's threads has a trial process of its own, so that one killed (by the
+    # OOM killer) costs only its trial. Spawned, not forked: a process that imported
+    # TensorFlow must not fork. The trial processes ignore SIGINT and SIGTERM, which a Ctrl-C
+    # or `kill -- -<pid>` sends them too: this process decides. When it stops, it kills them
+    # and ends their runs KILLED.
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, spawn, initializer=signals.ignore) as pool:
+    processes: dict[int, ProcessPoolExecutor] = {}
+    with contextlib.ExitStack() as pools:
         signals.on_stop(lambda: [child.kill() for child in multiprocessing.active_children()])
         # Locally, this process runs every trial; shared, each worker runs until they are done.
         n_trials = None if storage_url() else search.trials
