@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from mnist_pipeline.training.hyperparameters import ARCHITECTURES
-from mnist_pipeline.training.model import Augmentation, build_cnn
+from mnist_pipeline.training.model import Augmentation, build_cnn, training_dtype
 
 BACKGROUND = -0.42  # a blank pixel after MNIST's normalisation
 
@@ -58,3 +60,14 @@ def test_every_architecture_gives_probabilities(architecture):
 def test_unknown_architecture_is_refused():
     with pytest.raises(ValueError, match="architecture must be one of deeper, classic"):
         build_cnn(4, architecture="resnet")
+
+
+def test_the_training_dtype_follows_the_cpu_unless_onednn_is_capped(monkeypatch):
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    native = flags & {"amx_bf16", "avx512_bf16"}
+    assert training_dtype() == ("mixed_bfloat16" if native else "float32")
+    # What a participant whose CPU has AVX2 alone trains in, on any CPU.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert training_dtype() == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
+    assert training_dtype() == ("mixed_bfloat16" if native else "float32")

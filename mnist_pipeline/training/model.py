@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,6 +74,11 @@ def build_cnn(
     )
 
 
+# The instruction sets without bfloat16 arithmetic that ONEDNN_MAX_CPU_ISA can cap TensorFlow's
+# oneDNN kernels at: with ONEDNN_MAX_CPU_ISA=AVX2, this CPU trains as one with AVX2 alone.
+WITHOUT_BFLOAT16 = "SSE41 AVX AVX2 AVX2_VNNI AVX2_VNNI_2 AVX512_CORE AVX512_CORE_VNNI".split()
+
+
 def training_dtype() -> str:
     """Return the Keras dtype policy to train in: "mixed_bfloat16" or "float32".
 
@@ -81,12 +87,14 @@ def training_dtype() -> str:
     (0.67 times the CPU seconds), to the same MNIST test accuracy (0.9918 against 0.9920).
     Elsewhere bfloat16 is emulated, which can be slower than float32. The weights stay
     float32 either way. The CPU's features are read from /proc/cpuinfo, so only on Linux,
-    and not when a GPU trains.
+    and not when a GPU trains or ONEDNN_MAX_CPU_ISA names an instruction set without
+    bfloat16.
     """
     import tensorflow as tf
 
     cpuinfo = Path("/proc/cpuinfo")
-    if tf.config.list_physical_devices("GPU") or not cpuinfo.exists():
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in WITHOUT_BFLOAT16
+    if capped or tf.config.list_physical_devices("GPU") or not cpuinfo.exists():
         return "float32"
     flags = set(cpuinfo.read_text().split())
     return "mixed_bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
