@@ -3,8 +3,9 @@
 `study.optimize(objective, n_jobs=workers)` runs `workers` trials at a time. The objective
 creates each trial's run under the parent (`mlflow.parentRunId`: the active run is
 thread-local) and runs train.py's `main` in a spawned process of the thread's own, which
-imports TensorFlow once and runs the thread's next trials too. The run reaches the process as MLFLOW_RUN_ID, and the process reports
-val_accuracy per epoch to the trial, whose pruner may stop it (training/pruning.py).
+imports TensorFlow once and runs the thread's next trials too. The run reaches the process
+as MLFLOW_RUN_ID, and the process reports val_accuracy per epoch to the trial, whose pruner
+may stop it (training/pruning.py).
 
 Locally, the study is a journal file that this machine's processes share. In a database
 (OPTUNA_STORAGE), workers on other machines join it, each until the study has `trials`
