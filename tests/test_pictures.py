@@ -185,3 +185,52 @@ def test_a_thick_soft_grey_bar_is_a_one_not_a_flat_colour(size, width, grey, blu
 def test_a_blank_picture_is_still_a_single_flat_colour(blank):
     with pytest.raises(UserError, match="single flat colour"):
         image_to_pixels(png(blank))
+
+
+def on_lined_paper(vertical_lines: bool) -> bytes:
+    """The 2 in dark blue ink on a white sheet with pale blue rules every 28 px (and, squared,
+    columns too) and a red margin line, as a phone photographs a school notebook."""
+    paper = np.full((300, 400, 3), 250, dtype=np.uint8)
+    for y in range(14, 300, 28):
+        cv2.line(paper, (0, y), (399, y), (220, 170, 130), 2)
+    for x in range(14, 400, 28) if vertical_lines else ():
+        cv2.line(paper, (x, 0), (x, 299), (220, 170, 130), 2)
+    cv2.line(paper, (60, 0), (60, 299), (120, 120, 235), 2)
+    draw(paper, TWO, 150, 90, 110, (120, 40, 30), 6)
+    return cv2.imencode(".jpg", paper)[1].tobytes()
+
+
+@pytest.mark.parametrize("squared", [False, True], ids=["ruled", "squared"])
+def test_the_lines_of_ruled_and_squared_paper_are_not_the_digit(squared):
+    pixels, clean = image_to_pixels(on_lined_paper(squared)), clean_two()
+    assert abs(ink_box(pixels, 64)[0] - ink_box(clean, 64)[0]) <= 1
+    assert np.abs(pixels.astype(int) - clean).mean() < 12
+
+
+def test_the_sheets_edge_and_the_table_beside_it_are_not_the_digit():
+    rng = np.random.default_rng(1)
+    photo = np.full((300, 400), 225.0)
+    photo[:, 330:] = 70.0  # the table, past the sheet's edge
+    ink = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6)
+    photo = photo * (1 - ink / 255.0) + 40.0 * ink / 255.0 + rng.normal(0, 3, photo.shape)
+    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    pixels, clean = image_to_pixels(jpeg), clean_two()
+    assert abs(ink_box(pixels, 64)[0] - ink_box(clean, 64)[0]) <= 1
+    assert np.abs(pixels.astype(int) - clean).mean() < 12
+
+
+# A "7" whose bar is a straight line, and a "1" that is nothing but one.
+SEVEN = [np.array([[0.0, 0.0], [0.7, 0.0], [0.25, 1.0]])]
+ONE = [np.array([[0.0, 0.0], [0.0, 1.0]])]
+
+
+@pytest.mark.parametrize("strokes", [SEVEN, ONE], ids=["seven", "one"])
+def test_a_digit_whose_straight_stroke_spans_the_picture_keeps_it(strokes):
+    """Cropped to its edges, a digit's own line from edge to edge is not a ruled line."""
+    # A pen's 2 px line: as thin as a ruled line.
+    with_margins = draw(np.full((300, 300), 255, np.uint8), strokes, 90, 40, 220, 0, 2)
+    cropped = with_margins[40:261, 89:245] if strokes is SEVEN else with_margins[:, 80:101]
+    pixels, expected = image_to_pixels(png(cropped)), image_to_pixels(png(with_margins))
+    assert ink_box(pixels, 127) == ink_box(expected, 127)
+    top = np.flatnonzero(pixels[np.flatnonzero((pixels > 127).any(axis=1))[0]] > 127)
+    assert top[-1] - top[0] + 1 >= (12 if strokes is SEVEN else 1)  # the 7's bar is there

@@ -5,9 +5,10 @@ drawing converted on a participant's machine and the same file sent to the serve
 same pixels. A file's declared size is read from its header before any pixel is decoded.
 
 A digit is made to look like MNIST's: the paper's level is fitted as a smooth surface (so
-that uneven light is not ink), ink is what stands out of the paper's noise, the digit is
-cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
-brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
+that uneven light is not ink), ink is what stands out of the paper's noise, what is not the
+digit is left out (the lines of ruled or squared paper; a sheet's edge, the table or a
+shadow apart from it), the digit is cropped, thin strokes are widened to MNIST's 2-3 px,
+and it is fitted into 20x20 at full brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
 was, to within one grey level.
 """
 
@@ -51,6 +52,23 @@ STROKE_WORK_SIDE = 80
 MIN_STROKE_WIDTH = 2.0
 # In that copy, a stroke is where the ink reaches this fraction of its peak.
 STROKE_LEVEL = 0.1
+# What is not the digit is found on a copy at most this many pixels wide or high.
+ANALYSIS_SIDE = 512
+# Ruled or squared paper: this many straight lines or more, parallel to a side, across this
+# fraction of the picture, and no wider than this fraction of it or this many pixels of the
+# copy (a 2 px line with its blurred edges), whichever is more. One line alone is the
+# paper's only if it spans this fraction of the picture and touches no other ink.
+MIN_RULED_LINES = 3
+RULED_LINE_LENGTH = 0.85
+RULED_LINE_WIDTH = 0.01
+RULED_LINE_PIXELS = 6.0
+FULL_SPAN = 0.95
+# Ink closer than this fraction of the picture is one part. The digit is the heaviest part
+# away from the edges with at least this share of the ink; parts within this fraction of its
+# size of it are kept.
+PART_GAP = 0.02
+MIN_DIGIT_SHARE = 0.05
+DIGIT_MARGIN = 0.25
 # Ink is what stands out of the paper by more than this many deviations of its noise.
 INK_NOISE_MULTIPLE = 5.0
 # ...and, on a picture with no noise at all (a PNG drawn on a computer), by more than this
@@ -91,7 +109,7 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     if ink.max() == 0:
         raise UserError("image is a single flat colour: there is nothing to classify")
     if style == "digit":
-        return _fit_like_mnist(ink)
+        return _fit_like_mnist(_digit_alone(ink))
     return _fit_like_fashion(ink)
 
 
@@ -303,6 +321,92 @@ def _paper_noise(above_paper: np.ndarray) -> float:
     below = above_paper[::step, ::step]
     below = below[below < 0]
     return float(np.median(-below)) / 0.6745 if below.size else 0.0
+
+
+def _digit_alone(ink: np.ndarray) -> np.ndarray:
+    """Return `ink` without what is not the digit: the lines of ruled or squared paper, and
+    what lies apart from the digit (a sheet's edge, a table, a shadow, a speck).
+
+    A picture of MNIST's size is left as it is. The rest is decided on a copy at most
+    ANALYSIS_SIDE pixels wide or high, where a gap that a removed line leaves in a stroke is
+    too narrow to matter once the digit is fitted into MNIST's box.
+    """
+    height, width = ink.shape
+    if max(height, width) <= 2 * IMAGE_SHAPE[0]:
+        return ink
+    factor = min(1.0, ANALYSIS_SIDE / max(height, width))
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    small = cv2.resize(ink, size, interpolation=cv2.INTER_AREA) if factor < 1 else ink
+    inked = (small > 0).astype(np.uint8)
+    lines = _ruled_lines(inked)
+    if lines.any():
+        # Strokes that crossed a line are joined again across it (7 px: wider than its band).
+        unlined = np.where(lines, 0, inked).astype(np.uint8)
+        closed = cv2.morphologyEx(unlined, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+        inked = np.where(lines, closed, unlined).astype(np.uint8)
+    # Strokes a few pixels apart (a pencil's broken line, a 4 in two strokes) are one part.
+    gap = max(3, round(max(size) * PART_GAP))
+    joined = cv2.dilate(inked, np.ones((gap, gap), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(joined)
+    labels[inked == 0] = 0
+    if count > 2:
+        mass = np.bincount(labels.ravel(), weights=small.ravel(), minlength=count)
+        left, top, w, h = (stats[:, index] for index in range(4))
+        right, bottom = left + w, top + h
+        at_edge = (left == 0) | (top == 0) | (right == size[0]) | (bottom == size[1])
+        parts = np.arange(1, count)
+        inside = parts[~at_edge[1:] & (mass[1:] >= MIN_DIGIT_SHARE * mass[1:].sum())]
+        # The digit: the heaviest part away from the picture's edges, which a sheet's edge,
+        # a table or a shadow touch; or the heaviest of all, if the digit itself does.
+        candidates = inside if inside.size else parts
+        digit = candidates[np.argmax(mass[candidates])]
+        extent = np.maximum(w, h)
+        margin = DIGIT_MARGIN * extent[digit]
+        near = (left < right[digit] + margin) & (right > left[digit] - margin)
+        near &= (top < bottom[digit] + margin) & (bottom > top[digit] - margin)
+        # Near the digit, what reaches the edge and is larger than the digit is not its own.
+        near &= ~at_edge | (extent <= extent[digit])
+        near[digit] = True
+        labels = np.where(near[labels], labels, 0)
+    if factor == 1:
+        return np.where(labels > 0, ink, np.float32(0))
+    keep = cv2.resize(
+        (labels > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+    )
+    return np.where(keep > 0, ink, np.float32(0))
+
+
+def _ruled_lines(inked: np.ndarray) -> np.ndarray:
+    """Return where the lines of ruled or squared paper are in the uint8 mask `inked`: thin
+    straight lines across most of the picture, parallel to a side, MIN_RULED_LINES of them or
+    more. Fewer, or thicker, may be the digit's own (a 0 or an 8 that fills the picture, a
+    7's bar) and are kept, unless one runs from edge to edge touching no other ink (a
+    notebook's margin, a sheet's edge).
+    """
+    height, width = inked.shape
+    thinnest = max(RULED_LINE_PIXELS, RULED_LINE_WIDTH * max(height, width))
+    lines = np.zeros(inked.shape, dtype=bool)
+    for horizontal in (True, False):
+        span = width if horizontal else height
+        length = max(3, round(RULED_LINE_LENGTH * span))
+        runs = cv2.morphologyEx(
+            inked, cv2.MORPH_OPEN, np.ones((1, length) if horizontal else (length, 1), np.uint8)
+        )
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(runs)
+        extent = stats[:, cv2.CC_STAT_WIDTH if horizontal else cv2.CC_STAT_HEIGHT]
+        thin = 1 + np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] <= thinnest * extent[1:])
+        if thin.size < MIN_RULED_LINES:
+            thin = [line for line in thin if extent[line] >= FULL_SPAN * span]
+            thin = [line for line in thin if _apart(labels == line, inked)]
+        lines |= np.isin(labels, thin)
+    return cv2.dilate(lines.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+
+
+def _apart(line: np.ndarray, inked: np.ndarray) -> bool:
+    """Whether `inked` has ink besides the boolean `line`, none of which touches it."""
+    around = cv2.dilate(line.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    rest = (inked > 0) & ~line
+    return bool(rest.any()) and not (rest & around).any()
 
 
 def _bounding_box(ink: np.ndarray) -> np.ndarray:
