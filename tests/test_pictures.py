@@ -207,6 +207,14 @@ def test_the_lines_of_ruled_and_squared_paper_are_not_the_digit(squared):
     assert np.abs(pixels.astype(int) - clean).mean() < 12
 
 
+def test_a_blank_page_of_ruled_paper_is_refused_in_one_line():
+    paper = np.full((300, 400), 250, dtype=np.uint8)
+    for y in range(14, 300, 28):
+        cv2.line(paper, (0, y), (399, y), 180, 2)
+    with pytest.raises(UserError, match="only the lines of ruled or squared paper: no digit"):
+        image_to_pixels(png(paper))
+
+
 def test_the_sheets_edge_and_the_table_beside_it_are_not_the_digit():
     rng = np.random.default_rng(1)
     photo = np.full((300, 400), 225.0)

@@ -109,7 +109,10 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     if ink.max() == 0:
         raise UserError("image is a single flat colour: there is nothing to classify")
     if style == "digit":
-        return _fit_like_mnist(_digit_alone(ink))
+        ink = _digit_alone(ink)
+        if ink.max() == 0:
+            raise UserError("image holds only the lines of ruled or squared paper: no digit")
+        return _fit_like_mnist(ink)
     return _fit_like_fashion(ink)
 
 
