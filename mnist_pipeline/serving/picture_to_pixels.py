@@ -8,8 +8,8 @@ A digit is made to look like MNIST's: the paper's level is fitted as a smooth su
 that uneven light is not ink), ink is what stands out of the paper's noise, what is not the
 digit is left out (the lines of ruled or squared paper; a sheet's edge, the table or a
 shadow apart from it), the digit is cropped, thin strokes are widened to MNIST's 2-3 px,
-and it is fitted into 20x20 at full brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
-was, to within one grey level.
+and it is fitted into 20x20 at full brightness and centred by its centre of mass. An MNIST
+image sent as a PNG comes back as it was, to within one grey level.
 """
 
 from __future__ import annotations
