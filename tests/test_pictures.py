@@ -242,3 +242,47 @@ def test_a_digit_whose_straight_stroke_spans_the_picture_keeps_it(strokes):
     assert ink_box(pixels, 127) == ink_box(expected, 127)
     top = np.flatnonzero(pixels[np.flatnonzero((pixels > 127).any(axis=1))[0]] > 127)
     assert top[-1] - top[0] + 1 >= (12 if strokes is SEVEN else 1)  # the 7's bar is there
+
+
+def the_two_on(paper: int, ink: int) -> np.ndarray:
+    """The 2 in ink of grey level `ink` on paper of level `paper`, grainy, as uint8 (300, 400)."""
+    stroke = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
+    picture = paper * (1 - stroke) + ink * stroke
+    picture += np.random.default_rng(2).normal(0, 2, picture.shape)
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("paper", "ink"),
+    [(100, 15), (120, 30), (150, 240), (165, 250)],
+    ids=["dim-photo", "grey-paper", "light-ink-on-grey", "white-ink-on-colour"],
+)
+def test_the_ink_is_told_from_the_paper_by_which_side_stands_out(paper, ink):
+    """Dark ink on a dim photo of white paper, light ink on mid-grey or coloured paper."""
+    pixels = image_to_pixels(png(the_two_on(paper, ink)))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
+def around_the_two(mark: str) -> np.ndarray:
+    picture = the_two_on(245, 20)
+    if mark == "box":
+        cv2.rectangle(picture, (125, 65), (290, 225), 20, 3)
+    elif mark == "circle":
+        cv2.ellipse(picture, (202, 145), (110, 100), 0, 20, 350, 20, 3, cv2.LINE_AA)
+    elif mark == "underline":
+        cv2.line(picture, (140, 220), (280, 222), 20, 4)
+    elif mark == "frame":  # a canvas exported with a border: on the picture's outermost pixels
+        cv2.rectangle(picture, (0, 0), (399, 299), 20, 3)
+    return picture
+
+
+@pytest.mark.parametrize("mark", ["box", "circle", "underline", "frame"])
+def test_a_box_a_circle_a_line_under_the_digit_or_a_frame_are_not_the_digit(mark):
+    pixels = image_to_pixels(png(around_the_two(mark)))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
+def test_a_digit_cut_by_the_pictures_edge_outweighs_a_dot_beside_it():
+    picture = the_two_on(245, 20)[:, 160:]  # the 2's left side cut off by the edge
+    with_dot = cv2.circle(picture.copy(), (190, 150), 9, 20, -1)
+    assert (image_to_pixels(png(with_dot)) == image_to_pixels(png(picture))).all()

@@ -4,12 +4,14 @@ The scoring request parser (serving.py) and png_to_pandas.py both use image_to_p
 drawing converted on a participant's machine and the same file sent to the server give the
 same pixels. A file's declared size is read from its header before any pixel is decoded.
 
-A digit is made to look like MNIST's: the paper's level is fitted as a smooth surface (so
-that uneven light is not ink), ink is what stands out of the paper's noise, what is not the
-digit is left out (the lines of ruled or squared paper; a sheet's edge, the table or a
-shadow apart from it), the digit is cropped, thin strokes are widened to MNIST's 2-3 px,
-and it is fitted into 20x20 at full brightness and centred by its centre of mass. An MNIST
-image sent as a PNG comes back as it was, to within one grey level.
+A digit is made to look like MNIST's: the ink is the side, dark or light, that stands out
+of the background (dark ink on a dim photo, light ink on coloured paper), the paper's level
+is fitted as a smooth surface (so that uneven light is not ink), ink is what stands out of
+the paper's noise, what is not the digit is left out (the lines of ruled or squared paper, a
+frame around the picture; a sheet's edge, the table or a shadow apart from the digit; a box,
+a circle, a stain or a line under it), the digit is cropped, thin strokes are widened to
+MNIST's 2-3 px, and it is fitted into 20x20 at full brightness and centred by its centre of
+mass. An MNIST image sent as a PNG comes back as it was, to within one grey level.
 """
 
 from __future__ import annotations
@@ -63,12 +65,29 @@ RULED_LINE_LENGTH = 0.85
 RULED_LINE_WIDTH = 0.01
 RULED_LINE_PIXELS = 6.0
 FULL_SPAN = 0.95
+# Such lines within this fraction of the picture of three or four of its edges are a frame
+# around it (a canvas exported with a border), even where they touch the digit.
+FRAME_BAND = 0.03
 # Ink closer than this fraction of the picture is one part. The digit is the heaviest part
 # away from the edges with at least this share of the ink; parts within this fraction of its
 # size of it are kept.
 PART_GAP = 0.02
 MIN_DIGIT_SHARE = 0.05
 DIGIT_MARGIN = 0.25
+# The background's level is the median of a band this fraction of the picture wide along its
+# edges; the ink is on the side that reaches this many times as far from it.
+BORDER_BAND = 0.05
+INK_SIDE_RATIO = 2.0
+# A part whose strokes are wider than this fraction of its size is a stain, not a digit. One
+# with ink in this many of 16 directions around another part at least this fraction of its
+# size is a box or a circle around it. A part this flat under the digit is a line under it.
+BLOB_WIDTH = 0.4
+SURROUNDING_DIRECTIONS = 12
+SURROUNDED_SIZE = 0.4
+FLAT = 0.25
+# A part that touches one edge is the digit if it is this many times as heavy as the
+# heaviest part away from the edges (a dot or a line beside a digit cut by the edge).
+EDGE_DIGIT_WEIGHT = 2.0
 # Ink is what stands out of the paper by more than this many deviations of its noise.
 INK_NOISE_MULTIPLE = 5.0
 # ...and, on a picture with no noise at all (a PNG drawn on a computer), by more than this
@@ -205,8 +224,27 @@ def _stands_out_of_its_border(gray: np.ndarray) -> bool:
 
 
 def _light_on_dark(gray: np.ndarray) -> np.ndarray:
-    """Return `gray` turned so that the background (the border's median) is the dark side."""
-    return 255.0 - gray if _border_level(gray) > 127 else gray
+    """Return `gray` turned so that the background is dark and the ink light.
+
+    The background is the median of a band along the edges (a frame drawn around the
+    picture is too thin to be it). The ink is on the side, darker or lighter, that reaches
+    twice as far from it: dark ink on a dim photo of white paper, light ink on coloured
+    paper. Where neither does, a light background has dark ink.
+    """
+    # The median of the pixels in a band along the edges.
+    band = max(1, round(BORDER_BAND * min(gray.shape)))
+    in_band = np.ones(gray.shape, dtype=bool)
+    in_band[band:-band, band:-band] = False
+    level = float(np.median(gray[in_band]))
+    smooth = cv2.blur(gray, (3, 3))
+    darker, lighter = level - float(smooth.min()), float(smooth.max()) - level
+    if darker > INK_SIDE_RATIO * lighter:
+        dark_ink = True
+    elif lighter > INK_SIDE_RATIO * darker:
+        dark_ink = False
+    else:
+        dark_ink = level > 127
+    return 255.0 - gray if dark_ink else gray
 
 
 def _object_ink(gray: np.ndarray) -> np.ndarray:
@@ -327,8 +365,9 @@ def _paper_noise(above_paper: np.ndarray) -> float:
 
 
 def _digit_alone(ink: np.ndarray) -> np.ndarray:
-    """Return `ink` without what is not the digit: the lines of ruled or squared paper, and
-    what lies apart from the digit (a sheet's edge, a table, a shadow, a speck).
+    """Return `ink` without what is not the digit: the lines of ruled or squared paper or of
+    a frame, what lies apart from the digit (a sheet's edge, a table, a shadow, a speck), and
+    the marks around or under it (a box, a circle, a stain, an underline).
 
     A picture of MNIST's size is left as it is. The rest is decided on a copy at most
     ANALYSIS_SIDE pixels wide or high, where a gap that a removed line leaves in a stroke is
@@ -356,19 +395,32 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
         mass = np.bincount(labels.ravel(), weights=small.ravel(), minlength=count)
         left, top, w, h = (stats[:, index] for index in range(4))
         right, bottom = left + w, top + h
-        at_edge = (left == 0) | (top == 0) | (right == size[0]) | (bottom == size[1])
+        edges = np.sum([left == 0, top == 0, right == size[0], bottom == size[1]], axis=0)
+        at_edge = edges > 0
         parts = np.arange(1, count)
-        inside = parts[~at_edge[1:] & (mass[1:] >= MIN_DIGIT_SHARE * mass[1:].sum())]
+        heavy = parts[mass[1:] >= MIN_DIGIT_SHARE * mass[1:].sum()]
+        stains, frames = _stains_and_frames(labels, stats, heavy)
+        marks = stains | frames
         # The digit: the heaviest part away from the picture's edges, which a sheet's edge,
         # a table or a shadow touch; or the heaviest of all, if the digit itself does.
+        inside = heavy[(edges[heavy] == 0) & ~marks[heavy]]
         candidates = inside if inside.size else parts
         digit = candidates[np.argmax(mass[candidates])]
+        # A digit that touches one edge outweighs a dot or a line drawn beside it.
+        at_one = heavy[(edges[heavy] == 1) & ~marks[heavy]]
+        heaviest = at_one[np.argmax(mass[at_one])] if at_one.size else digit
+        if mass[heaviest] > EDGE_DIGIT_WEIGHT * mass[digit]:
+            digit = heaviest
         extent = np.maximum(w, h)
         margin = DIGIT_MARGIN * extent[digit]
         near = (left < right[digit] + margin) & (right > left[digit] - margin)
         near &= (top < bottom[digit] + margin) & (bottom > top[digit] - margin)
-        # Near the digit, what reaches the edge and is larger than the digit is not its own.
+        # Near the digit, what reaches the edge and is larger than the digit is not its own,
+        # nor a box or a circle around it, nor a line drawn under it. (A blob near it may be
+        # its own: the round end of a stroke.)
         near &= ~at_edge | (extent <= extent[digit])
+        underline = (top >= bottom[digit]) & (h <= FLAT * w) & (w >= 0.5 * w[digit])
+        near &= ~frames & ~underline
         near[digit] = True
         labels = np.where(near[labels], labels, 0)
     if factor == 1:
@@ -379,16 +431,52 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
     return np.where(keep > 0, ink, np.float32(0))
 
 
+def _stains_and_frames(
+    labels: np.ndarray, stats: np.ndarray, heavy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return two booleans per label: which of the parts `heavy` are stains, and which are
+    frames, a box or a circle drawn around another of the parts.
+
+    A stain is a filled blob, whose strokes are half as wide as it is large. A frame's ink
+    lies in most directions from the other part's centre.
+    """
+    stains = np.zeros(len(stats), dtype=bool)
+    frames = np.zeros(len(stats), dtype=bool)
+    for part in heavy:
+        left, top, w, h = stats[part, :4]
+        alone = (labels[top : top + h, left : left + w] == part).astype(np.uint8)
+        contours, _ = cv2.findContours(alone, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        outline = sum(cv2.arcLength(contour, True) for contour in contours)
+        if 2.0 * alone.sum() / max(outline, 1.0) > BLOB_WIDTH * max(w, h):
+            stains[part] = True
+            continue
+        rows, cols = np.nonzero(alone)
+        for other in heavy:
+            o_left, o_top, o_w, o_h = stats[other, :4]
+            inside = left <= o_left and o_left + o_w <= left + w
+            inside &= top <= o_top and o_top + o_h <= top + h
+            # ...and not a piece of a digit whose other strokes curl around it (a 3's middle).
+            if other == part or not inside or max(o_w, o_h) < SURROUNDED_SIZE * max(w, h):
+                continue
+            angles = np.arctan2(rows + top - (o_top + o_h / 2), cols + left - (o_left + o_w / 2))
+            directions = np.unique(((angles + np.pi) / (2 * np.pi) * 16).astype(int) % 16)
+            if directions.size >= SURROUNDING_DIRECTIONS:
+                frames[part] = True
+                break
+    return stains, frames
+
+
 def _ruled_lines(inked: np.ndarray) -> np.ndarray:
     """Return where the lines of ruled or squared paper are in the uint8 mask `inked`: thin
     straight lines across most of the picture, parallel to a side, MIN_RULED_LINES of them or
     more. Fewer, or thicker, may be the digit's own (a 0 or an 8 that fills the picture, a
     7's bar) and are kept, unless one runs from edge to edge touching no other ink (a
-    notebook's margin, a sheet's edge).
+    notebook's margin, a sheet's edge), or they frame the picture on three or four sides.
     """
     height, width = inked.shape
     thinnest = max(RULED_LINE_PIXELS, RULED_LINE_WIDTH * max(height, width))
     lines = np.zeros(inked.shape, dtype=bool)
+    frame, sides = np.zeros(inked.shape, dtype=bool), set()
     for horizontal in (True, False):
         span = width if horizontal else height
         length = max(3, round(RULED_LINE_LENGTH * span))
@@ -398,10 +486,22 @@ def _ruled_lines(inked: np.ndarray) -> np.ndarray:
         _, labels, stats, _ = cv2.connectedComponentsWithStats(runs)
         extent = stats[:, cv2.CC_STAT_WIDTH if horizontal else cv2.CC_STAT_HEIGHT]
         thin = 1 + np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] <= thinnest * extent[1:])
+        full = [line for line in thin if extent[line] >= FULL_SPAN * span]
+        # Where each full line lies across the picture, and whether at its first or last edge.
+        across = height if horizontal else width
+        start = stats[:, cv2.CC_STAT_TOP if horizontal else cv2.CC_STAT_LEFT]
+        end = start + stats[:, cv2.CC_STAT_HEIGHT if horizontal else cv2.CC_STAT_WIDTH]
+        band = max(2, FRAME_BAND * across)
+        for line in full:
+            for side, at_edge in enumerate((start[line] <= band, end[line] >= across - band)):
+                if at_edge:
+                    frame |= labels == line
+                    sides.add((horizontal, side))
         if thin.size < MIN_RULED_LINES:
-            thin = [line for line in thin if extent[line] >= FULL_SPAN * span]
-            thin = [line for line in thin if _apart(labels == line, inked)]
+            thin = [line for line in full if _apart(labels == line, inked)]
         lines |= np.isin(labels, thin)
+    if len(sides) >= 3:  # a frame around the picture, even where the digit touches it
+        lines |= frame
     return cv2.dilate(lines.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
 
 
