@@ -286,3 +286,11 @@ def test_a_digit_cut_by_the_pictures_edge_outweighs_a_dot_beside_it():
     picture = the_two_on(245, 20)[:, 160:]  # the 2's left side cut off by the edge
     with_dot = cv2.circle(picture.copy(), (190, 150), 9, 20, -1)
     assert (image_to_pixels(png(with_dot)) == image_to_pixels(png(picture))).all()
+
+
+def test_a_photo_of_the_sheet_on_a_dark_table_reads_the_ink_on_the_sheet():
+    """The table is most of the picture's border, the sheet most of the picture."""
+    photo = np.full((300, 400), 60, np.uint8)
+    photo[30:285, 70:370] = the_two_on(235, 25)[30:285, 70:370]
+    pixels = image_to_pixels(cv2.imencode(".jpg", photo)[1].tobytes())
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12

@@ -5,13 +5,13 @@ drawing converted on a participant's machine and the same file sent to the serve
 same pixels. A file's declared size is read from its header before any pixel is decoded.
 
 A digit is made to look like MNIST's: the ink is the side, dark or light, that stands out
-of the background (dark ink on a dim photo, light ink on coloured paper), the paper's level
-is fitted as a smooth surface (so that uneven light is not ink), ink is what stands out of
-the paper's noise, what is not the digit is left out (the lines of ruled or squared paper, a
-frame around the picture; a sheet's edge, the table or a shadow apart from the digit; a box,
-a circle, a stain or a line under it), the digit is cropped, thin strokes are widened to
-MNIST's 2-3 px, and it is fitted into 20x20 at full brightness and centred by its centre of
-mass. An MNIST image sent as a PNG comes back as it was, to within one grey level.
+of the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a dark
+table), the paper's level is fitted as a smooth surface (so that uneven light is not ink),
+ink is what stands out of the paper's noise, what is not the digit is left out (the lines
+of ruled or squared paper, a frame around the picture; a sheet's edge, the table or a
+shadow apart from the digit; a box, a circle, a stain or a line under it), the digit is
+cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
+brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it was, to within one grey level.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ DIGIT_MARGIN = 0.25
 # edges; the ink is on the side that reaches this many times as far from it.
 BORDER_BAND = 0.05
 INK_SIDE_RATIO = 2.0
+# A picture whose middle is this many levels lighter than that band, and whose light part is
+# this solid (its area over its convex hull's), is a sheet of paper on a darker table: the
+# sheet is the background.
+SHEET_CONTRAST = 40.0
+SHEET_SOLIDITY = 0.9
 # A part whose strokes are wider than this fraction of its size is a stain, not a digit. One
 # with ink in this many of 16 directions around another part at least this fraction of its
 # size is a box or a circle around it. A part this flat under the digit is a line under it.
@@ -227,15 +232,20 @@ def _light_on_dark(gray: np.ndarray) -> np.ndarray:
     """Return `gray` turned so that the background is dark and the ink light.
 
     The background is the median of a band along the edges (a frame drawn around the
-    picture is too thin to be it). The ink is on the side, darker or lighter, that reaches
-    twice as far from it: dark ink on a dim photo of white paper, light ink on coloured
-    paper. Where neither does, a light background has dark ink.
+    picture is too thin to be it), or the sheet of paper on a darker table that fills most
+    of a photo. The ink is on the side, darker or lighter, that reaches twice as far from
+    it: dark ink on a dim photo of white paper, light ink on coloured paper. Where neither
+    does, a light background has dark ink.
     """
-    # The median of the pixels in a band along the edges.
-    band = max(1, round(BORDER_BAND * min(gray.shape)))
-    in_band = np.ones(gray.shape, dtype=bool)
+    # Medians from about 256x256 of the picture's pixels: of a band along its edges, and of all.
+    step = max(1, max(gray.shape) // 256)
+    sample = gray[::step, ::step]
+    band = max(1, round(BORDER_BAND * min(sample.shape)))
+    in_band = np.ones(sample.shape, dtype=bool)
     in_band[band:-band, band:-band] = False
-    level = float(np.median(gray[in_band]))
+    level, middle = float(np.median(sample[in_band])), float(np.median(sample))
+    if middle > level + SHEET_CONTRAST and _is_a_sheet(sample > (level + middle) / 2):
+        level = middle
     smooth = cv2.blur(gray, (3, 3))
     darker, lighter = level - float(smooth.min()), float(smooth.max()) - level
     if darker > INK_SIDE_RATIO * lighter:
@@ -245,6 +255,18 @@ def _light_on_dark(gray: np.ndarray) -> np.ndarray:
     else:
         dark_ink = level > 127
     return 255.0 - gray if dark_ink else gray
+
+
+def _is_a_sheet(light: np.ndarray) -> bool:
+    """Whether the largest part of the boolean `light` is a solid shape, as a sheet of paper
+    on a table is (the digit on it counts as part of it; a bold light digit is not solid)."""
+    contours, _ = cv2.findContours(
+        light.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    if not contours:
+        return False
+    outline = max(contours, key=cv2.contourArea)
+    return cv2.contourArea(outline) >= SHEET_SOLIDITY * cv2.contourArea(cv2.convexHull(outline))
 
 
 def _object_ink(gray: np.ndarray) -> np.ndarray:
