@@ -294,3 +294,14 @@ def test_a_photo_of_the_sheet_on_a_dark_table_reads_the_ink_on_the_sheet():
     photo[30:285, 70:370] = the_two_on(235, 25)[30:285, 70:370]
     pixels = image_to_pixels(cv2.imencode(".jpg", photo)[1].tobytes())
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
+def test_specks_around_the_digit_are_left_out():
+    """Dust or pencil dots a few pixels around the 2 (which spans x 150-255, y 90-200)."""
+    picture = the_two_on(245, 20)
+    around = [(x, y) for x in range(130, 280, 20) for y in (72, 218)]
+    around += [(x, y) for y in range(90, 210, 20) for x in (130, 275)]
+    for x, y in around:
+        cv2.circle(picture, (x, y), 1, 40, -1)
+    pixels = image_to_pixels(png(picture))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12

@@ -90,6 +90,8 @@ BLOB_WIDTH = 0.4
 SURROUNDING_DIRECTIONS = 12
 SURROUNDED_SIZE = 0.4
 FLAT = 0.25
+# A part near the digit with less than this share of the digit's ink is a speck.
+SPECK_SHARE = 0.03
 # A part that touches one edge is the digit if it is this many times as heavy as the
 # heaviest part away from the edges (a dot or a line beside a digit cut by the edge).
 EDGE_DIGIT_WEIGHT = 2.0
@@ -443,6 +445,7 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
         near &= ~at_edge | (extent <= extent[digit])
         underline = (top >= bottom[digit]) & (h <= FLAT * w) & (w >= 0.5 * w[digit])
         near &= ~frames & ~underline
+        near &= mass >= SPECK_SHARE * mass[digit]  # nor a speck of dust or pencil beside it
         near[digit] = True
         labels = np.where(near[labels], labels, 0)
     if factor == 1:
