@@ -11,7 +11,8 @@ ink is what stands out of the paper's noise, what is not the digit is left out (
 of ruled or squared paper, a frame around the picture; a sheet's edge, the table or a
 shadow apart from the digit; a box, a circle, a stain or a line under it), the digit is
 cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
-brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it was, to within one grey level.
+brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
+was, to within one grey level.
 """
 
 from __future__ import annotations
@@ -479,7 +480,7 @@ def _stains_and_frames(
         for other in heavy:
             o_left, o_top, o_w, o_h = stats[other, :4]
             inside = left <= o_left and o_left + o_w <= left + w
-            inside &= top <= o_top and o_top + o_h <= top + h
+            inside = inside and top <= o_top and o_top + o_h <= top + h
             # ...and not a piece of a digit whose other strokes curl around it (a 3's middle).
             if other == part or not inside or max(o_w, o_h) < SURROUNDED_SIZE * max(w, h):
                 continue
