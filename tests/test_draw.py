@@ -227,6 +227,36 @@ def test_wrong_it_is_a_7_keeps_the_drawing_in_mlflow_with_its_label(page, page_u
 
 
 @needs_chromium
+def test_a_new_stroke_holds_the_feedback_until_its_own_answer_is_on_screen(
+    page, page_url, pipeline
+):
+    """Feedback is for the picture on the pad: while a stroke is drawn, and until the answer
+    about it comes, the buttons of the answer before it are disabled."""
+    from mnist_pipeline import feedback
+    from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+
+    page.goto(page_url)
+    page.wait_for_function("document.getElementById('model-status').textContent.includes('ready')")
+    draw_stroke(page, ONE)
+    wait_for_stroke_answer(page)
+    right = page.get_by_role("button", name="Right", exact=True)
+    assert right.is_enabled()
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.2 * box["height"])
+    page.mouse.down()  # the bar of a 7 begins
+    assert right.is_disabled() and page.locator("#classes button").first.is_disabled()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.2 * box["height"], steps=6)
+    page.mouse.up()
+    wait_for_stroke_answer(page, strokes_before=1)
+    right.click()
+    page.wait_for_function("document.getElementById('feedback-status').dataset.runId")
+    run_id = page.locator("#feedback-status").get_attribute("data-run-id")
+    pipeline["store"].client()
+    [kept] = feedback.read_feedback(run_id, "mnist").itertuples()
+    np.testing.assert_array_equal(image_to_pixels(kept.image), seen_pixels(page))
+
+
+@needs_chromium
 def test_an_uploaded_png_gets_the_models_answer(page, page_url, model_url, tmp_path):
     import cv2
 

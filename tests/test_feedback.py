@@ -118,8 +118,10 @@ def test_a_bad_label_a_picture_that_is_not_one_and_an_oversized_one_are_refused(
         400,
         "Label '11' is not one of the model's classes: send a number from 0 to 9.",
     )
-    status, body = post(page_url, picture, "label=seven", source)
-    assert status == 400 and body["error"].startswith("Label 'seven' is not one")
+    # Not ASCII digits: "²" and full-width "３" pass Python's str.isdigit.
+    for label in ("seven", "%C2%B2", "%EF%BC%93"):
+        status, body = post(page_url, picture, f"label={label}", source)
+        assert status == 400 and body["error"].startswith("Label '"), (label, body)
     status, body = post(page_url, b"GIF89a not a drawing", "label=3", source)
     assert (status, body["error"]) == (
         400,

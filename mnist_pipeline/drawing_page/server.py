@@ -212,7 +212,8 @@ class Feedback:
     def label_of(self, text: str) -> int:
         """The class index that `text` names ("7"), or raise UserError."""
         count = len(self.class_names)
-        if not text.isdigit() or int(text) >= count:
+        # ASCII digits only: "²" and "３" pass str.isdigit, and int("²") fails.
+        if not (text.isascii() and text.isdigit()) or int(text) >= count:
             raise UserError(
                 f"Label {text!r} is not one of the model's classes: send a number from 0 to "
                 f"{count - 1}."
@@ -322,7 +323,7 @@ def create_app(
         """The request's body, or the response that refuses it (413: too large, 400: empty)."""
         too_large = f"The picture is larger than the {max_body / 2**20:g} MB this page accepts."
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
+        if declared.isascii() and declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
             return error(413, too_large)
         # A body that is too large is still read to its end, and thrown away: a client
         # that is still sending when the answer comes (a browser, urllib) would see a

@@ -44,6 +44,7 @@ let shownSequence = 0;
 let fullCurl = "";
 let classNames = [];       // the model's classes, when draw.py keeps feedback (--feedback)
 let answered = null;       // { picture, className }: the picture whose answer is on screen
+let padVersion = 0;        // one more each time the pad changes: feedback is for what it shows
 
 // For the tests and the benchmark: stroke-end-to-answer-on-screen times, in ms.
 window.drawPage = { timings: [] };
@@ -82,6 +83,7 @@ pad.addEventListener("pointerdown", (event) => {
   last = padPoint(event);
   line(last, last);
   hasInk = true;
+  padChanged();
 });
 
 pad.addEventListener("pointermove", (event) => {
@@ -92,6 +94,7 @@ pad.addEventListener("pointermove", (event) => {
     line(last, next);
     last = next;
   }
+  padVersion += 1;
   // The answer changes as one draws a long stroke, not only when the pen is lifted.
   const quiet = performance.now() - Math.max(strokeStart, lastAsked);
   if (quiet > WHILE_DRAWING_MS && !inFlight) askAboutPad(false);
@@ -120,8 +123,21 @@ document.getElementById("clear").addEventListener("click", () => {
 function askAboutPad(afterStroke) {
   if (!hasInk) return;
   lastAsked = performance.now();
-  const stroke = afterStroke ? strokeEnd : 0;
-  pad.toBlob((blob) => ask(blob, stroke), "image/png");
+  ask(padPicture(), afterStroke ? strokeEnd : 0, padVersion);
+}
+
+// The pad as a PNG, now. (canvas.toBlob may wait for the browser to be idle: a headless
+// Chromium took a second.)
+function padPicture() {
+  const encoded = atob(pad.toDataURL("image/png").split(",")[1]);
+  return new Blob([Uint8Array.from(encoded, (character) => character.charCodeAt(0))], { type: "image/png" });
+}
+
+// The answer on screen is for an older picture: no feedback on it until the new one's comes.
+function padChanged() {
+  padVersion += 1;
+  answered = null;
+  enableFeedback(false);
 }
 
 // Files: chosen, or dropped on the pad.
@@ -164,14 +180,15 @@ async function useFile(file) {
   } catch (error) {
     clearPad();
   }
-  ask(file, 0);
+  padChanged();
+  ask(file, 0, padVersion);
 }
 
 // One request at a time; while one is in flight, only the newest picture waits. A
 // finished stroke does not wait for the answer about a half-drawn one: that is dropped.
-function ask(picture, stroke) {
+function ask(picture, stroke, version) {
   if (inFlight) {
-    pending = { picture, stroke };
+    pending = { picture, stroke, version };
     if (stroke && inFlightController) inFlightController.abort();
     return;
   }
@@ -185,7 +202,7 @@ function ask(picture, stroke) {
         shownSequence = number;
         if (result.ok) {
           showAnswer(result.answer, stroke);
-          offerFeedback(picture, result.answer.class_name);
+          if (version === padVersion) offerFeedback(picture, result.answer.class_name);
         } else {
           showError(result.error);
           withdrawFeedback();
@@ -198,7 +215,7 @@ function ask(picture, stroke) {
       if (pending) {
         const next = pending;
         pending = null;
-        ask(next.picture, next.stroke);
+        ask(next.picture, next.stroke, next.version);
       }
     });
 }
