@@ -219,6 +219,14 @@ FORMATS = [
         len(DIGITS),
         id="raw-pixels-split",
     ),
+    pytest.param(
+        lambda im: {"inputs": {"pixels": raw_rows(im)}}, len(DIGITS), id="raw-pixels-inputs"
+    ),
+    pytest.param(
+        lambda im: {"instances": [{"pixels": row} for row in raw_rows(im)]},
+        len(DIGITS),
+        id="raw-pixels-instances",
+    ),
 ]
 
 
@@ -408,6 +416,11 @@ BAD_INPUTS = [
         lambda: {"inputs": {"a": [1], "b": [2]}},
         "expected one tensor or an 'image' input",
         id="two-named-tensors",
+    ),
+    pytest.param(
+        lambda: {"instances": [{"image": b64(glyph_png(3)), "note": "hi"}]},
+        "expected one tensor or an 'image' input, got ['image', 'note']",
+        id="image-input-with-another",
     ),
     # empty batches
     pytest.param(lambda: {"inputs": []}, "empty batch", id="empty-tensor"),

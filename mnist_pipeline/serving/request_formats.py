@@ -40,14 +40,18 @@ def pixels_from_request(model_input, spec: TransformSpec) -> np.ndarray:
     `model_input` is what MLflow's scoring server hands the model: a DataFrame, a dict
     of named tensors, or an array. Raises UserError for anything it cannot take.
     """
-    if isinstance(model_input, dict):
-        if IMAGE_COLUMN in model_input:
-            return _decode_files(list(np.ravel(model_input[IMAGE_COLUMN])), spec)
-        if len(model_input) == 1:
-            return pixels_from_request(next(iter(model_input.values())), spec)
-        raise UserError(
-            f"expected one tensor or an {IMAGE_COLUMN!r} input, got {sorted(model_input)}"
-        )
+    if isinstance(model_input, dict):  # named tensors: `inputs` or `instances`
+        if len(model_input) != 1:
+            raise UserError(
+                f"expected one tensor or an {IMAGE_COLUMN!r} input, got {sorted(model_input)}"
+            )
+        [(name, value)] = model_input.items()
+        value = np.asarray(value)
+        if name == IMAGE_COLUMN:
+            return _decode_files(list(value.ravel()), spec)
+        if name == RAW_COLUMN and value.dtype.kind in "OSU":  # base64 text, not numbers
+            return _decode_raw(list(value.ravel()), spec)
+        return _pixels_from_tensor(value)
     if isinstance(model_input, pd.DataFrame):
         for column, decode in ((IMAGE_COLUMN, _decode_files), (RAW_COLUMN, _decode_raw)):
             if column in model_input.columns:
