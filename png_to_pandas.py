@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         text = json.dumps(build_request(args.images, args.format, args.dataset))
         if args.output != "-":
             output = Path(args.output)
+            if not output.parent.is_dir():
+                raise UserError(f"cannot write {output}: there is no folder {output.parent}")
             partial = output.with_name(output.name + ".part")
             partial.write_text(text)
             partial.replace(output)
@@ -76,15 +78,16 @@ def main(argv: list[str] | None = None) -> int:
 def build_request(paths: list[Path], request_format: str, dataset: str) -> dict:
     """Return the JSON request body for `paths` in the scoring server's current format."""
     style = "digit" if dataset == "mnist" else "object"
-    if request_format == "base64":
-        records = [{"image": base64.b64encode(path.read_bytes()).decode("ascii")} for path in paths]
-        return {"dataframe_records": records}
+    files = [path.read_bytes() for path in paths]
     frames = []
-    for path in paths:
-        try:
-            frames.append(image_to_pixels(path.read_bytes(), style))
+    for path, data in zip(paths, files, strict=True):
+        try:  # in both formats: what the model would refuse is refused here, in one line
+            frames.append(image_to_pixels(data, style))
         except UserError as error:
             raise UserError(f"{path}: {error}") from None
+    if request_format == "base64":
+        records = [{"image": base64.b64encode(data).decode("ascii")} for data in files]
+        return {"dataframe_records": records}
     rows = np.concatenate(frames).astype(int).tolist()
     return {"dataframe_split": {"columns": [str(column) for column in range(28)], "data": rows}}
 

@@ -385,6 +385,19 @@ def test_a_20_mb_body_is_refused_with_413(page, page_without_model):
     assert status == 413
 
 
+def test_a_model_that_is_not_served_gives_the_command_that_serves_it_on_its_port():
+    from mnist_pipeline.drawing_page.server import ModelClient, ModelError
+
+    port = free_port()  # nothing listens there
+    with pytest.raises(ModelError) as refused:
+        ModelClient(f"http://127.0.0.1:{port}").ask(b"\x89PNG")
+    assert refused.value.status == 502
+    assert str(refused.value).startswith(f"The model at http://127.0.0.1:{port} is not answering")
+    assert str(refused.value).endswith(
+        f"Is it being served? mlflow models serve -m ./model --env-manager local -p {port}"
+    )
+
+
 def test_a_model_that_never_answers_gives_a_timeout_line():
     from mnist_pipeline.drawing_page.server import ModelClient, ModelError
 

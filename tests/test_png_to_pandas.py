@@ -169,8 +169,15 @@ def test_fashion_fits_pictures_as_objects(tmp_path):
             lambda f: save(f, "d.png", drawing(3)),
             ["d.png", "--output", "no/such/folder/example.json"],
             1,
-            "no/such/folder/example.json",
+            "cannot write no/such/folder/example.json: there is no folder no/such/folder",
             id="output-into-a-missing-folder",
+        ),
+        pytest.param(
+            lambda f: cv2.imwrite(str(f / "d.webp"), drawing(3)),
+            ["d.webp", "--format", "base64"],
+            1,
+            "d.webp: image is WEBP, expected PNG or JPEG",
+            id="webp-as-base64",
         ),
     ],
 )

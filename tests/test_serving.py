@@ -473,11 +473,21 @@ BAD_INPUTS = [
         "pixels must be from 0 to 255; got values from -1 to -1",
         id="negative-pixels",
     ),
+    pytest.param(
+        lambda: {"inputs": (glyph_pixels([3]) / 255.0).tolist()},
+        "pixels must be from 0 to 255, and these reach only 1: multiply values from 0 to 1 by 255",
+        id="pixels-from-0-to-1",
+    ),
     # image files that cannot be read
     pytest.param(
         lambda: {"dataframe_records": [{"image": "this is not base64!"}]},
         "image 1: not valid base64",
         id="undecodable-base64",
+    ),
+    pytest.param(
+        lambda: {"dataframe_records": [{"image": "data:image/png;base64," + b64(glyph_png(3))}]},
+        "image 1: a data: URL; send only the base64 after its comma",
+        id="data-url",
     ),
     pytest.param(
         lambda: {"dataframe_records": [{"image": b64(glyph_png(1))}, {"image": "%%%"}]},

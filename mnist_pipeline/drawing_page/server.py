@@ -47,7 +47,7 @@ FEEDBACK_PER_SECOND = 10
 # inside some of its own (create_run): twenty drawings kept at once took every connection of
 # its pool and waited for one another until the pool's 30 s timeout.
 KEEPING_ONE_AT_A_TIME = threading.Lock()
-SERVE_HINT = "mlflow models serve -m ./model --env-manager local -p 5000"
+SERVE_HINT = "mlflow models serve -m ./model --env-manager local -p {port}"
 # Only what the page itself serves: no CDN, no inline script, nothing from elsewhere.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -90,6 +90,12 @@ class ModelClient:
         # Straight to the model, whatever proxy the environment names: a workshop's
         # model runs on this machine, and a proxy would not reach it.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @property
+    def port(self) -> int:
+        """The model's port, for the command that serves it there."""
+        parsed = urllib.parse.urlsplit(self.base_url)
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
 
     @property
     def invocations_url(self) -> str:
@@ -176,7 +182,7 @@ class ModelClient:
         return ModelError(
             502,
             f"The model at {self.base_url} is not answering ({reason}). "
-            f"Is it being served? {SERVE_HINT}",
+            f"Is it being served? {SERVE_HINT.format(port=self.port)}",
         )
 
     def _refusal(self, error: urllib.error.HTTPError) -> ModelError:

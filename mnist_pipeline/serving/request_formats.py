@@ -10,7 +10,7 @@ inputs, instances):
 5. a column `pixels` of base64-encoded raw pixels, 784 bytes (28 rows of 28) per row: the
    compact form for large batches, since MLflow parses JSON numbers slowly.
 
-Pixels are on the 0-255 scale, white ink on black as in MNIST. Anything else raises
+Pixels are on the 0-255 scale (not 0-1), white ink on black as in MNIST. Anything else raises
 UserError with a one-line message saying what was expected.
 """
 
@@ -128,6 +128,11 @@ def _checked(images: np.ndarray) -> np.ndarray:
         raise UserError(
             f"pixels must be from 0 to 255; got values from {images.min():g} to {images.max():g}"
         )
+    if 0 < images.max() <= 1:  # scaled to 0-1 (or booleans): the model would see a blank
+        raise UserError(
+            f"pixels must be from 0 to 255, and these reach only {images.max():g}: multiply "
+            "values from 0 to 1 by 255"
+        )
     return images
 
 
@@ -145,6 +150,8 @@ def _decode_raw(encoded: list, spec: TransformSpec) -> np.ndarray:
 
 def _base64(item, number: int) -> bytes:
     if isinstance(item, str):
+        if item.startswith("data:"):  # a canvas's toDataURL, copied whole
+            raise UserError(f"image {number}: a data: URL; send only the base64 after its comma")
         item = item.encode("ascii", errors="replace")
     if not isinstance(item, bytes):
         raise UserError(f"image {number}: expected a base64 string, got {type(item).__name__}")
