@@ -226,7 +226,9 @@ class Pipeline:
         lines += [
             "Next:",
             "  mlflow ui                                   # compare the runs at http://localhost:5000",
-            f"  mlflow models serve -m {output_dir} --env-manager local -p 5000",
+            # Absolute: `mlflow run <project>` from another folder runs the stages in the
+            # project's folder, so ./model is there, not where the command was typed.
+            f"  mlflow models serve -m {Path(output_dir).resolve()} --env-manager local -p 5000",
             "  python png_to_pandas.py my_digit.png        # then the curl command it prints",
         ]
         return "\n".join(lines)

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     print(f"package run {run.info.run_id}: {summary}")
-    print(f"Serve it with: mlflow models serve -m {args.output_dir} --env-manager local -p 5000")
+    model = Path(args.output_dir).resolve()  # the stage may run in another folder (mlflow run)
+    print(f"Serve it with: mlflow models serve -m {model} --env-manager local -p 5000")
     return 0
 
 
@@ -202,14 +203,14 @@ def package(
             signature=signature,
             input_example=input_example,
             pip_requirements=requirements.pinned(requirements.SERVED_MODEL_PACKAGES),
-            registered_model_name=spec.dataset if register else None,
             tags={"train_run": train_run_id},
         )
     mlflow.set_tag("model_uuid", model_info.model_uuid)
     if accuracy is not None:
         mlflow.log_metric("accuracy", accuracy)
-    # Evaluated before it replaces the saved model: a model that fails its evaluation,
-    # or a package stopped during it, leaves `output_dir` as it was.
+    # Evaluated before it replaces the saved model or is registered: a model that fails its
+    # evaluation, or a package stopped during it, leaves `output_dir` and the registry as
+    # they were.
     # Made once: the champion is judged on the very same sets.
     request_sets = evaluation.served_request_sets(
         test_pixels,
@@ -226,8 +227,8 @@ def package(
         f"saved {output_dir}/ from train run {train_run_id}, "
         f"served accuracy {served['served_accuracy']:.4f}"
     )
-    version = model_info.registered_model_version
-    if register and version is not None:
+    if register:
+        version = mlflow.register_model(model_info.model_uri, spec.dataset).version
         runs.describe_version(spec.dataset, version, train_run_id, accuracy, champion == "true")
         client = mlflow.MlflowClient()
         for name, figure in served.items():

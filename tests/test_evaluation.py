@@ -218,7 +218,8 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
 
 
 def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_model(served):
-    """SIGTERM while the drawn digits and the frames are still to come: no model is saved."""
+    """SIGTERM while the drawn digits and the frames are still to come: no model is saved,
+    and no version is registered."""
     store, client = served["store"], served["client"]
     experiment = client.create_experiment(
         "served-evaluation-stopped",
@@ -230,7 +231,7 @@ def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_mod
         sys.executable,
         str(REPO / "package_model.py"),
         *("--train_run", served["run"].data.tags["train_run"]),
-        *("--output_dir", str(output_dir), "--register", "false"),
+        *("--output_dir", str(output_dir)),
     ]
     process = started_reading_stderr(command, store.root, env)
     try:
@@ -250,3 +251,4 @@ def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_mod
     assert "served_png_accuracy_score" in run.data.metrics
     assert "served_accuracy" not in run.data.metrics
     assert not output_dir.exists()
+    assert client.search_model_versions(f"run_id = '{run.info.run_id}'") == []
