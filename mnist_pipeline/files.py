@@ -7,8 +7,8 @@ killed, and leave those of a live one alone.
 
 from __future__ import annotations
 
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from mnist_pipeline.tracking.signals import deferred, process_tag
@@ -26,7 +26,9 @@ def staging_folder(parent: Path, prefix: str) -> Path:
         owner = folder.name[len(prefix) :].rpartition("-")[0]
         if process_is_gone(owner):
             shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{process_tag()}-"))
+    folder = Path(parent) / f"{prefix}{process_tag()}-{secrets.token_hex(4)}"
+    folder.mkdir()  # with the mode of any new folder (tempfile.mkdtemp's is 0700)
+    return folder
 
 
 def swap_into_place(staged: Path, target: Path) -> None:

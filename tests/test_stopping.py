@@ -194,6 +194,16 @@ def test_a_signal_during_a_database_write_stops_the_process_after_the_write(tmp_
     assert seconds < 15
 
 
+def test_a_folder_moved_into_place_has_the_mode_of_any_new_folder(tmp_path):
+    """./model is staged and renamed into place; it is as readable as a folder made with mkdir."""
+    from mnist_pipeline import files
+
+    staged = files.staging_folder(tmp_path, ".model.new-")
+    (tmp_path / "plain").mkdir()
+    files.swap_into_place(staged, tmp_path / "model")
+    assert (tmp_path / "model").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
 def test_get_data_stopped_at_once_then_killed_with_sigkill(tmp_path, tiny_data):
     with held_mirror(tiny_data) as url:
         _stop_get_data_then_kill(tmp_path, tiny_data, url)

@@ -6,6 +6,7 @@ and the four files reach their destination only once all of them have passed the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -22,6 +23,7 @@ from mnist_pipeline.data.catalogue import DatasetSpec, IdxFile
 from mnist_pipeline.data.idx import check_kind, parse_idx, unzipped
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.files import staging_folder
+from mnist_pipeline.tracking.signals import deferred
 
 OFFICIAL = "official"
 # `progress(name, total_bytes)` may return a callback that is given each chunk's size.
@@ -72,9 +74,11 @@ def fetch_dataset(
     for IDX structure and against the official checksums; files that differ from the
     official ones raise UserError unless allow_unverified is set. Nothing is written
     into `destination` before all four files have passed: they are fetched into a
-    temporary folder beside it and moved into place one by one with os.replace.
+    temporary folder inside it and then moved into place together, a stop waiting for
+    the four moves. If they do not all pass, the folders made for them are removed again.
     """
     destination = Path(destination)
+    made = [folder for folder in (destination, *destination.parents) if not folder.exists()]
     try:
         destination.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -86,10 +90,15 @@ def fetch_dataset(
             staged = staging / idx_file.name
             origin = _fetch_one(idx_file.name, source, spec, staged, progress, retries)
             fetched.append(_verify(idx_file, staged, origin, allow_unverified))
-        for idx_file in spec.files:
-            os.replace(staging / idx_file.name, destination / idx_file.name)
+        with deferred():
+            for idx_file in spec.files:
+                os.replace(staging / idx_file.name, destination / idx_file.name)
+        made = []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # deepest first; only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return fetched
 
 
