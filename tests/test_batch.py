@@ -78,6 +78,10 @@ def test_parent_names_the_best_trial_and_logs_a_summary(batch):
         ({"architecture": "classic:deeper"}, "architecture: 'classic:deeper' is a range"),
         ({"architecture": "classic,wide"}, "architecture: expected deeper or classic, got"),
         ({"augment": "true,maybe"}, "augment: expected true or false, got 'true,maybe'"),
+        # train's own limits, before any trial starts (lr's range is searched on a log scale)
+        ({"lr": "0:0.01"}, "lr: expected a number greater than 0, got 0.0"),
+        ({"nr_conv_1": "0,8"}, "nr_conv_1: expected a number of at least 1, got 0"),
+        ({"synthetic": "0.5:2"}, "synthetic: expected a number from 0 to below 1, got 2.0"),
     ],
 )
 def test_batch_bad_input_is_one_line(pipeline, params, message):
@@ -95,7 +99,9 @@ def test_package_best_without_train_runs_is_one_line(pipeline):
     store = pipeline["store"]
     result = store.call("package_model.py", "--train_run", "best", experiment="empty")
     assert result.returncode != 0
-    assert "train_run=best: no finished train run with an accuracy in experiment" in result.stderr
+    assert "train_run=best: no finished train run with an accuracy in experiment 'empty'" in (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

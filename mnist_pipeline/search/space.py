@@ -48,6 +48,11 @@ def parse(name: str, text: str) -> object:
         raise UserError(f"{name}: expected {expected}, got {text!r}") from None
     if choices and not set(values) <= set(choices):
         raise UserError(f"{name}: expected {expected}, got {text!r}")
+    for item in items:  # as train checks them: before any trial starts, not in one
+        try:
+            BY_NAME[name].check(item)
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"{name}: {error}") from None
     if len(bounds) == 1:
         return values[0] if len(values) == 1 else CategoricalDistribution(values)
     if not values[0] < values[1]:

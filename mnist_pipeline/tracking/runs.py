@@ -207,7 +207,8 @@ def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
     else:
         experiment_ids_ = [_experiment_id(experiment)]
         extra = ""
-        where = f"in experiment {experiment or experiment_ids_[0]!r}"
+        name = experiment or mlflow.MlflowClient().get_experiment(experiment_ids_[0]).name
+        where = f"in experiment {name!r}"
     found = finished_runs(
         "train", extra, experiment_ids_, max_results=1, order_by=("metrics.accuracy DESC",)
     )
