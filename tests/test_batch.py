@@ -78,9 +78,10 @@ def test_parent_names_the_best_trial_and_logs_a_summary(batch):
         ({"architecture": "classic:deeper"}, "architecture: 'classic:deeper' is a range"),
         ({"architecture": "classic,wide"}, "architecture: expected deeper or classic, got"),
         ({"augment": "true,maybe"}, "augment: expected true or false, got 'true,maybe'"),
-        # train's own limits, before any trial starts (lr's range is searched on a log scale)
+        # a range's ends within train's limits, before any trial starts (lr's is searched on
+        # a log scale); a listed value that train refuses is a failed trial (below)
         ({"lr": "0:0.01"}, "lr: expected a number greater than 0, got 0.0"),
-        ({"nr_conv_1": "0,8"}, "nr_conv_1: expected a number of at least 1, got 0"),
+        ({"nr_conv_1": "0:8"}, "nr_conv_1: expected a number of at least 1, got 0"),
         ({"synthetic": "0.5:2"}, "synthetic: expected a number from 0 to below 1, got 2.0"),
     ],
 )

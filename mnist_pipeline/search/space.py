@@ -48,13 +48,13 @@ def parse(name: str, text: str) -> object:
         raise UserError(f"{name}: expected {expected}, got {text!r}") from None
     if choices and not set(values) <= set(choices):
         raise UserError(f"{name}: expected {expected}, got {text!r}")
-    for item in items:  # as train checks them: before any trial starts, not in one
+    if len(bounds) == 1:  # a listed value that train refuses is a trial that fails
+        return values[0] if len(values) == 1 else CategoricalDistribution(values)
+    for bound in bounds:  # a range is checked as train checks a value, before any trial
         try:
-            BY_NAME[name].check(item)
+            BY_NAME[name].check(bound)
         except argparse.ArgumentTypeError as error:
             raise UserError(f"{name}: {error}") from None
-    if len(bounds) == 1:
-        return values[0] if len(values) == 1 else CategoricalDistribution(values)
     if not values[0] < values[1]:
         raise UserError(f"{name}: range {text!r} needs low < high")
     if kind is int:
