@@ -55,14 +55,25 @@ def boolean(text: str) -> bool:
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1 ("16", or "16.0" as MLflow may pass it)."""
+    return _whole_number(text, at_least=1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of 0 or more (a seed: NumPy takes no negative one)."""
+    return _whole_number(text, at_least=0)
+
+
+def _whole_number(text: str, at_least: int) -> int:
     try:
         number = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if not number.is_integer():
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {int(number)}")
+    if number < at_least:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of at least {at_least}, got {int(number)}"
+        )
     return int(number)
 
 

@@ -176,6 +176,7 @@ def test_train_same_seed_same_result(pipeline):
     [
         (["--epochs", "many"], "argument --epochs: expected a whole number, got 'many'", []),
         (["--lr", "fast"], "argument --lr: expected a number, got 'fast'", []),
+        (["--seed=-1"], "argument --seed: expected a number of at least 0, got -1", []),
         (["--preprocess_run", "0" * 32], f"run '{'0' * 32}' does not exist", ["FAILED"]),
     ],
 )

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mnist_pipeline.cli import boolean, fraction, or_dataset_default, positive_float, positive_int
+from mnist_pipeline.cli import (
+    boolean,
+    fraction,
+    non_negative_int,
+    or_dataset_default,
+    positive_float,
+    positive_int,
+)
 
 # The CNNs that training/model.py builds. Named here, not imported from there: every stage
 # names its runs with this list, and only train runs the model's code.
@@ -63,7 +70,9 @@ HYPERPARAMETERS = (
         or_dataset_default(fraction),
         "the share of each label spread over the other classes (empty: the dataset's, 0 or 0.1)",
     ),
-    Hyperparameter("seed", int, int, "seeds the weights, the shuffling and the distortions"),
+    Hyperparameter(
+        "seed", int, non_negative_int, "seeds the weights, the shuffling and the distortions"
+    ),
 )
 BY_NAME = {hyperparameter.name: hyperparameter for hyperparameter in HYPERPARAMETERS}
 NAMES = tuple(BY_NAME)
