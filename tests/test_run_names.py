@@ -75,3 +75,18 @@ def test_a_train_run_names_its_architecture_and_augmentation():
     # A run from before the architecture was a param trained the classic CNN.
     run.data.params = {"nr_conv_1": "16", "lr": "0.006", "epochs": "5"}
     assert name_and_text(run, client=None)[0] == "train nr_conv_1=16 lr=0.006 epochs=5 classic"
+
+
+def test_a_package_or_main_run_stopped_early_is_named_from_the_dataset_asked_for(store):
+    """Before package has found its train run's dataset (a tag), the param names it; and a
+    run named by its stage alone is still renamed once it knows more."""
+    from mnist_pipeline.tracking import naming
+
+    client = store.client()
+    for stage in ("package", "main"):
+        run_id = client.create_run("0", tags={"stage": stage}).info.run_id
+        naming.describe(run_id, client)
+        assert client.get_run(run_id).info.run_name == stage
+        client.log_param(run_id, "dataset", "fashion")
+        naming.describe(run_id, client)
+        assert client.get_run(run_id).info.run_name == f"{stage} fashion"

@@ -198,9 +198,10 @@ def _train_batch(run, client) -> tuple[str, str]:
 
 def _package(run, client) -> tuple[str, str]:
     tags, metrics = run.data.tags, run.data.metrics
-    dataset = tags.get("dataset", "")
+    # The tag is the train run's dataset, once found; until then, the one asked for.
+    dataset = tags.get("dataset") or run.data.params.get("dataset", "")
     version = _registered_version(run.info.run_id, client)
-    name = f"package {dataset}" + (f" v{version.version}" if version else "")
+    name = f"package {dataset}".strip() + (f" v{version.version}" if version else "")
     text = "Bundled the CNN"
     if tags.get("train_run"):
         text += f" of {_link(tags['train_run'], client)}"
@@ -232,7 +233,7 @@ def _package(run, client) -> tuple[str, str]:
 
 def _main(run, client) -> tuple[str, str]:
     tags, metrics = run.data.tags, run.data.metrics
-    dataset = tags.get("dataset", "")
+    dataset = tags.get("dataset") or run.data.params.get("dataset", "")
     stages = ("get_data", "explore_data", "preprocess", "train", "package")
     text = f"The whole pipeline on **{dataset}**, one nested run per stage:"
     for stage in stages:
@@ -243,7 +244,7 @@ def _main(run, client) -> tuple[str, str]:
         text += f"\n\nReused finished runs for: {reused.replace(',', ', ')}."
     if "accuracy" in metrics:
         text += f"\n\nTest accuracy **{metrics['accuracy']:.4f}**."
-    return f"main {dataset}", text
+    return f"main {dataset}".strip(), text
 
 
 _BUILDERS = {
@@ -266,7 +267,8 @@ def _may_rename(run) -> bool:
     stage = run.data.tags.get("stage", "")
     if run.data.tags.get("trial"):
         return False  # named `trial 3/12 ...` by the batch that started it
-    return not current or bool(_RANDOM_NAME.match(current)) or current.startswith(f"{stage} ")
+    ours = current == stage or current.startswith(f"{stage} ")
+    return not current or bool(_RANDOM_NAME.match(current)) or ours
 
 
 def _source(tags: dict, client) -> str:
