@@ -218,8 +218,7 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
 
 
 def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_model(served):
-    """SIGTERM while the drawn digits and the frames are still to come: no model is saved,
-    and no version is registered."""
+    """SIGTERM while the drawn digits and the frames are still to come: no model is saved."""
     store, client = served["store"], served["client"]
     experiment = client.create_experiment(
         "served-evaluation-stopped",
@@ -231,7 +230,7 @@ def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_mod
         sys.executable,
         str(REPO / "package_model.py"),
         *("--train_run", served["run"].data.tags["train_run"]),
-        *("--output_dir", str(output_dir)),
+        *("--output_dir", str(output_dir), "--register", "false"),
     ]
     process = started_reading_stderr(command, store.root, env)
     try:
@@ -251,4 +250,26 @@ def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_mod
     assert "served_png_accuracy_score" in run.data.metrics
     assert "served_accuracy" not in run.data.metrics
     assert not output_dir.exists()
-    assert client.search_model_versions(f"run_id = '{run.info.run_id}'") == []
+
+
+def test_a_model_that_fails_its_evaluation_is_not_registered(served, monkeypatch):
+    """The version is registered only after the evaluation: a failed one leaves none."""
+    import package_model
+    from mnist_pipeline.errors import UserError
+
+    def fails(*args, **kwargs):
+        raise UserError("the evaluation failed")
+
+    monkeypatch.setattr(package_model, "evaluate_served", fails)
+    store = served["store"]
+    output_dir = store.root / "unevaluated-model"
+    called = store.call(
+        "package_model.py",
+        *("--train_run", served["run"].data.tags["train_run"], "--output_dir", output_dir),
+        experiment="evaluation-failed",
+    )
+    assert called.returncode == 1 and "the evaluation failed" in called.stderr
+    [run] = store.runs("package", experiment="evaluation-failed")
+    assert run.info.status == "FAILED"
+    assert served["client"].search_model_versions(f"run_id = '{run.info.run_id}'") == []
+    assert not output_dir.exists()
