@@ -113,6 +113,12 @@ SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
 ONE = [(0.5, 0.15), (0.5, 0.85)]
 
 
+def open_ready(page, page_url: str) -> None:
+    """Open the drawing page and wait until it says that the model is ready."""
+    page.goto(page_url)
+    page.wait_for_function("document.getElementById('model-status').textContent.includes('ready')")
+
+
 def wait_for_answer(page) -> int:
     """Wait until an answer is on screen; return its number."""
     page.wait_for_function(
@@ -155,8 +161,7 @@ def seen_pixels(page) -> np.ndarray:
 def test_a_stroke_gets_an_answer_three_bars_the_28x28_image_and_the_curl_command(
     page, page_url, model_url
 ):
-    page.goto(page_url)
-    page.wait_for_function("document.getElementById('model-status').textContent.includes('ready')")
+    open_ready(page, page_url)
     draw_stroke(page, SEVEN)
     wait_for_stroke_answer(page)
 
@@ -185,8 +190,7 @@ def test_wrong_it_is_a_7_keeps_the_drawing_in_mlflow_with_its_label(page, page_u
     from mnist_pipeline import feedback
     from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
-    page.goto(page_url)
-    page.wait_for_function("document.getElementById('model-status').textContent.includes('ready')")
+    open_ready(page, page_url)
     draw_stroke(page, SEVEN)
     wait_for_stroke_answer(page)
     answer = page.locator("#answer").inner_text()
@@ -235,8 +239,7 @@ def test_a_new_stroke_holds_the_feedback_until_its_own_answer_is_on_screen(
     from mnist_pipeline import feedback
     from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
-    page.goto(page_url)
-    page.wait_for_function("document.getElementById('model-status').textContent.includes('ready')")
+    open_ready(page, page_url)
     draw_stroke(page, ONE)
     wait_for_stroke_answer(page)
     right = page.get_by_role("button", name="Right", exact=True)

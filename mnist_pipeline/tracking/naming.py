@@ -77,7 +77,7 @@ def name_and_text(run, client: MlflowClient) -> tuple[str, str]:
 
 def _get_data(run, client) -> tuple[str, str]:
     tags, metrics = run.data.tags, run.data.metrics
-    dataset = tags.get("dataset") or run.data.params.get("dataset", "")
+    dataset = _dataset(run)
     text = f"Fetched the four IDX files of **{dataset}** from `{tags.get('source', '?')}`"
     if "train_count" in metrics:
         text += (
@@ -198,8 +198,7 @@ def _train_batch(run, client) -> tuple[str, str]:
 
 def _package(run, client) -> tuple[str, str]:
     tags, metrics = run.data.tags, run.data.metrics
-    # The tag is the train run's dataset, once found; until then, the one asked for.
-    dataset = tags.get("dataset") or run.data.params.get("dataset", "")
+    dataset = _dataset(run)
     version = _registered_version(run.info.run_id, client)
     name = f"package {dataset}".strip() + (f" v{version.version}" if version else "")
     text = "Bundled the CNN"
@@ -233,7 +232,7 @@ def _package(run, client) -> tuple[str, str]:
 
 def _main(run, client) -> tuple[str, str]:
     tags, metrics = run.data.tags, run.data.metrics
-    dataset = tags.get("dataset") or run.data.params.get("dataset", "")
+    dataset = _dataset(run)
     stages = ("get_data", "explore_data", "preprocess", "train", "package")
     text = f"The whole pipeline on **{dataset}**, one nested run per stage:"
     for stage in stages:
@@ -269,6 +268,11 @@ def _may_rename(run) -> bool:
         return False  # named `trial 3/12 ...` by the batch that started it
     ours = current == stage or current.startswith(f"{stage} ")
     return not current or bool(_RANDOM_NAME.match(current)) or ours
+
+
+def _dataset(run) -> str:
+    """The run's dataset: its tag, once the stage has found it; until then, the one asked for."""
+    return run.data.tags.get("dataset") or run.data.params.get("dataset", "")
 
 
 def _source(tags: dict, client) -> str:
