@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import MIRROR
 
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
@@ -305,3 +306,26 @@ def test_specks_around_the_digit_are_left_out():
         cv2.circle(picture, (x, y), 1, 40, -1)
     pixels = image_to_pixels(png(picture))
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
+@pytest.mark.parametrize("size", [28, 280])
+def test_a_light_garment_that_fills_the_picture_is_the_object_not_a_sheet_of_paper(size):
+    """Fashion-MNIST's coats and bags fill most of a dark picture, light and solid: the
+    rule that finds a sheet of paper on a darker table is for drawn digits only."""
+    coat = np.zeros((28, 28), np.uint8)
+    cv2.fillPoly(coat, [np.array([(7, 1), (20, 1), (26, 26), (1, 26)])], 200)
+    picture = cv2.resize(coat, (size, size), interpolation=cv2.INTER_NEAREST)
+    pixels = image_to_pixels(png(picture), "object")
+    assert pixels[14, 14] > 150 and pixels[0, 0] < 50 and pixels[0, 27] < 50
+
+
+@pytest.mark.skipif(not (MIRROR / "fashion").is_dir(), reason="no local mirror of Fashion-MNIST")
+def test_every_fashion_test_image_sent_as_a_png_is_read_as_it_was():
+    """What package's evaluation sends for Fashion-MNIST: a test image refused as a flat
+    colour failed the whole pipeline. Each comes back, fitted as the training images were."""
+    from mnist_pipeline.data.idx import read_idx
+
+    images = read_idx(MIRROR / "fashion" / "t10k-images-idx3-ubyte.gz")[:3000]
+    pixels = np.stack([image_to_pixels(png(image), "object") for image in images])
+    # Fitted to 28 on their longer side and centred, as Fashion-MNIST's own: mostly as they were.
+    assert np.abs(pixels.astype(int) - images).mean() < 20

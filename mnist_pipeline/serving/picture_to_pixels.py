@@ -127,7 +127,7 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if decoded is None:
         raise UserError("image data is damaged and cannot be decoded")
-    gray = _light_on_dark(_shrunk(_to_gray(decoded)))
+    gray = _light_on_dark(_shrunk(_to_gray(decoded)), style == "digit")
     ink = _digit_ink(gray) if style == "digit" else _object_ink(gray)
     if ink.max() == 0 and style == "digit" and _stands_out_of_its_border(gray):
         # A broad, soft stroke (a thick grey bar scanned at low resolution) is smooth enough
@@ -231,12 +231,12 @@ def _stands_out_of_its_border(gray: np.ndarray) -> bool:
     return rise > max(FLAT_LEVELS, INK_NOISE_MULTIPLE * _border_noise(gray))
 
 
-def _light_on_dark(gray: np.ndarray) -> np.ndarray:
+def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
     """Return `gray` turned so that the background is dark and the ink light.
 
     The background is the median of a band along the edges (a frame drawn around the
-    picture is too thin to be it), or the sheet of paper on a darker table that fills most
-    of a photo. The ink is on the side, darker or lighter, that reaches twice as far from
+    picture is too thin to be it), or, `on_paper`, the sheet of paper on a darker table
+    that fills most of a photo (a garment, solid and light, is not a sheet). The ink is on the side, darker or lighter, that reaches twice as far from
     it: dark ink on a dim photo of white paper, light ink on coloured paper. Where neither
     does, a light background has dark ink.
     """
@@ -247,7 +247,7 @@ def _light_on_dark(gray: np.ndarray) -> np.ndarray:
     in_band = np.ones(sample.shape, dtype=bool)
     in_band[band:-band, band:-band] = False
     level, middle = float(np.median(sample[in_band])), float(np.median(sample))
-    if middle > level + SHEET_CONTRAST and _is_a_sheet(sample > (level + middle) / 2):
+    if on_paper and middle > level + SHEET_CONTRAST and _is_a_sheet(sample > (level + middle) / 2):
         level = middle
     smooth = cv2.blur(gray, (3, 3))
     darker, lighter = level - float(smooth.min()), float(smooth.max()) - level
