@@ -71,3 +71,6 @@ def test_the_training_dtype_follows_the_cpu_unless_onednn_is_capped(monkeypatch)
     assert training_dtype() == "float32"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
     assert training_dtype() == ("mixed_bfloat16" if native else "float32")
+    # With oneDNN off, TensorFlow's bfloat16 is emulated.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert training_dtype() == "float32"

@@ -87,13 +87,15 @@ def training_dtype() -> str:
     (0.67 times the CPU seconds), to the same MNIST test accuracy (0.9918 against 0.9920).
     Elsewhere bfloat16 is emulated, which can be slower than float32. The weights stay
     float32 either way. The CPU's features are read from /proc/cpuinfo, so only on Linux,
-    and not when a GPU trains or ONEDNN_MAX_CPU_ISA names an instruction set without
-    bfloat16.
+    and not when a GPU trains, ONEDNN_MAX_CPU_ISA names an instruction set without
+    bfloat16, or TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off (Eigen's bfloat16 is emulated:
+    one epoch took 13 times as long).
     """
     import tensorflow as tf
 
     cpuinfo = Path("/proc/cpuinfo")
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in WITHOUT_BFLOAT16
+    capped |= os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
     if capped or tf.config.list_physical_devices("GPU") or not cpuinfo.exists():
         return "float32"
     flags = set(cpuinfo.read_text().split())
