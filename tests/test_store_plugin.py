@@ -37,3 +37,15 @@ def test_the_plugin_gives_mlflow_its_store_and_tags_each_run_with_its_process(tm
         signals.installed = installed
     assert run.data.tags[signals.PROCESS_TAG] == signals.process_tag()
     assert (tmp_path / "mlflow.db.lock").exists()  # built under the lock
+
+
+def test_new_experiments_keep_their_artifacts_beside_the_database(tmp_path, monkeypatch):
+    """Not in ./mlruns of whichever folder a command runs in, where another store's
+    experiment of the same ID may keep its own."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'elsewhere' / 'other.db'}"
+    (tmp_path / "elsewhere").mkdir()
+    built = store.tracking_store(uri)
+    for experiment_id in ("0", built.create_experiment("foo")):
+        location = built.get_experiment(experiment_id).artifact_location.removeprefix("file://")
+        assert location == str(tmp_path / "elsewhere" / "mlruns" / experiment_id)

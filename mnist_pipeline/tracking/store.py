@@ -17,6 +17,8 @@ then comes through here and gets MLflow's own SQLAlchemy store, built:
   a run that MLflow ends FAILED because a signal stops the process ends KILLED instead;
 - so that SIGINT and SIGTERM stop the process between database sessions, never in the
   middle of one (which would leave the database locked; see signals.uninterrupted).
+- with every experiment's artifacts in `mlruns/` beside the database, not in `./mlruns` of
+  the working directory.
 
 In the `mlflow run` command itself it also installs signals.py's signal handlers, so that
 SIGTERM cancels the entry point's process the way MLflow already does for Ctrl-C.
@@ -65,14 +67,17 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None):
         signals.install()
     database = database_path(store_uri)
 
+    # The artifacts go to ./mlruns beside the database, wherever a command runs: MLflow's
+    # default, ./mlruns of the working directory, would mix two stores' runs in one folder.
+    beside = str(database.parent / "mlruns") if database else DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+
     def build():
         if database is not None and not _has_default_experiment(database):
             # Whoever creates the store decides where the Default experiment keeps its
             # artifacts. `mlflow ui` would choose `mlflow-artifacts:/0`, which only that
-            # server's clients can use, so the store is created as any command creates it:
-            # with the artifacts in ./mlruns beside the database.
-            SqlAlchemyStore(store_uri, str(database.parent / "mlruns"))
-        return SqlAlchemyStore(store_uri, artifact_uri or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+            # server's clients can use, so the store is created as any command creates it.
+            SqlAlchemyStore(store_uri, beside)
+        return SqlAlchemyStore(store_uri, artifact_uri or beside)
 
     store = _build(store_uri, build)
     _watch_runs(store)
