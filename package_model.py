@@ -25,6 +25,7 @@ $ mlflow run . -e package --env-manager local -P train_run=<train run id> -P cha
 """
 
 import argparse
+import shlex
 import shutil
 import sys
 import tempfile
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         return fail(parser.prog, error)
     print(f"package run {run.info.run_id}: {summary}")
-    model = Path(args.output_dir).resolve()  # the stage may run in another folder (mlflow run)
+    # Absolute, as the stage may run in another folder (mlflow run), and quoted for pasting.
+    model = shlex.quote(str(Path(args.output_dir).resolve()))
     print(f"Serve it with: mlflow models serve -m {model} --env-manager local -p 5000")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Wrote {len(args.images)} image(s) to {args.output} ({args.format} format)", file=hint
         )
-    source = "@-" if args.output == "-" else f"@{args.output}"
+    source = shlex.quote(f"@{args.output}")  # a path with spaces, pasted, stays one word
     print(
         f"curl -d {source} -H 'Content-Type: application/json' localhost:{args.port}/invocations",
         file=hint,

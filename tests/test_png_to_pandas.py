@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -108,11 +109,13 @@ def test_output_dash_writes_the_json_alone_on_stdout(tmp_path):
 
 def test_output_to_a_named_file_and_the_curl_names_it(tmp_path):
     save(tmp_path, "my_digit.png", drawing(6))
-    (tmp_path / "requests").mkdir()
-    result = ok(run(tmp_path, "my_digit.png", "-o", "requests/six.json"))
-    assert (tmp_path / "requests" / "six.json").exists()
-    assert result.stdout.splitlines()[-1] == curl("@requests/six.json")
-    assert sorted(path.name for path in (tmp_path / "requests").iterdir()) == ["six.json"]
+    (tmp_path / "my requests").mkdir()
+    result = ok(run(tmp_path, "my_digit.png", "-o", "my requests/six.json"))
+    assert (tmp_path / "my requests" / "six.json").exists()
+    # Quoted, so that the curl pasted into a shell reads the file whose name has a space.
+    assert result.stdout.splitlines()[-1] == curl("'@my requests/six.json'")
+    assert shlex.split(result.stdout.splitlines()[-1])[2] == "@my requests/six.json"
+    assert sorted(path.name for path in (tmp_path / "my requests").iterdir()) == ["six.json"]
 
 
 def test_an_existing_example_is_replaced(tmp_path):
