@@ -17,10 +17,12 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 from mnist_pipeline.errors import UserError
@@ -77,6 +79,11 @@ class TeamServer:
 
     def start(self, workers: int = 4, allowed_hosts: str = "") -> None:
         """Start PostgreSQL (initialising it the first time), then `mlflow server` on it."""
+        # Another program on a port would answer in our place: a server that seems to start.
+        if not self.postgres_running():
+            self._check_port_free(self.db_port, "--db-port")
+        if self.server_pid() is None:
+            self._check_port_free(self.port, "--port")
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.pgdata / "PG_VERSION").exists():
             self._init_cluster()
@@ -84,7 +91,10 @@ class TeamServer:
             # The socket lives in the data folder, which only the database's owner can enter.
             options = f"-p {self.db_port} -c listen_addresses={self.host} -k {self.pgdata}"
             log = self.pgdata / "server.log"
-            self._postgres("pg_ctl", "start", "-w", "-D", self.pgdata, "-l", log, "-o", options)
+            try:
+                self._postgres("pg_ctl", "start", "-w", "-D", self.pgdata, "-l", log, "-o", options)
+            except UserError as error:
+                raise UserError(f"{error} (see {log})") from None
             print(f"Started PostgreSQL on {self.host}:{self.db_port}", file=sys.stderr)
         self._postgres(
             "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.pgdata, "-p", self.db_port,
@@ -157,10 +167,14 @@ class TeamServer:
             raise UserError(f"the team server in {self.folder} is not running; start it first")
         os.environ["MLFLOW_TRACKING_USERNAME"] = ADMIN_USERNAME
         os.environ["MLFLOW_TRACKING_PASSWORD"] = self.secret("admin_password")
-        client = get_app_client("basic-auth", tracking_uri=self.url)
+        with warnings.catch_warnings():  # MLflow's server modules warn about Starlette's
+            warnings.simplefilter("ignore")
+            client = get_app_client("basic-auth", tracking_uri=self.url)
         try:
             client.create_user(username=username, password=password)
         except MlflowException as error:
+            if error.error_code == "RESOURCE_ALREADY_EXISTS":
+                raise UserError(f"user {username!r} exists already") from None
             raise UserError(f"cannot create user {username!r}: {error.message}") from None
 
     def client_settings(self) -> str:
@@ -231,6 +245,15 @@ class TeamServer:
                 hint = "; as root, --dir must be a folder that the postgres user can enter"
             raise UserError(f"{program} failed: {lines[-1]}{hint}")
         return result
+
+    def _check_port_free(self, port: int, option: str) -> None:
+        """UserError if another program listens on `port`: it, not ours, would answer."""
+        with socket.socket() as probe:
+            if probe.connect_ex((self.local_host, port)) == 0:
+                raise UserError(
+                    f"port {port} on {self.local_host} is in use by another program; "
+                    f"choose a free one with {option}"
+                )
 
     def _wait_until_healthy(self, process: subprocess.Popen, timeout: float = 180) -> None:
         # A proxy set in the environment must not stand between us and our own server.
