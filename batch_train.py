@@ -9,12 +9,14 @@ trials that fall behind. With OPTUNA_STORAGE set to a database (a team's Postgre
 workers on other machines join the search with `--join <this run's ID>`.
 
 $ mlflow run . -e train_batch --env-manager local -P nr_conv_1=8,16,24,32 -P epochs=1 -P workers=2
-$ mlflow run . -e train_batch --env-manager local -P join=<run id>   # another machine
+$ mlflow run . -e train_batch --env-manager local --experiment-name <its experiment> -P join=<run id>
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
 import sys
 
 from mnist_pipeline import cli
@@ -54,6 +56,8 @@ def build_parser() -> cli.Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    import mlflow
+
     from mnist_pipeline.search import space, study
     from mnist_pipeline.tracking import runs
 
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.check_tracking_server()
         if args.join:
             found, search = study.join(args.join)
+            if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made the run already
+                mlflow.set_experiment(experiment_id=search.experiment_id)
             with cli.stage_run("train_batch_worker", parser, args, __file__) as run:
                 ran = study.optimize(found, search, args.workers)
             summary = f"ran {ran} trials of search {args.join}; its own run writes the summary"
@@ -129,7 +135,9 @@ def train_batch(
         }
     )
     if storage:
-        join = f"mlflow run . -e train_batch --env-manager local -P join={parent.info.run_id}"
+        experiment = shlex.quote(mlflow.get_experiment(parent.info.experiment_id).name)
+        join = f"mlflow run . -e train_batch --env-manager local --experiment-name {experiment}"
+        join += f" -P join={parent.info.run_id}"
         print(f"[train_batch] other machines join with: {join}", file=sys.stderr)
     study.optimize(found, search, workers)
     return study.write_summary(found)

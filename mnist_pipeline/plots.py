@@ -118,7 +118,17 @@ def metric_against_params(table, metric: str, params: list[str]):
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         if param == "lr":
+            from matplotlib import ticker
+
+            # Plain numbers, tilted, at 1, 2 and 5 per decade where the values span fewer
+            # than two: matplotlib's own labels of a narrow range fall on top of each other.
+            values = finished[param].astype(float)
+            narrow = len(values) and values.max() < 100 * values.min()
             axis.set_xscale("log")
+            axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5) if narrow else (1,)))
+            axis.xaxis.set_major_formatter(ticker.StrMethodFormatter("{x:.2g}"))
+            axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+            axis.tick_params(axis="x", labelrotation=30)
     figure.suptitle(f"{metric} by trial")
     figure.tight_layout()
     return figure

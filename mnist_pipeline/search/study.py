@@ -9,8 +9,9 @@ may stop it (training/pruning.py).
 
 Locally, the study is a journal file that this machine's processes share. In a database
 (OPTUNA_STORAGE), workers on other machines join it, each until the study has `trials`
-answers (MaxTrialsCallback: up to workers-1 more may run). A trial whose heartbeats stop is
-failed by the storage, its runs ended KILLED and the trial queued again (end_stale_trial).
+answers (MaxTrialsCallback: trials that other workers started meanwhile add a few). A trial
+whose heartbeats stop is failed by the storage, its runs ended KILLED and the trial queued
+again (end_stale_trial).
 """
 
 from __future__ import annotations
@@ -224,7 +225,6 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         elif accuracy is None:
             outcome = error[:500]
             client.set_tag(run_id, "error", outcome)
-            trial.set_user_attr("error", outcome)
         else:
             outcome = f"accuracy {accuracy:.4f}"
         seconds = time.perf_counter() - started
@@ -321,7 +321,8 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
                 worker = run.data.tags["worker"]
                 client.set_tag(run_id, "error", f"{worker} stopped sending heartbeats")
                 client.set_terminated(run_id, "KILLED")
-    print(f"[train_batch] trial {trial.number}'s worker stopped: it runs again", file=sys.stderr)
+    number = trial.user_attrs.get("trial", trial.number + 1)
+    print(f"[train_batch] trial {number}'s worker stopped: it runs again", file=sys.stderr)
     Retry(max_retry=2)(study, trial)
 
 
@@ -339,6 +340,15 @@ def write_summary(study: optuna.Study) -> str:
     table.columns = [c.removeprefix("user_attrs_").removeprefix("params_") for c in table]
     table = table.rename(columns={"mlflow_run_id": "run_id", "value": "accuracy"})
     table["seconds"] = table.pop("duration").dt.total_seconds().round(1)
+    # Optuna gives a pruned trial its last validation accuracy as its value: not a test's.
+    table.loc[table["state"] != "COMPLETE", "accuracy"] = None
+    # Why a trial failed is its run's tag `error`, whoever set it: the worker, or the worker
+    # that found its heartbeats stopped.
+    children = mlflow.search_runs(
+        [parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'"
+    )
+    if "tags.error" in children:
+        table["error"] = table["run_id"].map(children.set_index("run_id")["tags.error"])
     columns = ["trial", "run_id", "state", *searched, "accuracy", "seconds", "host", "error"]
     table = table.reindex(columns=columns).sort_values("trial").fillna({"error": ""})
     print(table.to_string(index=False), file=sys.stderr)
@@ -371,5 +381,5 @@ def redacted(url: str) -> str:
     """`url` with its password replaced by ***, for messages and tags."""
     try:
         return make_url(url).render_as_string(hide_password=True) if url else ""
-    except ArgumentError:
-        return "<unparsable URL>"
+    except ArgumentError:  # shown whole unless it may hold a password
+        return "<unparsable URL>" if "@" in url else url
