@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     signals.PROCESS_TAG: signals.process_tag(),
                 }
             )
+            naming.describe(parent.info.run_id)  # so that a pipeline that fails reads well too
             warn_about_stale_runs(parent.info.experiment_id)
             pipeline = Pipeline(parent.info.experiment_id)
             data_run = pipeline.stage(
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 **used,
             )
-            pipeline.stage("package", train_run=train_run, output_dir=args.output_dir)
+            pipeline.stage(
+                "package", train_run=train_run, dataset=args.dataset, output_dir=args.output_dir
+            )
             pipeline.log_summary()
             accuracy = mlflow.get_run(train_run).data.metrics.get("accuracy")
             if accuracy is not None:
@@ -223,13 +226,20 @@ class Pipeline:
         for stage in self.stages:
             how = "reused" if stage["reused"] else "resumed" if "resumed_from" in stage else "ran"
             lines.append(f"  {stage['stage']:<13} {how:<7} {stage['run_id']}")
+        import mlflow
+
+        compare = "mlflow ui                                   # compare the runs at http://localhost:5000"
+        if mlflow.get_tracking_uri().startswith(("http://", "https://")):  # a tracking server
+            compare = f"# compare the runs at {mlflow.get_tracking_uri()}"
         lines += [
             "Next:",
-            "  mlflow ui                                   # compare the runs at http://localhost:5000",
+            f"  {compare}",
             # Absolute: `mlflow run <project>` from another folder runs the stages in the
             # project's folder, so ./model is there, not where the command was typed.
-            f"  mlflow models serve -m {Path(output_dir).resolve()} --env-manager local -p 5000",
-            "  python png_to_pandas.py my_digit.png        # then the curl command it prints",
+            f"  mlflow models serve -m {shlex.quote(str(Path(output_dir).resolve()))} "
+            "--env-manager local -p 5000",
+            f"  python {shlex.quote(str(Path(__file__).resolve().with_name('png_to_pandas.py')))} "
+            "my_digit.png   # then the curl command it prints",
         ]
         return "\n".join(lines)
 

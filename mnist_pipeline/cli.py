@@ -196,7 +196,9 @@ def stage_run(
         logged = mlflow.get_run(run.info.run_id).data.params
         mlflow.log_params({k: v for k, v in canonical.items() if k not in logged})
         # Named and described from the start, so that a run that fails reads well too,
-        # and again at the end, with its results (see naming.py).
+        # and again at the end, with its results or what it found before it failed.
         naming.describe(run.info.run_id)
-        yield run
-        naming.describe(run.info.run_id)
+        try:
+            yield run
+        finally:
+            naming.describe(run.info.run_id)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+
+import mlflow
+import pytest
+from conftest import REPO
+
+from mnist_pipeline import cli
 
 NOTE = "mlflow.note.content"
 
@@ -75,6 +82,12 @@ def test_a_train_run_names_its_architecture_and_augmentation():
     # A run from before the architecture was a param trained the classic CNN.
     run.data.params = {"nr_conv_1": "16", "lr": "0.006", "epochs": "5"}
     assert name_and_text(run, client=None)[0] == "train nr_conv_1=16 lr=0.006 epochs=5 classic"
+    # A value left to the dataset's default is not shown empty; a pruned trial says so.
+    run.data.params |= {"label_smoothing": ""}
+    run.data.tags |= {"pruned": "true", "pruned_at_epoch": "2"}
+    name, text = name_and_text(run, client=None)
+    assert "label_smoothing" not in text
+    assert "Pruned after epoch 2:" in text
 
 
 def test_a_package_or_main_run_stopped_early_is_named_from_the_dataset_asked_for(store):
@@ -90,3 +103,20 @@ def test_a_package_or_main_run_stopped_early_is_named_from_the_dataset_asked_for
         client.log_param(run_id, "dataset", "fashion")
         naming.describe(run_id, client)
         assert client.get_run(run_id).info.run_name == f"{stage} fashion"
+
+
+def test_a_stage_that_fails_is_named_from_what_it_found_before(store):
+    """package, asked for no dataset (the param says mnist), found a fashion train run and
+    then failed: its run is named from the train run's dataset, as a finished one is."""
+    client = store.client()
+    args = argparse.Namespace(dataset="mnist")
+    with (
+        pytest.raises(RuntimeError),
+        cli.stage_run(
+            "package", argparse.ArgumentParser(), args, str(REPO / "package_model.py")
+        ) as run,
+    ):
+        mlflow.set_tag("dataset", "fashion")
+        raise RuntimeError("the evaluation failed")
+    ended = client.get_run(run.info.run_id)
+    assert (ended.info.status, ended.info.run_name) == ("FAILED", "package fashion")

@@ -261,6 +261,7 @@ def test_main_stopped_in_train_and_in_package_then_rerun_reuses(tmp_path, tiny_d
     stop_with(process, signal.SIGINT)
     assert store.last_run("train").info.status == "KILLED", output(process)
     assert store.last_run("main").info.status == "KILLED", output(process)
+    assert store.last_run("main").info.run_name == "main mnist"  # named from its start
     for stage in ("get_data", "explore_data", "preprocess"):
         assert store.last_run(stage).info.status == "FINISHED"
     assert_nothing_running(store)

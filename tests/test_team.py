@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import REPO, TINY_TRAINING, VENV_BIN, Store, free_port, running
 
@@ -155,11 +156,31 @@ def test_the_server_asks_for_credentials_and_a_second_start_reuses_it(team):
     assert time.monotonic() - started < 30
     assert f"MLFLOW_TRACKING_URI={team.url}" in again.stdout
 
-    team.command("add-user", "alice", input="a-long-password-1\n")
+    added = team.command("add-user", "alice", input="a-long-password-1\n")
+    assert "Warning" not in added.stderr
     assert get(search, ("alice", "a-long-password-1")) == 200
+    again = team.command("add-user", "alice", input="a-long-password-2\n", check=False)
+    assert again.stderr == "team_server.py: error: user 'alice' exists already\n"
     short = team.command("add-user", "bob", input="short\n", check=False)
     assert short.returncode != 0
     assert short.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("taken", ["--port", "--db-port"])
+def test_a_start_on_a_port_in_use_is_refused_before_it_makes_anything(team, tmp_path, taken):
+    """The running team server holds both ports: a second one there would seem to start,
+    and its exports would lead to the first one."""
+    ports = {"--port": str(free_port()), "--db-port": str(free_port())}
+    ports[taken] = str(team.port if taken == "--port" else team.db_port)
+    command = [sys.executable, str(REPO / "team_server.py"), "start", "--dir", str(tmp_path / "s")]
+    result = subprocess.run(command + [w for pair in ports.items() for w in pair],
+                            env=clean_environment(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"team_server.py: error: port {ports[taken]} on 127.0.0.1 is in use by another program; "
+        f"choose a free one with {taken}\n"
+    )
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_clone_stays_clean_when_the_server_starts_and_stops(team):
@@ -197,6 +218,8 @@ def test_main_runs_through_the_server_with_nothing_on_the_client(team, team_pipe
     assert not (client.root / "mlruns").exists()
     assert not (client.root / "mlflow.db").exists()
     assert any((team.folder / "artifacts").rglob("transform.json"))
+    # "Created by" in the UI is the login, not the OS user running the commands.
+    assert {run.data.tags["mlflow.user"] for run in runs} == {"admin"}
     versions = client.client().search_model_versions("name = 'mnist'")
     assert [version.run_id for version in versions] == [client.last_run("package").info.run_id]
 
@@ -305,6 +328,7 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
         run for run in store.runs("train_batch_worker") if run.data.tags["joined"] == parent_id
     ]
     assert sorted(run.info.status for run in workers) == ["FINISHED", "KILLED"]
+    assert all(run.data.tags["mlflow.runName"].startswith("train_batch_worker ") for run in workers)
 
     parent = store.client().get_run(parent_id)
     assert parent.info.status == "FINISHED"
@@ -316,6 +340,11 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     )
     artifacts = {item.path for item in store.client().list_artifacts(parent_id)}
     assert {"trials.csv", "accuracy_by_hyperparameter.png"} <= artifacts
+    table = pd.read_csv(store.client().download_artifacts(parent_id, "trials.csv"))
+    row = table.set_index("run_id").loc[killed_trial.info.run_id]
+    assert row["state"] == "FAIL" and row["error"].endswith("stopped sending heartbeats")
+    said = "".join((machine.root / "output.log").read_text() for machine in machines[:2])
+    assert f"trial {killed_trial.data.tags['trial']}'s worker stopped" in said
 
     # The best trial, packaged on the server, is served from a third folder.
     machines[1].script(
@@ -361,6 +390,10 @@ def test_a_pruned_search_stops_hopeless_trials(team, team_pipeline, tmp_path):
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == epochs < 4
     assert parent.data.metrics["trials_pruned"] == len(pruned)
     assert parent.data.tags["best_run_id"] not in {run.info.run_id for run in pruned}
+    # Optuna gives a pruned trial its last validation accuracy: the table leaves it out.
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv"))
+    assert table.loc[table["state"] == "PRUNED", "accuracy"].isna().all()
+    assert table.loc[table["state"] == "COMPLETE", "accuracy"].notna().all()
 
     from mnist_pipeline.tracking.runs import best_train_run
 

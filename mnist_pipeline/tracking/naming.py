@@ -13,6 +13,7 @@ user chose (`mlflow run --run-name ...`) is kept.
 
 from __future__ import annotations
 
+import os
 import re
 
 from mlflow.exceptions import MlflowException
@@ -23,6 +24,7 @@ from mnist_pipeline.training.hyperparameters import NAMES as HYPERPARAMETERS
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 PARENT_TAG = "mlflow.parentRunId"
+USER_TAG = "mlflow.user"
 # How MLflow names a run that nobody named: adjective-animal-number.
 _RANDOM_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 EXPERIMENT_DESCRIPTION = """\
@@ -48,6 +50,10 @@ def describe(run_id: str, client: MlflowClient | None = None) -> None:
         tags = {NOTE_TAG: text}
         if name and _may_rename(run):
             tags[RUN_NAME_TAG] = name
+        # "Created by": on a server with logins, the login rather than the OS user (root, in
+        # a container) that MLflow's client puts there.
+        if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            tags[USER_TAG] = os.environ["MLFLOW_TRACKING_USERNAME"]
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
         describe_experiment(run.info.experiment_id, client)
@@ -91,14 +97,15 @@ def _get_data(run, client) -> tuple[str, str]:
             else ", **not** verified against the official checksums (`allow_unverified`)"
         )
     text += ". The files are in this run's artifacts, under `data/`."
-    return f"get_data {dataset}", text
+    return f"get_data {dataset}".strip(), text
 
 
 def _images_of(run, client, done: str, which: str) -> tuple[dict, dict, str, str]:
     """The run's tags, metrics, dataset, and `<done> the **mnist** <which> of <source>`."""
     tags, metrics = run.data.tags, run.data.metrics
-    dataset = tags.get("dataset", "")
-    return tags, metrics, dataset, f"{done} the **{dataset}** {which} of {_source(tags, client)}"
+    dataset = _dataset(run)
+    named = f"**{dataset}** " if dataset else ""
+    return tags, metrics, dataset, f"{done} the {named}{which} of {_source(tags, client)}"
 
 
 def _mean_and_std(metrics: dict, words: str) -> str:
@@ -114,7 +121,7 @@ def _explore_data(run, client) -> tuple[str, str]:
         ". Drew examples of each class, the class histogram and the pixel histogram "
         "(`examples_per_class.png`, `class_histogram.png`, `pixel_histogram.png`)."
     )
-    return f"explore_data {dataset}", text
+    return f"explore_data {dataset}".strip(), text
 
 
 def _preprocess(run, client) -> tuple[str, str]:
@@ -129,14 +136,14 @@ def _preprocess(run, client) -> tuple[str, str]:
         ". Wrote `arrays/train.npz`, `arrays/test.npz` and `transform.json`, the transform "
         "that the served model applies."
     )
-    return f"preprocess {dataset}", text
+    return f"preprocess {dataset}".strip(), text
 
 
 def _train(run, client) -> tuple[str, str]:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     # The architecture and augmentation are said in words below.
     words = ("architecture", "augment")
-    shown = [name for name in HYPERPARAMETERS if name in params and name not in words]
+    shown = [n for n in HYPERPARAMETERS if params.get(n, "") != "" and n not in words]
     name = "train " + " ".join(f"{n}={_value(params[n])}" for n in shown[:3])
     settings = ", ".join(f"{n}={_value(params[n])}" for n in shown)
     # The architecture is always named (runs before it was a param trained the classic
@@ -161,6 +168,11 @@ def _train(run, client) -> tuple[str, str]:
             "classes it confuses"
         )
     text += "."
+    if tags.get("pruned") == "true":
+        text += (
+            f" Pruned after epoch {tags.get('pruned_at_epoch', '?')}: its validation accuracy "
+            "lagged behind the batch's other trials', so it has no test accuracy or model."
+        )
     if tags.get("trial") and tags.get(PARENT_TAG):
         text += f"\n\nTrial {tags['trial']} of the batch {_link(tags[PARENT_TAG], client)}."
     return name, text
@@ -193,6 +205,22 @@ def _train_batch(run, client) -> tuple[str, str]:
         "\n\nTo compare the trials, select them in the runs table and press **Compare**, or "
         "open the **Chart** view; `accuracy_by_hyperparameter.png` is in the artifacts."
     )
+    return name, text
+
+
+def _train_batch_worker(run, client) -> tuple[str, str]:
+    tags, metrics = run.data.tags, run.data.metrics
+    host = tags.get("host") or tags.get("process", "a machine:").rsplit(":", 1)[0]  # host:pid
+    name = f"train_batch_worker {host}"
+    text = f"A worker on `{host}`"
+    if tags.get("joined"):
+        text += f" that joined the search {_link(tags['joined'], client)}"
+    text += (
+        ", whose settings it took from the search's `search.json`: its own parameters, but "
+        "for `join` and `workers`, are unused defaults."
+    )
+    if "trials_run_here" in metrics:
+        text += f" It ran {int(metrics['trials_run_here'])} of the search's trials."
     return name, text
 
 
@@ -252,6 +280,7 @@ _BUILDERS = {
     "preprocess": _preprocess,
     "train": _train,
     "train_batch": _train_batch,
+    "train_batch_worker": _train_batch_worker,
     "package": _package,
     "main": _main,
 }
