@@ -61,7 +61,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="package_model.py", description=__doc__.splitlines()[0])
     parser.add_argument("--train_run", help="a train run ID, or 'best'")
     parser.add_argument("--model_dir", help="or a train run's logged model under ./mlruns")
-    parser.add_argument("--dataset", help="mnist or fashion, to find the newest train run")
+    parser.add_argument("--dataset", help="mnist or fashion: of the newest or best train run")
     parser.add_argument("--experiment", help="with train_run=best: an experiment name or ID")
     parser.add_argument("--parent_run", help="with train_run=best: a train_batch run ID")
     parser.add_argument("--output_dir", help="where the served model is saved")
@@ -150,7 +150,7 @@ def package(
     if champion == "auto" and not register:
         raise UserError("champion=auto compares registered versions: it needs register=true")
     if train_run == "best":
-        chosen = runs.best_train_run(experiment, parent_run)
+        chosen = runs.best_train_run(experiment, parent_run, dataset)
     elif model_dir:
         chosen = runs.get_run(runs.run_id_from_path(model_dir), "train")
     elif train_run:

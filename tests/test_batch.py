@@ -96,6 +96,31 @@ def test_batch_bad_input_is_one_line(pipeline, params, message):
     assert "Traceback" not in result.stderr
 
 
+def test_best_is_the_best_train_run_of_the_dataset_asked_for(store):
+    """A store of both datasets: MNIST's runs always score higher than Fashion's."""
+    from mnist_pipeline.errors import UserError
+    from mnist_pipeline.tracking.runs import best_train_run
+
+    client = store.client()
+
+    def finished_train_run(experiment_id: str, dataset: str, accuracy: float) -> str:
+        tags = {"stage": "train", "dataset": dataset}
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        client.log_metric(run_id, "accuracy", accuracy)
+        client.set_terminated(run_id)
+        return run_id
+
+    mixed = client.create_experiment("mixed")
+    fashion = finished_train_run(mixed, "fashion", 0.88)
+    mnist = finished_train_run(mixed, "mnist", 0.99)
+    assert best_train_run("mixed", dataset="fashion").info.run_id == fashion
+    assert best_train_run("mixed", dataset="mnist").info.run_id == mnist
+    # A batch of Fashion packaged with MLproject's default dataset: one line that says so.
+    finished_train_run(client.create_experiment("fbatch"), "fashion", 0.9)
+    with pytest.raises(UserError, match="where they are fashion: add -P dataset=fashion"):
+        best_train_run("fbatch", dataset="mnist")
+
+
 def test_package_best_without_train_runs_is_one_line(pipeline):
     store = pipeline["store"]
     result = store.call("package_model.py", "--train_run", "best", experiment="empty")

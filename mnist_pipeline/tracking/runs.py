@@ -193,8 +193,8 @@ def logged_model_uri(run: Run, name: str = "model") -> str:
     return f"models:/{found[0].model_id}"
 
 
-def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
-    """Return the FINISHED train run with the highest test accuracy.
+def best_train_run(experiment: str = "", parent_run: str = "", dataset: str = "") -> Run:
+    """Return the FINISHED train run of `dataset` (any, if empty) with the highest test accuracy.
 
     Within the children of `parent_run` (a train_batch run) when given, else within
     `experiment` (a name or an ID), else within the active run's experiment.
@@ -209,10 +209,19 @@ def best_train_run(experiment: str = "", parent_run: str = "") -> Run:
         extra = ""
         name = experiment or mlflow.MlflowClient().get_experiment(experiment_ids_[0]).name
         where = f"in experiment {name!r}"
+    of_dataset = " and ".join(filter(None, [extra, dataset and f"tags.dataset = '{dataset}'"]))
     found = finished_runs(
-        "train", extra, experiment_ids_, max_results=1, order_by=("metrics.accuracy DESC",)
+        "train", of_dataset, experiment_ids_, max_results=1, order_by=("metrics.accuracy DESC",)
     )
     if not found or "accuracy" not in found[0].data.metrics:
+        # A fashion batch packaged without `-P dataset=fashion` (MLproject's default is mnist).
+        other = finished_runs("train", extra, experiment_ids_, max_results=1) if dataset else []
+        if other and other[0].data.tags.get("dataset", dataset) != dataset:
+            theirs = other[0].data.tags["dataset"]
+            raise UserError(
+                f"train_run=best: no finished {dataset} train run {where}, where they are "
+                f"{theirs}: add -P dataset={theirs}"
+            )
         raise UserError(f"train_run=best: no finished train run with an accuracy {where}")
     return found[0]
 
