@@ -122,6 +122,13 @@ def test_a_bad_label_a_picture_that_is_not_one_and_an_oversized_one_are_refused(
     for label in ("seven", "%C2%B2", "%EF%BC%93"):
         status, body = post(page_url, picture, f"label={label}", source)
         assert status == 400 and body["error"].startswith("Label '"), (label, body)
+    # A page started for MNIST in front of a Fashion-MNIST model says which --dataset to use.
+    status, body = post(page_url, picture, "label=1&answer=Trouser", source)
+    assert (status, body["error"]) == (
+        400,
+        "The model answers 'Trouser', a class of fashion, not mnist: "
+        "start draw.py with --dataset fashion.",
+    )
     status, body = post(page_url, b"GIF89a not a drawing", "label=3", source)
     assert (status, body["error"]) == (
         400,

@@ -215,6 +215,18 @@ class Feedback:
 
         return dataset_spec(self.dataset).class_names
 
+    def not_a_class(self, answer: str) -> str:
+        """Why the model's `answer` cannot be kept: most likely, a model of another dataset."""
+        from mnist_pipeline.data.catalogue import DATASETS
+
+        theirs = [name for name, spec in DATASETS.items() if answer in spec.class_names]
+        if not theirs:
+            return f"Answer {answer!r} is not one of the {self.dataset} classes of this page."
+        return (
+            f"The model answers {answer!r}, a class of {theirs[0]}, not {self.dataset}: "
+            f"start draw.py with --dataset {theirs[0]}."
+        )
+
     def label_of(self, text: str) -> int:
         """The class index that `text` names ("7"), or raise UserError."""
         count = len(self.class_names)
@@ -374,7 +386,7 @@ def create_app(
             )
         answer = request.query_params.get("answer", "")
         if answer and answer not in feedback.class_names:
-            return error(400, f"Answer {answer!r} is not one of the model's classes.")
+            return error(400, feedback.not_a_class(answer))
         try:
             label = feedback.label_of(request.query_params.get("label", ""))
             # Answered only once the drawing's run has ended FINISHED: a 200 means it is kept.

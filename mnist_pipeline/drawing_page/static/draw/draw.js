@@ -389,7 +389,7 @@ rightButton.addEventListener("click", () => {
 async function sendFeedback(label) {
   if (!answered) return;
   if (label < 0) {
-    feedbackStatus.textContent = `${answered.className} is not a class of this page: start draw.py with the model's --dataset.`;
+    feedbackStatus.textContent = `${answered.className} is not a class of this page: start draw.py with the model's --dataset (fashion for a Fashion-MNIST model).`;
     return;
   }
   const { picture, className } = answered;
