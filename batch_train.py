@@ -115,6 +115,7 @@ def train_batch(
         parent_run_id=parent.info.run_id,
         experiment_id=parent.info.experiment_id,
         preprocess_run=preprocess.info.run_id,
+        dataset=preprocess.data.tags.get("dataset", dataset),
         hyperparameters=hyperparameters,
         strategy=strategy,
         trials=trials,
@@ -126,7 +127,7 @@ def train_batch(
     mlflow.log_dict(dataclasses.asdict(search), "search.json")
     mlflow.set_tags(
         {
-            "dataset": preprocess.data.tags.get("dataset", dataset),
+            "dataset": search.dataset,
             "preprocess_run": preprocess.info.run_id,
             "strategy": strategy,
             "search": "shared" if storage else "local",

@@ -88,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                 allow_unverified=args.allow_unverified,
                 outdir=f"{args.data_dir}/{args.dataset}",
             )
-            explore_run = pipeline.stage("explore_data", data_run=data_run)
+            # Every stage gets the dataset, which its run logs as a param: MLproject's
+            # default, mnist, would say otherwise in the UI for a Fashion-MNIST run.
+            dataset = {"dataset": args.dataset}
+            explore_run = pipeline.stage("explore_data", data_run=data_run, **dataset)
             preprocess_run = pipeline.stage(
-                "preprocess", data_run=data_run, explore_run=explore_run
+                "preprocess", data_run=data_run, explore_run=explore_run, **dataset
             )
             # The dataset's defaults where epochs or label_smoothing are left empty, so that
             # reuse compares the values a training really used.
@@ -108,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 synthetic=args.synthetic,
                 seed=args.seed,
                 **used,
+                **dataset,
             )
-            pipeline.stage(
-                "package", train_run=train_run, dataset=args.dataset, output_dir=args.output_dir
-            )
+            pipeline.stage("package", train_run=train_run, output_dir=args.output_dir, **dataset)
             pipeline.log_summary()
             accuracy = mlflow.get_run(train_run).data.metrics.get("accuracy")
             if accuracy is not None:
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExecutionException, *USER_ERRORS) as error:
         return fail(parser.prog, error)
     seconds = time.perf_counter() - started
-    print(pipeline.report(parent.info.run_id, seconds, args.output_dir))
+    print(pipeline.report(parent.info.run_id, seconds, args.output_dir, args.dataset))
     return 0
 
 
@@ -221,25 +223,27 @@ class Pipeline:
         mlflow.set_tag("reused_stages", ",".join(reused) if reused else "none")
         mlflow.log_dict({"stages": self.stages}, "pipeline.json")
 
-    def report(self, run_id: str, seconds: float, output_dir: str) -> str:
+    def report(self, run_id: str, seconds: float, output_dir: str, dataset: str) -> str:
         lines = [f"Pipeline run {run_id} finished in {seconds:.1f} s:"]
         for stage in self.stages:
             how = "reused" if stage["reused"] else "resumed" if "resumed_from" in stage else "ran"
             lines.append(f"  {stage['stage']:<13} {how:<7} {stage['run_id']}")
         import mlflow
 
-        compare = "mlflow ui                                   # compare the runs at http://localhost:5000"
-        if mlflow.get_tracking_uri().startswith(("http://", "https://")):  # a tracking server
-            compare = f"# compare the runs at {mlflow.get_tracking_uri()}"
+        tracking = mlflow.get_tracking_uri()
+        compare = "mlflow ui   # compare the runs at http://localhost:5000"
+        if tracking.startswith(("http://", "https://")):  # the tracking server shows them
+            compare = f"# compare the runs at {tracking}"
+        # Absolute and quoted: `mlflow run <project>` from another folder runs the stages in
+        # the project's folder, so ./model is there, not where the command was typed.
+        model = shlex.quote(str(Path(output_dir).resolve()))
+        script = shlex.quote(str(Path(__file__).resolve().with_name("png_to_pandas.py")))
+        picture = "my_digit.png" if dataset == "mnist" else f"--dataset {dataset} my_picture.png"
         lines += [
             "Next:",
             f"  {compare}",
-            # Absolute: `mlflow run <project>` from another folder runs the stages in the
-            # project's folder, so ./model is there, not where the command was typed.
-            f"  mlflow models serve -m {shlex.quote(str(Path(output_dir).resolve()))} "
-            "--env-manager local -p 5000",
-            f"  python {shlex.quote(str(Path(__file__).resolve().with_name('png_to_pandas.py')))} "
-            "my_digit.png   # then the curl command it prints",
+            f"  mlflow models serve -m {model} --env-manager local -p 5000",
+            f"  python {script} {picture}   # then the curl command it prints",
         ]
         return "\n".join(lines)
 

@@ -12,3 +12,24 @@ def test_main_rejects_unknown_dataset_in_one_line(store):
     assert "Traceback" not in result.stderr
     # The dataset is checked before main starts its run: nothing is recorded.
     assert store.runs() == []
+
+
+def test_mains_closing_hints_can_be_pasted_as_they_are(monkeypatch, tmp_path):
+    """For the dataset trained, with a model folder whose path has a space, and pointing at
+    the tracking server when there is one (`mlflow ui` would open an empty local store)."""
+    import shlex
+
+    import mlflow
+
+    import main
+
+    pipeline = main.Pipeline("0")
+    pipeline.stages = [{"stage": "train", "run_id": "0" * 32, "reused": False}]
+    hints = pipeline.report("1" * 32, 1.0, str(tmp_path / "my model"), "fashion").splitlines()
+    serve = next(line for line in hints if "models serve" in line)
+    assert shlex.split(serve)[4] == str(tmp_path / "my model")
+    assert any("png_to_pandas.py --dataset fashion " in line for line in hints)
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://team:5005")
+    hints = pipeline.report("1" * 32, 1.0, "model", "mnist")
+    assert "# compare the runs at http://team:5005" in hints
+    assert "mlflow ui" not in hints

@@ -63,6 +63,7 @@ class Search:
     parent_run_id: str
     experiment_id: str
     preprocess_run: str
+    dataset: str  # the preprocess run's, which its trials log as their param too
     hyperparameters: dict[str, str]
     strategy: str
     trials: int
@@ -188,7 +189,7 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("trial", number)
         trial.set_user_attr("host", HOST)
-        arguments = ["--preprocess_run", search.preprocess_run]
+        arguments = ["--preprocess_run", search.preprocess_run, "--dataset", search.dataset]
         arguments += [f"--{name}={value}" for name, value in params.items()]
         if repeated and checkpoints.latest(repeated):  # goes on from its last checkpoint
             arguments += ["--resume", repeated]
