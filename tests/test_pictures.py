@@ -329,3 +329,20 @@ def test_every_fashion_test_image_sent_as_a_png_is_read_as_it_was():
     pixels = np.stack([image_to_pixels(png(image), "object") for image in images])
     # Fitted to 28 on their longer side and centred, as Fashion-MNIST's own: mostly as they were.
     assert np.abs(pixels.astype(int) - images).mean() < 20
+
+
+def test_a_garment_on_a_backdrop_that_light_falls_across_is_read_as_on_an_even_one():
+    """A product photo: a dark coat on a grey backdrop fading from 245 to 185 across it. The
+    darker end is not part of the object, so the crop is the coat's, not the picture's."""
+    coat = np.zeros((28, 28), np.uint8)
+    cv2.fillPoly(coat, [np.array([(7, 1), (20, 1), (26, 26), (1, 26)])], 255)
+    coat = cv2.resize(coat, (500, 500), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+
+    def photo(fade: float) -> bytes:
+        backdrop = np.tile(np.linspace(245, 245 - fade, 1200, dtype=np.float32), (900, 1))
+        part = backdrop[200:700, 300:800]
+        part -= (part - 30) * coat
+        return cv2.imencode(".jpg", backdrop.astype(np.uint8))[1].tobytes()
+
+    even, lit = image_to_pixels(photo(0), "object"), image_to_pixels(photo(60), "object")
+    assert np.abs(lit.astype(int) - even).mean() < 10

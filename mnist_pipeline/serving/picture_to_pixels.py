@@ -78,6 +78,8 @@ DIGIT_MARGIN = 0.25
 # The background's level is the median of a band this fraction of the picture wide along its
 # edges; the ink is on the side that reaches this many times as far from it.
 BORDER_BAND = 0.05
+# A backdrop whose edges differ by more grey levels than this has light falling across it.
+BACKDROP_LEVELS = 12.0
 INK_SIDE_RATIO = 2.0
 # A picture whose middle is this many levels lighter than that band, and whose light part is
 # this solid (its area over its convex hull's), is a sheet of paper on a darker table: the
@@ -275,9 +277,43 @@ def _is_a_sheet(light: np.ndarray) -> bool:
 def _object_ink(gray: np.ndarray) -> np.ndarray:
     """Return float32 (h, w): 0 where the background is, up to 255 where the object is brightest.
 
-    A garment is a large filled shape, so the background is one level, the border's median.
+    A garment is a large filled shape, so the background is one level, the border's median;
+    or, on a backdrop that light falls across, a surface fitted to the border's band.
     """
-    return _stretched(gray - _border_level(gray), noise=0.0)
+    return _stretched(gray - _backdrop(gray), noise=0.0)
+
+
+def _backdrop(gray: np.ndarray) -> np.ndarray | float:
+    """Return the background's level: the border's median where half of a band along the
+    edges is within FLAT_LEVELS of it (Fashion-MNIST's black, a studio's white), else a
+    quadratic surface fitted to the band without the object, if it spans more than
+    BACKDROP_LEVELS grey levels."""
+    height, width = gray.shape
+    factor = min(1.0, PAPER_GRID / max(height, width))
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    coarse = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    band = max(1, round(BORDER_BAND * min(coarse.shape)))
+    in_band = np.ones(coarse.shape, dtype=bool)
+    in_band[band:-band, band:-band] = False
+    around = coarse[in_band]
+    if np.mean(np.abs(around - np.median(around)) <= FLAT_LEVELS) >= 0.5:
+        return _border_level(gray)  # one level, but where the object reaches the edges
+    terms, values = _quadratic_terms(*coarse.shape), coarse.reshape(-1, 1).astype(np.float64)
+    kept = in_band.ravel()
+    for _ in range(PAPER_FIT_ROUNDS):  # the object is lighter: leave out what lies above
+        if kept.sum() < 4 * terms.shape[1]:
+            return _border_level(gray)
+        _, coefficients = cv2.solve(
+            terms[kept], values[kept], flags=cv2.DECOMP_SVD | cv2.DECOMP_NORMAL
+        )
+        residuals = (values - terms @ coefficients)[:, 0]
+        spread = 1.4826 * float(np.median(np.abs(residuals[kept])))
+        kept = in_band.ravel() & (residuals <= max(3.0 * spread, 2.0))
+    surface = (terms @ coefficients).reshape(coarse.shape).astype(np.float32)
+    # A smooth backdrop fits within a few levels; a bag that fills the picture does not.
+    if float(np.ptp(surface[in_band])) <= BACKDROP_LEVELS or spread > FLAT_LEVELS:
+        return _border_level(gray)
+    return cv2.resize(surface, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _digit_ink(gray: np.ndarray) -> np.ndarray:
