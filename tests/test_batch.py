@@ -35,11 +35,20 @@ def batch(pipeline):
     }
 
 
+def outcomes(children) -> list:
+    """What each trial was and how it ended, for an assertion's message."""
+    return [
+        (run.data.tags.get("mlflow.runName"), run.info.status, run.data.tags.get("error"))
+        for run in children
+    ]
+
+
 def test_every_trial_is_a_nested_child_with_its_metrics(batch):
     children = batch["children"]
-    assert len(children) == 4
+    assert len(children) == 4, outcomes(children)
     finished = [run for run in children if run.info.status == "FINISHED"]
-    assert sorted(run.data.params["nr_conv_1"] for run in finished) == ["4", "8"]
+    nr_conv_1 = sorted(run.data.params["nr_conv_1"] for run in finished)
+    assert nr_conv_1 == ["4", "8"], (outcomes(children), batch["output"].stderr[-3000:])
     client = batch["store"].client()
     for run in finished:
         assert run.data.tags["stage"] == "train"
@@ -49,7 +58,7 @@ def test_every_trial_is_a_nested_child_with_its_metrics(batch):
 
 def test_a_failed_trial_ends_failed_and_the_batch_carries_on(batch):
     failed = [run for run in batch["children"] if run.info.status == "FAILED"]
-    assert len(failed) == 2
+    assert len(failed) == 2, outcomes(batch["children"])
     assert batch["parent"].info.status == "FINISHED"
     assert batch["parent"].data.metrics["trials_failed"] == 2
     assert "2 FAILED" in batch["output"].stdout
