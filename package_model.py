@@ -244,6 +244,9 @@ def package(
             promoted = champion == "true"
         if promoted:
             summary += f" as models:/{spec.dataset}@{CHAMPION}"
+        elif champion == "auto":  # ./model holds this version, which the gate kept behind
+            kept = client.get_model_version_by_alias(spec.dataset, CHAMPION).version
+            summary += f"; models:/{spec.dataset}@{CHAMPION} stays on version {kept}"
     return summary
 
 

@@ -41,6 +41,7 @@ class Step:
     run: object  # the package run
     version: str  # the version it registered
     champion: str  # the version @champion names after it
+    stdout: str
     stderr: str
     tags: dict[str, dict]  # every version's tags after it
 
@@ -61,6 +62,7 @@ def package_auto(store, train_run: str) -> Step:
         run=run,
         version=version.version,
         champion=client.get_model_version_by_alias("mnist", "champion").version,
+        stdout=called.stdout,
         stderr=called.stderr,
         tags={each.version: each.tags for each in client.search_model_versions("name = 'mnist'")},
     )
@@ -132,6 +134,8 @@ def test_a_worse_version_stays_behind_and_says_why(gated):
         f"gate: version {worse.version} stays behind champion v{champion}: "
     )
     assert " < " in worse.line and " >= " not in worse.line
+    # ./model holds the version kept behind: the summary says where the champion is.
+    assert f"; models:/mnist@champion stays on version {champion}\n" in worse.stdout
     reason = worse.run.data.tags["gate_reason"]
     assert worse.run.data.tags["gate_verdict"] == f"behind champion v{champion}"
     assert worse.line.endswith(reason)
