@@ -9,7 +9,7 @@ trials that fall behind. With OPTUNA_STORAGE set to a database (a team's Postgre
 workers on other machines join the search with `--join <this run's ID>`.
 
 $ mlflow run . -e train_batch --env-manager local -P nr_conv_1=8,16,24,32 -P epochs=1 -P workers=2
-$ mlflow run . -e train_batch --env-manager local --experiment-name <its experiment> -P join=<run id>
+$ mlflow run . -e train_batch --env-manager local --experiment-name <experiment> -P join=<run id>
 """
 
 from __future__ import annotations

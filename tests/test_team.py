@@ -173,8 +173,10 @@ def test_a_start_on_a_port_in_use_is_refused_before_it_makes_anything(team, tmp_
     ports = {"--port": str(free_port()), "--db-port": str(free_port())}
     ports[taken] = str(team.port if taken == "--port" else team.db_port)
     command = [sys.executable, str(REPO / "team_server.py"), "start", "--dir", str(tmp_path / "s")]
-    result = subprocess.run(command + [w for pair in ports.items() for w in pair],
-                            env=clean_environment(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    command += [word for pair in ports.items() for word in pair]
+    result = subprocess.run(
+        command, env=clean_environment(), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert result.stderr == (
         f"team_server.py: error: port {ports[taken]} on 127.0.0.1 is in use by another program; "

@@ -238,9 +238,10 @@ def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
 
     The background is the median of a band along the edges (a frame drawn around the
     picture is too thin to be it), or, `on_paper`, the sheet of paper on a darker table
-    that fills most of a photo (a garment, solid and light, is not a sheet). The ink is on the side, darker or lighter, that reaches twice as far from
-    it: dark ink on a dim photo of white paper, light ink on coloured paper. Where neither
-    does, a light background has dark ink.
+    that fills most of a photo (a garment, solid and light, is not a sheet). The ink is on
+    the side, darker or lighter, that reaches twice as far from it: dark ink on a dim photo
+    of white paper, light ink on coloured paper. Where neither does, a light background has
+    dark ink.
     """
     # Medians from about 256x256 of the picture's pixels: of a band along its edges, and of all.
     step = max(1, max(gray.shape) // 256)
