@@ -289,10 +289,7 @@ def _backdrop(gray: np.ndarray) -> np.ndarray | float:
     edges is within FLAT_LEVELS of it (Fashion-MNIST's black, a studio's white), else a
     quadratic surface fitted to the band without the object, if it spans more than
     BACKDROP_LEVELS grey levels."""
-    height, width = gray.shape
-    factor = min(1.0, PAPER_GRID / max(height, width))
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    coarse = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    coarse = _coarse(gray)
     band = max(1, round(BORDER_BAND * min(coarse.shape)))
     in_band = np.ones(coarse.shape, dtype=bool)
     in_band[band:-band, band:-band] = False
@@ -304,16 +301,13 @@ def _backdrop(gray: np.ndarray) -> np.ndarray | float:
     for _ in range(PAPER_FIT_ROUNDS):  # the object is lighter: leave out what lies above
         if kept.sum() < 4 * terms.shape[1]:
             return _border_level(gray)
-        _, coefficients = cv2.solve(
-            terms[kept], values[kept], flags=cv2.DECOMP_SVD | cv2.DECOMP_NORMAL
-        )
-        residuals = (values - terms @ coefficients)[:, 0]
-        spread = 1.4826 * float(np.median(np.abs(residuals[kept])))
+        coefficients, residuals, spread = _fit_round(terms, values, kept)
         kept = in_band.ravel() & (residuals <= max(3.0 * spread, 2.0))
     surface = (terms @ coefficients).reshape(coarse.shape).astype(np.float32)
     # A smooth backdrop fits within a few levels; a bag that fills the picture does not.
     if float(np.ptp(surface[in_band])) <= BACKDROP_LEVELS or spread > FLAT_LEVELS:
         return _border_level(gray)
+    height, width = gray.shape
     return cv2.resize(surface, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
@@ -366,12 +360,7 @@ def _paper_surface(gray: np.ndarray) -> np.ndarray:
     so that ink of any width (a pencil line or a brush) leaves it unchanged.
     """
     height, width = gray.shape
-    factor = min(1.0, PAPER_GRID / max(height, width))
-    coarse = cv2.resize(
-        gray,
-        (max(1, round(width * factor)), max(1, round(height * factor))),
-        interpolation=cv2.INTER_AREA,
-    )
+    coarse = _coarse(gray)
     terms = _quadratic_terms(*coarse.shape)
     values = coarse.reshape(-1, 1).astype(np.float64)
     threshold, _ = cv2.threshold(
@@ -382,14 +371,8 @@ def _paper_surface(gray: np.ndarray) -> np.ndarray:
     for _ in range(PAPER_FIT_ROUNDS):
         if on_paper.sum() < 4 * terms.shape[1]:
             break
-        # OpenCV's least squares by the normal equations (six well-scaled terms): NumPy's
-        # lstsq goes through a threaded BLAS that costs ten times as much on a busy machine.
-        _, coefficients = cv2.solve(
-            terms[on_paper], values[on_paper], flags=cv2.DECOMP_SVD | cv2.DECOMP_NORMAL
-        )
-        residuals = values - terms @ coefficients
-        spread = 1.4826 * float(np.median(np.abs(residuals[on_paper])))
-        on_paper = residuals[:, 0] <= max(3.0 * spread, 2.0)
+        coefficients, residuals, spread = _fit_round(terms, values, on_paper)
+        on_paper = residuals <= max(3.0 * spread, 2.0)
     if coefficients is None:
         # Too few paper pixels to fit a surface: the paper is one level, the border's median.
         return np.full_like(gray, _border_level(gray))
@@ -401,6 +384,27 @@ def _paper_surface(gray: np.ndarray) -> np.ndarray:
     if surface.shape == gray.shape:
         return surface
     return cv2.resize(surface, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _coarse(gray: np.ndarray) -> np.ndarray:
+    """Return `gray` shrunk (by area) to at most PAPER_GRID pixels on its longer side."""
+    height, width = gray.shape
+    factor = min(1.0, PAPER_GRID / max(height, width))
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+
+
+def _fit_round(
+    terms: np.ndarray, values: np.ndarray, kept: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fit `terms` to the `kept` ones of `values` (n, 1) by least squares; return the
+    coefficients, every value's residual (n,) and the kept ones' spread (1.4826 MAD)."""
+    # OpenCV's least squares by the normal equations (six well-scaled terms): NumPy's
+    # lstsq goes through a threaded BLAS that costs ten times as much on a busy machine.
+    _, coefficients = cv2.solve(terms[kept], values[kept], flags=cv2.DECOMP_SVD | cv2.DECOMP_NORMAL)
+    residuals = (values - terms @ coefficients)[:, 0]
+    spread = 1.4826 * float(np.median(np.abs(residuals[kept])))
+    return coefficients, residuals, spread
 
 
 @functools.lru_cache(maxsize=64)
