@@ -245,8 +245,7 @@ def package(
         if promoted:
             summary += f" as models:/{spec.dataset}@{CHAMPION}"
         elif champion == "auto":  # ./model holds this version, which the gate kept behind
-            kept = client.get_model_version_by_alias(spec.dataset, CHAMPION).version
-            summary += f"; models:/{spec.dataset}@{CHAMPION} stays on version {kept}"
+            summary += f"; models:/{spec.dataset}@{CHAMPION} stays on version {verdict.champion}"
     return summary
 
 
