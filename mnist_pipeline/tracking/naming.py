@@ -19,6 +19,7 @@ import re
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mnist_pipeline.tracking.signals import PROCESS_TAG
 from mnist_pipeline.training.hyperparameters import NAMES as HYPERPARAMETERS
 
 RUN_NAME_TAG = "mlflow.runName"
@@ -210,7 +211,7 @@ def _train_batch(run, client) -> tuple[str, str]:
 
 def _train_batch_worker(run, client) -> tuple[str, str]:
     tags, metrics = run.data.tags, run.data.metrics
-    host = tags.get("host") or tags.get("process", "a machine:").rsplit(":", 1)[0]  # host:pid
+    host = tags.get("host") or tags.get(PROCESS_TAG, "a machine:").rsplit(":", 1)[0]  # host:pid
     name = f"train_batch_worker {host}"
     text = f"A worker on `{host}`"
     if tags.get("joined"):
