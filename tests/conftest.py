@@ -33,6 +33,7 @@ from tests.helpers import (  # noqa: F401 (the tests import these from here)
     make_store,
     render_digit,
     running,
+    signal_handlers_kept,
     stop,
     store_environment,
     wait_until_up,

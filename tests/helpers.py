@@ -141,14 +141,10 @@ class Store:
         import mlflow
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        from mnist_pipeline.tracking import signals
-
         module = importlib.import_module(name.removesuffix(".py"))
         stdout, stderr = io.StringIO(), io.StringIO()
         streams = {stdout: sys.stdout, stderr: sys.stderr}
         saved_environment, saved_folder = dict(os.environ), Path.cwd()
-        saved_handlers = {signum: signal.getsignal(signum) for signum in signals.SIGNALS}
-        saved_hook, saved_installed = sys.excepthook, signals.installed
         saved_experiment = mlflow.tracking.fluent._active_experiment_id
         os.environ.clear()
         os.environ.update(self.environment(experiment))
@@ -158,6 +154,7 @@ class Store:
         os.chdir(self.root)
         try:
             with (
+                signal_handlers_kept(),
                 _use_tracking_uri(self.uri),
                 contextlib.redirect_stdout(stdout),
                 contextlib.redirect_stderr(stderr),
@@ -180,9 +177,6 @@ class Store:
             mlflow.tracking.fluent._active_experiment_id = saved_experiment
             os.environ.clear()
             os.environ.update(saved_environment)
-            for signum, handler in saved_handlers.items():
-                signal.signal(signum, handler)
-            sys.excepthook, signals.installed = saved_hook, saved_installed
         if code is None:
             code = 0
         elif not isinstance(code, int):  # as Python does with sys.exit("message")
@@ -378,6 +372,22 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def signal_handlers_kept() -> Iterator[None]:
+    """Give this process back, after the block, the SIGINT and SIGTERM handlers, excepthook
+    and `signals.installed` that a stage's code (cli.stage_run, signals.install) replaces."""
+    from mnist_pipeline.tracking import signals
+
+    saved_handlers = {signum: signal.getsignal(signum) for signum in signals.SIGNALS}
+    saved_hook, saved_installed = sys.excepthook, signals.installed
+    try:
+        yield
+    finally:
+        for signum, handler in saved_handlers.items():
+            signal.signal(signum, handler)
+        sys.excepthook, signals.installed = saved_hook, saved_installed
 
 
 @contextlib.contextmanager

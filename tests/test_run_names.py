@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
-import sys
 
 import mlflow
 import pytest
-from conftest import REPO
+from conftest import REPO, signal_handlers_kept
 
 from mnist_pipeline import cli
-from mnist_pipeline.tracking import signals
 
 NOTE = "mlflow.note.content"
 
@@ -108,26 +105,20 @@ def test_a_package_or_main_run_stopped_early_is_named_from_the_dataset_asked_for
         assert client.get_run(run_id).info.run_name == f"{stage} fashion"
 
 
-def test_a_stage_that_fails_is_named_from_what_it_found_before(store, monkeypatch):
+def test_a_stage_that_fails_is_named_from_what_it_found_before(store):
     """package, asked for no dataset (the param says mnist), found a fashion train run and
     then failed: its run is named from the train run's dataset, as a finished one is."""
     client = store.client()
     args = argparse.Namespace(dataset="mnist")
     # stage_run installs the stages' signal handlers: this process gets its own back after.
-    saved = {signum: signal.getsignal(signum) for signum in signals.SIGNALS}
-    monkeypatch.setattr(signals, "installed", signals.installed)
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    try:
-        with (
-            pytest.raises(RuntimeError),
-            cli.stage_run(
-                "package", argparse.ArgumentParser(), args, str(REPO / "package_model.py")
-            ) as run,
-        ):
-            mlflow.set_tag("dataset", "fashion")
-            raise RuntimeError("the evaluation failed")
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+    with (
+        signal_handlers_kept(),
+        pytest.raises(RuntimeError),
+        cli.stage_run(
+            "package", argparse.ArgumentParser(), args, str(REPO / "package_model.py")
+        ) as run,
+    ):
+        mlflow.set_tag("dataset", "fashion")
+        raise RuntimeError("the evaluation failed")
     ended = client.get_run(run.info.run_id)
     assert (ended.info.status, ended.info.run_name) == ("FAILED", "package fashion")
