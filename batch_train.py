@@ -132,7 +132,7 @@ def train_batch(
             "strategy": strategy,
             "search": "shared" if storage else "local",
             "study_name": found.study_name,
-            "study_storage": study.redacted(storage),
+            "study_storage": runs.redacted(storage),
         }
     )
     if storage:

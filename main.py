@@ -228,9 +228,9 @@ class Pipeline:
         for stage in self.stages:
             how = "reused" if stage["reused"] else "resumed" if "resumed_from" in stage else "ran"
             lines.append(f"  {stage['stage']:<13} {how:<7} {stage['run_id']}")
-        import mlflow
+        from mnist_pipeline.tracking import runs
 
-        tracking = mlflow.get_tracking_uri()
+        tracking = runs.tracking_uri()
         compare = "mlflow ui   # compare the runs at http://localhost:5000"
         if tracking.startswith(("http://", "https://")):  # the tracking server shows them
             compare = f"# compare the runs at {tracking}"

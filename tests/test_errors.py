@@ -94,3 +94,25 @@ def test_a_bug_from_the_command_line_prints_its_traceback(store):
     assert "RuntimeError: an internal mistake" in result.stderr
     assert f"{script}: error:" not in result.stderr
     assert only_run(store).info.status == "FAILED"
+
+
+def test_a_tracking_uri_in_a_message_hides_its_password(monkeypatch):
+    """MLflow takes credentials in its tracking URI (a database's URL, or a server's); a
+    message that names the store shows *** for the password."""
+    import mlflow
+
+    from mnist_pipeline.errors import UserError
+    from mnist_pipeline.tracking import runs
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("http://team:s3cret@127.0.0.1:9")  # nothing listens on port 9
+    try:
+        with pytest.raises(UserError) as refused:
+            runs.get_run(MISSING_RUN, "train")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "http://team:***@127.0.0.1:9" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    database = "postgresql://mlflow:s3cret@db:5432/mlflow"
+    assert runs.redacted(database) == "postgresql://mlflow:***@db:5432/mlflow"

@@ -1,17 +1,11 @@
-"""Running a search: an Optuna study whose trials are train runs nested under one parent run.
+"""A search: an Optuna study whose trials are train runs nested under one parent run.
 
 `study.optimize(objective, n_jobs=workers)` runs `workers` trials at a time. The objective
-creates each trial's run under the parent (`mlflow.parentRunId`: the active run is
-thread-local) and runs train.py's `main` in a spawned process of the thread's own, which
-imports TensorFlow once and runs the thread's next trials too. The run reaches the process
-as MLFLOW_RUN_ID, and the process reports val_accuracy per epoch to the trial, whose pruner
-may stop it (training/pruning.py).
-
-Locally, the study is a journal file that this machine's processes share. In a database
-(OPTUNA_STORAGE), workers on other machines join it, each until the study has `trials`
-answers (MaxTrialsCallback: trials that other workers started meanwhile add a few). A trial
-whose heartbeats stop is failed by the storage, its runs ended KILLED and the trial queued
-again (end_stale_trial).
+creates each trial's run under the parent and runs train.py's `main` in a spawned process of
+its thread's own, which imports TensorFlow once and reports each epoch to the trial, whose
+pruner may stop it (training/pruning.py). Locally, the study is a journal file. In a
+database (OPTUNA_STORAGE), workers on other machines join it; a trial whose heartbeats stop
+is failed by the storage, its runs are ended KILLED and it runs again (end_stale_trial).
 """
 
 from __future__ import annotations
@@ -38,13 +32,13 @@ from mlflow.exceptions import MlflowException
 from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from mnist_pipeline import plots
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.search import space
 from mnist_pipeline.tracking import signals
+from mnist_pipeline.tracking.runs import redacted, tracking_uri
 from mnist_pipeline.training import checkpoints, pruning
 
 STORAGE_ENV = "OPTUNA_STORAGE"  # a database URL, as Optuna's own CLI reads it
@@ -57,13 +51,12 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 @dataclass
 class Search:
-    """What every worker of a search needs: the parent run's `search.json`, so that joining
-    takes one ID."""
+    """What every worker of a search needs: the parent run's `search.json`."""
 
     parent_run_id: str
     experiment_id: str
     preprocess_run: str
-    dataset: str  # the preprocess run's, which its trials log as their param too
+    dataset: str
     hyperparameters: dict[str, str]
     strategy: str
     trials: int
@@ -72,21 +65,16 @@ class Search:
     grace_seconds: int
 
 
-class TrialFailed(Exception):
-    """A trial's training failed: the study records it as FAIL, and the search goes on."""
-
-
 def storage_url() -> str:
-    """The study's database, from the environment only: as a parameter, `mlflow run` would
-    log it, password and all. Empty for a search on this machine alone."""
+    """OPTUNA_STORAGE, or "" for a search on this machine alone. Not a parameter, which
+    `mlflow run` would log, password and all."""
     return os.environ.get(STORAGE_ENV, "")
 
 
 def open_storage(heartbeat_seconds: int, grace_seconds: int) -> optuna.storages.RDBStorage | None:
-    """Optuna's storage in the database at OPTUNA_STORAGE, if set, which fails (and retries)
-    the trials whose heartbeats stop; UserError if the database cannot be opened."""
-    url = storage_url()
-    if not url:
+    """The database at OPTUNA_STORAGE, if set, which fails (and retries) the trials whose
+    heartbeats stop; UserError if it cannot be opened."""
+    if not (url := storage_url()):
         return None
     try:
         return optuna.storages.RDBStorage(
@@ -107,8 +95,8 @@ def open_storage(heartbeat_seconds: int, grace_seconds: int) -> optuna.storages.
 
 
 def open_study(search: Search, joining: bool = False) -> optuna.Study:
-    """The study of `search`: created in OPTUNA_STORAGE, or else in a temporary journal file
-    that this machine's processes share; loaded by the workers that join it."""
+    """The study of `search` in OPTUNA_STORAGE, created or joined; else created in a
+    temporary journal file that this machine's processes share."""
     storage = open_storage(search.heartbeat_seconds, search.grace_seconds)
     if storage is None:
         folder = tempfile.mkdtemp(prefix="train_batch-study-")
@@ -129,13 +117,11 @@ def open_study(search: Search, joining: bool = False) -> optuna.Study:
 
 
 def join(parent_run_id: str) -> tuple[optuna.Study, Search]:
-    """The study of the shared search whose parent run is `parent_run_id`, and its settings
-    (the parent's `search.json`); UserError if there is none."""
+    """The study and settings of the shared search whose parent run is `parent_run_id`."""
     try:
         parent = mlflow.MlflowClient().get_run(parent_run_id)
     except MlflowException:
-        where = mlflow.get_tracking_uri()
-        raise UserError(f"run {parent_run_id!r} does not exist in {where}") from None
+        raise UserError(f"run {parent_run_id!r} does not exist in {tracking_uri()}") from None
     tags, status = parent.data.tags, parent.info.status
     if tags.get("stage") != "train_batch" or tags.get("search") != "shared":
         raise UserError(f"run {parent_run_id} is not a train_batch run with a shared search")
@@ -150,9 +136,7 @@ def join(parent_run_id: str) -> tuple[optuna.Study, Search]:
 
 def optimize(study: optuna.Study, search: Search, workers: int) -> int:
     """Run trials of `search` here, `workers` at a time, until it is done; return how many.
-
-    The process that started a shared search then waits for the trials of other machines.
-    """
+    The process that started a shared search then waits for the other machines' trials."""
     chosen = space.parse_space(search.hyperparameters)
     client = mlflow.MlflowClient()
     tags = {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
@@ -163,15 +147,11 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         tags["worker_run"] = this_run  # a joined worker's run, ended KILLED if it dies
     shown = f"{search.trials} trials ({search.strategy}), {workers} at a time here"
     print(f"[train_batch] {shown}", file=sys.stderr)
+    # Each trial process gets its share of the cores.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = str(max(1, (cores or 1) // workers))
-    # Each trial process gets its share of the cores.
-    environment = {
-        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-        "TF_NUM_INTRAOP_THREADS": threads,
-        "OMP_NUM_THREADS": threads,
-        "TF_NUM_INTEROP_THREADS": "1",
-    }
+    environment = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "TF_NUM_INTEROP_THREADS": "1"}
+    environment |= dict.fromkeys(("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"), threads)
     ran = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -180,33 +160,27 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         title = f"trial {number}/{search.trials}"
         for name, value in trial.params.items():
             title += f" {name}={value:.2g}" if isinstance(value, float) else f" {name}={value}"
-        run_tags = tags | {"trial": str(number)}
         # A retry carries the attributes of the trial it repeats, whose run it names.
         repeated = trial.user_attrs.get("mlflow_run_id")
-        if repeated:
-            run_tags["retry_of"] = repeated
+        run_tags = tags | {"trial": str(number)} | ({"retry_of": repeated} if repeated else {})
         run_id = client.create_run(search.experiment_id, run_name=title, tags=run_tags).info.run_id
-        trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("trial", number)
-        trial.set_user_attr("host", HOST)
+        for key, value in {"mlflow_run_id": run_id, "trial": number, "host": HOST}.items():
+            trial.set_user_attr(key, value)
         arguments = ["--preprocess_run", search.preprocess_run, "--dataset", search.dataset]
         arguments += [f"--{name}={value}" for name, value in params.items()]
         if repeated and checkpoints.latest(repeated):  # goes on from its last checkpoint
             arguments += ["--resume", repeated]
-        started = time.perf_counter()
-        killed = False
-        thread = threading.get_ident()
-        if thread not in processes:  # its first trial, or its process was killed
-            processes[thread] = pools.enter_context(
+        started, killed = time.perf_counter(), False
+        if not hasattr(local, "pool"):  # the thread's first trial, or its process was killed
+            local.pool = pools.enter_context(
                 ProcessPoolExecutor(1, spawn, initializer=signals.ignore)
             )
         try:
             trial_environment = environment | {"MLFLOW_RUN_ID": run_id}
-            executor = processes[thread]
-            error = executor.submit(run_trial, arguments, trial_environment, trial).result()
+            error = local.pool.submit(run_trial, arguments, trial_environment, trial).result()
         except BrokenProcessPool:  # its process was killed: by a stop, or by the OOM killer
             killed, error = True, "the trial's process was killed"
-            del processes[thread]
+            del local.pool
         except Exception as failure:  # a bug in train
             error = f"{type(failure).__name__}: {failure}"
         finally:
@@ -232,9 +206,7 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         print(f"[train_batch] {title} on {HOST}: {outcome} in {seconds:.0f} s", file=sys.stderr)
         if pruned:
             raise optuna.TrialPruned()
-        if accuracy is None:
-            raise TrialFailed(outcome)
-        return accuracy
+        return float("nan") if accuracy is None else accuracy  # nan: Optuna fails the trial
 
     def stop_when_answered(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # A retry's answer stands for its dead worker's trial, which counts as failed too.
@@ -246,21 +218,13 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
     # Each of optimize's threads has a trial process of its own, so that one killed (by the
     # OOM killer) costs only its trial. Spawned, not forked: a process that imported
     # TensorFlow must not fork. The trial processes ignore SIGINT and SIGTERM, which a Ctrl-C
-    # or `kill -- -<pid>` sends them too: this process decides. When it stops, it kills them
-    # and ends their runs KILLED.
-    spawn = multiprocessing.get_context("spawn")
-    processes: dict[int, ProcessPoolExecutor] = {}
+    # or `kill -- -<pid>` sends them too: this process kills them and ends their runs KILLED.
+    spawn, local = multiprocessing.get_context("spawn"), threading.local()
     with contextlib.ExitStack() as pools:
         signals.on_stop(lambda: [child.kill() for child in multiprocessing.active_children()])
         # Locally, this process runs every trial; shared, each worker runs until they are done.
         n_trials = None if storage_url() else search.trials
-        study.optimize(
-            objective,
-            n_trials,
-            n_jobs=workers,
-            callbacks=[stop_when_answered],
-            catch=(TrialFailed,),
-        )
+        study.optimize(objective, n_trials, n_jobs=workers, callbacks=[stop_when_answered])
         # The search's own process waits for the trials running elsewhere. optimize fails a
         # dead worker's trial only when it starts one, and none starts once the search has
         # its answers, so it asks the storage itself, and runs the retry if nobody else does.
@@ -269,14 +233,13 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             time.sleep(search.heartbeat_seconds)
             optuna.storages.fail_stale_trials(study)
             if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+                study.optimize(objective, n_trials=1)
     mlflow.log_metric("trials_run_here", len(ran))
     return len(ran)
 
 
 def trial_number(study: optuna.Study, trial: optuna.Trial) -> int:
-    """The trial's number from 1, retries left out: a retry has the number of the trial it
-    repeats."""
+    """The trial's number from 1, retries left out: a retry has the number it repeats."""
     trials = study.get_trials(deepcopy=False)  # in the order of their numbers
     repeated = Retry.retried_trial_number(trials[trial.number])
     first = trial.number if repeated is None else repeated
@@ -286,9 +249,8 @@ def trial_number(study: optuna.Study, trial: optuna.Trial) -> int:
 def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.Trial) -> str:
     """In a pool process: run `python train.py <arguments>`'s main; return its last error line.
 
-    The trial arrives pickled, as Optuna's Study and storages allow (they reconnect when
-    unpickled): the process reports to the very trial that optimize asked for, with the
-    public Trial.report and should_prune, and needs neither a trial ID nor a look-up.
+    The trial arrives pickled, as Optuna's Study and storages allow (they reconnect), so the
+    process reports to the very trial that optimize asked for, with the public Trial.report.
     """
     os.environ.update(environment)  # before TensorFlow starts: it reads its threads here
     import keras
@@ -314,8 +276,7 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
     """The storage failed `trial`, whose worker stopped sending heartbeats: end the runs of
     the trial and of its worker (if it joined) KILLED, and queue the trial again."""
     client = mlflow.MlflowClient()
-    trial_run = trial.user_attrs.get("mlflow_run_id")  # none if it died at once
-    if trial_run:
+    if trial_run := trial.user_attrs.get("mlflow_run_id"):  # none if it died at once
         run = client.get_run(trial_run)
         for run_id in filter(None, (trial_run, run.data.tags.get("worker_run"))):
             if client.get_run(run_id).info.status == "RUNNING":
@@ -328,11 +289,9 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
 
 
 def write_summary(study: optuna.Study) -> str:
-    """Log the search's summary to the active run, its parent; return it in one line.
-
-    The study's trials as `trials.json` (a table in the UI) and `trials.csv`, the counts,
-    `best_accuracy`, the tag `best_run_id` and accuracy against each searched value.
-    """
+    """Log the search's summary to the active run, its parent; return it in one line: the
+    trials as `trials.json` (a table in the UI) and `trials.csv`, the counts, `best_accuracy`,
+    the tag `best_run_id` and accuracy against each searched value."""
     parent = mlflow.active_run().info
     table = study.trials_dataframe(("user_attrs", "state", "params", "value", "duration"))
     if table.empty:
@@ -343,8 +302,8 @@ def write_summary(study: optuna.Study) -> str:
     table["seconds"] = table.pop("duration").dt.total_seconds().round(1)
     # Optuna gives a pruned trial its last validation accuracy as its value: not a test's.
     table.loc[table["state"] != "COMPLETE", "accuracy"] = None
-    # Why a trial failed is its run's tag `error`, whoever set it: the worker, or the worker
-    # that found its heartbeats stopped.
+    # Why a trial failed is its run's tag `error`: set by its worker, or by the one that
+    # found its heartbeats stopped.
     children = mlflow.search_runs(
         [parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'"
     )
@@ -376,11 +335,3 @@ def write_summary(study: optuna.Study) -> str:
         f"{finished} of {len(table)} trials finished in {seconds:.0f} s{where}, {failed} FAILED, "
         f"{pruned} pruned; best {best_run} with accuracy {best.value:.4f}"
     )
-
-
-def redacted(url: str) -> str:
-    """`url` with its password replaced by ***, for messages and tags."""
-    try:
-        return make_url(url).render_as_string(hide_password=True) if url else ""
-    except ArgumentError:  # shown whole unless it may hold a password
-        return "<unparsable URL>" if "@" in url else url

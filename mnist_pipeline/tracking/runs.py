@@ -12,6 +12,8 @@ import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from mnist_pipeline.data.catalogue import dataset_spec
 from mnist_pipeline.data.idx import read_idx_sha256
@@ -24,12 +26,25 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
 
 
+def redacted(url: str) -> str:
+    """`url` with its password replaced by ***, for messages and tags."""
+    try:
+        return make_url(url).render_as_string(hide_password=True) if url else ""
+    except ArgumentError:  # shown whole unless it may hold a password
+        return "<unparsable URL>" if "@" in url else url
+
+
+def tracking_uri() -> str:
+    """The tracking URI, as a message may show it: a database's password hidden."""
+    return redacted(mlflow.get_tracking_uri())
+
+
 def get_run(run_id: str, stage: str) -> Run:
     """Return the FINISHED run `run_id` of `stage`, or raise UserError saying what it is."""
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
-        raise UserError(f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}") from None
+        raise UserError(f"run {run_id!r} does not exist in {tracking_uri()}") from None
     actual = run.data.tags.get(STAGE_TAG)
     if actual != stage:
         kind = f"a {actual} run" if actual else "not a pipeline run"
@@ -131,7 +146,7 @@ def latest_run(
     if not found:
         which = f" of dataset {dataset!r}" if dataset else ""
         raise UserError(
-            f"no finished {stage} run{which} in {mlflow.get_tracking_uri()}; "
+            f"no finished {stage} run{which} in {tracking_uri()}; "
             f"run `mlflow run . -e {stage}` first or name one"
         )
     return found[0]
@@ -275,12 +290,12 @@ def check_tracking_server() -> None:
         code = re.search(r"error code (\d+)", error.message)
         if code and code.group(1) in ("401", "403"):
             raise UserError(
-                f"{uri} refused the credentials in MLFLOW_TRACKING_USERNAME and "
+                f"{tracking_uri()} refused the credentials in MLFLOW_TRACKING_USERNAME and "
                 f"MLFLOW_TRACKING_PASSWORD ({code.group(1)})"
             ) from None
         refused = re.search(r"\[Errno -?\d+\] ([^\"')]+)", error.message)
         reason = refused.group(1) if refused else re.sub(r"\s+", " ", error.message)[-160:]
-        raise UserError(f"cannot reach the tracking server {uri}: {reason}") from None
+        raise UserError(f"cannot reach the tracking server {tracking_uri()}: {reason}") from None
     finally:
         if saved is None:
             os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)

@@ -108,7 +108,7 @@ def to_resume(run_id: str):
     try:
         run = mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
-        raise UserError(f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}") from None
+        raise UserError(f"run {run_id!r} does not exist in {runs.tracking_uri()}") from None
     stage = run.data.tags.get(runs.STAGE_TAG)
     if stage != "train":
         kind = f"a {stage} run" if stage else "not a pipeline run"
