@@ -346,3 +346,16 @@ def test_a_garment_on_a_backdrop_that_light_falls_across_is_read_as_on_an_even_o
 
     even, lit = image_to_pixels(photo(0), "object"), image_to_pixels(photo(60), "object")
     assert np.abs(lit.astype(int) - even).mean() < 10
+
+
+@pytest.mark.parametrize("angle", [0.3, 1.2, 2.5])
+def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle):
+    """A phone's or a hand's shadow: a sharp edge across the digit, the paper and the ink in
+    it 40 % darker. No smooth surface follows the edge; the strokes are read as without it."""
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[0:300, 0:400]
+    through_the_digit = (cols - 210) * np.cos(angle) + (rows - 150) * np.sin(angle) > 0
+    shadow = cv2.GaussianBlur(through_the_digit.astype(np.float32), (5, 5), 0)
+    photo = the_two_on(235, 40) * (1.0 - 0.4 * shadow) + rng.normal(0, 2, shadow.shape)
+    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12

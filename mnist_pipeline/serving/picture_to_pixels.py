@@ -6,12 +6,13 @@ same pixels. A file's declared size is read from its header before any pixel is 
 
 A digit is made to look like MNIST's: the ink is the side, dark or light, that stands out
 of the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a dark
-table), the paper's level is fitted as a smooth surface (so that uneven light is not ink),
-ink is what stands out of the paper's noise, what is not the digit is left out (the lines
-of ruled or squared paper, a frame around the picture; a sheet's edge, the table or a
-shadow apart from the digit; a box, a circle, a stain or a line under it), the digit is
-cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
-brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
+table), the paper's level is fitted as a smooth surface (so that uneven light is not ink)
+and raised under a shadow cast across the sheet, ink is what stands out of the paper's
+noise, what is not the digit is left out (the lines of ruled or squared paper, a frame
+around the picture; a sheet's edge, the table or a shadow apart from the digit; a box, a
+circle, a stain or a line under it), the digit is cropped, thin strokes are widened to
+MNIST's 2-3 px, and it is fitted into 20x20 at full brightness and centred by its centre
+of mass. An MNIST image sent as a PNG comes back as it
 was, to within one grey level.
 """
 
@@ -93,6 +94,15 @@ BLOB_WIDTH = 0.4
 SURROUNDING_DIRECTIONS = 12
 SURROUNDED_SIZE = 0.4
 FLAT = 0.25
+# A shadow cast across the sheet has an edge sharper than a fitted surface follows. What is
+# wider than this many times the strokes' width is background too, where it covers at least
+# this share of the border band at this fraction of the ink's level, and where this share of
+# the strokes (the ink at this fraction of its peak) keeps half its level above it.
+SHADOW_WIDTHS = 3.0
+SHADOW_AREA = 0.05
+SHADOW_LEVEL = 0.15
+SHADOW_STROKES_KEPT = 0.9
+SHADOW_STROKE_LEVEL = 0.6
 # A part near the digit with less than this share of the digit's ink is a speck.
 SPECK_SHARE = 0.03
 # A part that touches one edge is the digit if it is this many times as heavy as the
@@ -315,10 +325,49 @@ def _digit_ink(gray: np.ndarray) -> np.ndarray:
     """Return float32 (h, w): 0 where the paper is, up to 255 where the ink is strongest.
 
     The paper is a smooth surface fitted to the pixels that are not ink, so that the light
-    falling across a photographed sheet is not taken for ink.
+    falling across a photographed sheet is not taken for ink; and, under a shadow cast
+    across it, the shadow's level (see _under_shadows).
     """
-    above_paper = cv2.subtract(gray, _paper_surface(gray))
-    return _stretched(above_paper, noise=_paper_noise(above_paper), keep_edges=True)
+    paper = _paper_surface(gray)
+    above_paper = cv2.subtract(gray, paper)
+    ink = _stretched(above_paper, noise=_paper_noise(above_paper), keep_edges=True)
+    if max(gray.shape) <= 2 * IMAGE_SHAPE[0]:
+        return ink
+    above_shadows = _under_shadows(gray, paper, above_paper, ink)
+    if above_shadows is None:
+        return ink
+    return _stretched(above_shadows, noise=_paper_noise(above_shadows), keep_edges=True)
+
+
+def _under_shadows(
+    gray: np.ndarray, paper: np.ndarray, above_paper: np.ndarray, ink: np.ndarray
+) -> np.ndarray | None:
+    """Return what lies above the paper and above any shadow cast across it, or None where
+    there is no such shadow, or where taking it away would take the strokes with it.
+
+    A shadow (of a hand, a phone, the edge of a book) has an edge that no smooth surface
+    follows. It is wider than the strokes, so a grey opening whose square is SHADOW_WIDTHS
+    times as wide as the strokes keeps it and takes the strokes out: the classic top-hat
+    for uneven light. Where a digit's own ink is that wide (a bold loop filled in, a frame
+    or a box read as strokes), the opening would hollow the strokes out; then it is not used.
+    """
+    strokes = np.where(ink > SHADOW_STROKE_LEVEL * 255.0, np.float32(255.0), np.float32(0.0))
+    side = 2 * round(SHADOW_WIDTHS * _stroke_width(strokes) / 2) + 1
+    if not strokes.any() or side >= min(gray.shape) // 2:
+        return None
+    shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
+    # Cast from outside the picture, a shadow reaches its edges; the soft edge of a blurred
+    # stroke, wider than its core, does not.
+    wide = cv2.subtract(shadows, paper) > SHADOW_LEVEL * above_paper.max()
+    band = max(1, round(BORDER_BAND * min(gray.shape)))
+    inner = wide[band:-band, band:-band]
+    if wide.sum() - inner.sum() < SHADOW_AREA * (wide.size - inner.size):
+        return None
+    above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
+    stroke = strokes > 0
+    if np.mean(above_shadows[stroke] >= 0.5 * above_paper[stroke]) < SHADOW_STROKES_KEPT:
+        return None
+    return above_shadows
 
 
 def _stretched(above_background: np.ndarray, noise: float, keep_edges: bool = False) -> np.ndarray:
