@@ -12,8 +12,7 @@ noise, what is not the digit is left out (the lines of ruled or squared paper, a
 around the picture; a sheet's edge, the table or a shadow apart from the digit; a box, a
 circle, a stain or a line under it), the digit is cropped, thin strokes are widened to
 MNIST's 2-3 px, and it is fitted into 20x20 at full brightness and centred by its centre
-of mass. An MNIST image sent as a PNG comes back as it
-was, to within one grey level.
+of mass. An MNIST image sent as a PNG comes back as it was, to within one grey level.
 """
 
 from __future__ import annotations
@@ -348,8 +347,10 @@ def _under_shadows(
     A shadow (of a hand, a phone, the edge of a book) has an edge that no smooth surface
     follows. It is wider than the strokes, so a grey opening whose square is SHADOW_WIDTHS
     times as wide as the strokes keeps it and takes the strokes out: the classic top-hat
-    for uneven light. Where a digit's own ink is that wide (a bold loop filled in, a frame
-    or a box read as strokes), the opening would hollow the strokes out; then it is not used.
+    for uneven light. It is used where what it keeps reaches the picture's border, as a
+    shadow cast from outside does, and leaves the strokes whole: where a digit's own ink is
+    that wide (a bold loop filled in, a frame or a box read as strokes), the opening would
+    hollow the strokes out.
     """
     strokes = np.where(ink > SHADOW_STROKE_LEVEL * 255.0, np.float32(255.0), np.float32(0.0))
     side = 2 * round(SHADOW_WIDTHS * _stroke_width(strokes) / 2) + 1
