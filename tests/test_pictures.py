@@ -13,6 +13,7 @@ import pytest
 from conftest import MIRROR
 
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.serving import picture_to_pixels
 from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
 
 # MNIST's strokes at 28x28, measured on its test set as below: 1.7 px at the 10th
@@ -359,3 +360,14 @@ def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle):
     photo = the_two_on(235, 40) * (1.0 - 0.4 * shadow) + rng.normal(0, 2, shadow.shape)
     jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
+
+
+def test_the_soft_edge_of_a_blurred_digit_that_fills_the_picture_is_not_a_shadow(monkeypatch):
+    """A low-resolution digit scaled up: its strokes' soft edges are wider than their cores
+    and reach the picture's edge, but lie beside the strokes, as no shadow does."""
+    ink = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 14)
+    left, top, width, height = cv2.boundingRect(ink)
+    blurred = cv2.GaussianBlur(ink, (0, 0), 4)[top : top + height, left : left + width]
+    read = image_to_pixels(png(255 - blurred))
+    monkeypatch.setattr(picture_to_pixels, "SHADOW_AREA", np.inf)  # no picture has a shadow
+    assert (image_to_pixels(png(255 - blurred)) == read).all()

@@ -347,8 +347,8 @@ def _under_shadows(
     A shadow (of a hand, a phone, the edge of a book) has an edge that no smooth surface
     follows. It is wider than the strokes, so a grey opening whose square is SHADOW_WIDTHS
     times as wide as the strokes keeps it and takes the strokes out: the classic top-hat
-    for uneven light. It is used where what it keeps reaches the picture's border, as a
-    shadow cast from outside does, and leaves the strokes whole: where a digit's own ink is
+    for uneven light. It is used where what it keeps reaches the picture's border away
+    from the strokes, as a shadow cast from outside does, and leaves the strokes whole: where a digit's own ink is
     that wide (a bold loop filled in, a frame or a box read as strokes), the opening would
     hollow the strokes out.
     """
@@ -357,9 +357,10 @@ def _under_shadows(
     if not strokes.any() or side >= min(gray.shape) // 2:
         return None
     shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
-    # Cast from outside the picture, a shadow reaches its edges; the soft edge of a blurred
-    # stroke, wider than its core, does not.
+    # Cast from outside the picture, a shadow reaches its edges away from the strokes; the
+    # soft edge of a blurred stroke, wider than its core, lies beside the stroke.
     wide = cv2.subtract(shadows, paper) > SHADOW_LEVEL * above_paper.max()
+    wide &= cv2.dilate(strokes.astype(np.uint8), np.ones((side, side), np.uint8)) == 0
     band = max(1, round(BORDER_BAND * min(gray.shape)))
     inner = wide[band:-band, band:-band]
     if wide.sum() - inner.sum() < SHADOW_AREA * (wide.size - inner.size):
