@@ -255,9 +255,7 @@ def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
     # Medians from about 256x256 of the picture's pixels: of a band along its edges, and of all.
     step = max(1, max(gray.shape) // 256)
     sample = gray[::step, ::step]
-    band = max(1, round(BORDER_BAND * min(sample.shape)))
-    in_band = np.ones(sample.shape, dtype=bool)
-    in_band[band:-band, band:-band] = False
+    in_band = _border_band(sample.shape)
     level, middle = float(np.median(sample[in_band])), float(np.median(sample))
     if on_paper and middle > level + SHEET_CONTRAST and _is_a_sheet(sample > (level + middle) / 2):
         level = middle
@@ -270,6 +268,14 @@ def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
     else:
         dark_ink = level > 127
     return 255.0 - gray if dark_ink else gray
+
+
+def _border_band(shape: tuple[int, int]) -> np.ndarray:
+    """Return bool `shape`: True in a band BORDER_BAND of the picture wide along its edges."""
+    band = max(1, round(BORDER_BAND * min(shape)))
+    in_band = np.ones(shape, dtype=bool)
+    in_band[band:-band, band:-band] = False
+    return in_band
 
 
 def _is_a_sheet(light: np.ndarray) -> bool:
@@ -299,9 +305,7 @@ def _backdrop(gray: np.ndarray) -> np.ndarray | float:
     quadratic surface fitted to the band without the object, if it spans more than
     BACKDROP_LEVELS grey levels."""
     coarse = _coarse(gray)
-    band = max(1, round(BORDER_BAND * min(coarse.shape)))
-    in_band = np.ones(coarse.shape, dtype=bool)
-    in_band[band:-band, band:-band] = False
+    in_band = _border_band(coarse.shape)
     around = coarse[in_band]
     if np.mean(np.abs(around - np.median(around)) <= FLAT_LEVELS) >= 0.5:
         return _border_level(gray)  # one level, but where the object reaches the edges
@@ -361,9 +365,7 @@ def _under_shadows(
     # soft edge of a blurred stroke, wider than its core, lies beside the stroke.
     wide = cv2.subtract(shadows, paper) > SHADOW_LEVEL * above_paper.max()
     wide &= cv2.dilate(strokes.astype(np.uint8), np.ones((side, side), np.uint8)) == 0
-    band = max(1, round(BORDER_BAND * min(gray.shape)))
-    inner = wide[band:-band, band:-band]
-    if wide.sum() - inner.sum() < SHADOW_AREA * (wide.size - inner.size):
+    if np.mean(wide[_border_band(wide.shape)]) < SHADOW_AREA:
         return None
     above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
     stroke = strokes > 0
