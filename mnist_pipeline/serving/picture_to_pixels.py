@@ -352,23 +352,22 @@ def _under_shadows(
     follows. It is wider than the strokes, so a grey opening whose square is SHADOW_WIDTHS
     times as wide as the strokes keeps it and takes the strokes out: the classic top-hat
     for uneven light. It is used where what it keeps reaches the picture's border away
-    from the strokes, as a shadow cast from outside does, and leaves the strokes whole: where a digit's own ink is
-    that wide (a bold loop filled in, a frame or a box read as strokes), the opening would
-    hollow the strokes out.
+    from the strokes, as a shadow cast from outside does, and leaves the strokes whole:
+    where a digit's own ink is that wide (a bold loop filled in, a frame or a box read as
+    strokes), the opening would hollow the strokes out.
     """
-    strokes = np.where(ink > SHADOW_STROKE_LEVEL * 255.0, np.float32(255.0), np.float32(0.0))
-    side = 2 * round(SHADOW_WIDTHS * _stroke_width(strokes) / 2) + 1
-    if not strokes.any() or side >= min(gray.shape) // 2:
+    stroke = ink > SHADOW_STROKE_LEVEL * 255.0
+    side = 2 * round(SHADOW_WIDTHS * _stroke_width(stroke * np.float32(255.0)) / 2) + 1
+    if not stroke.any() or side >= min(gray.shape) // 2:
         return None
     shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
     # Cast from outside the picture, a shadow reaches its edges away from the strokes; the
     # soft edge of a blurred stroke, wider than its core, lies beside the stroke.
     wide = cv2.subtract(shadows, paper) > SHADOW_LEVEL * above_paper.max()
-    wide &= cv2.dilate(strokes.astype(np.uint8), np.ones((side, side), np.uint8)) == 0
+    wide &= cv2.dilate(stroke.astype(np.uint8), np.ones((side, side), np.uint8)) == 0
     if np.mean(wide[_border_band(wide.shape)]) < SHADOW_AREA:
         return None
     above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
-    stroke = strokes > 0
     if np.mean(above_shadows[stroke] >= 0.5 * above_paper[stroke]) < SHADOW_STROKES_KEPT:
         return None
     return above_shadows
