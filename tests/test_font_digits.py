@@ -59,6 +59,26 @@ def test_the_supplement_is_seeded_digits_as_mnist_draws_them():
     assert images[:, :2, :].max() == 0 and images[:, :, -2:].max() == 0
 
 
+def test_the_supplement_writes_ones_with_a_long_flag_and_crossed_sevens():
+    """Half of its 1s and 7s: a stem with a long flag down to the left of its top, and a 7
+    with a bar across its stem at half its height."""
+    bank = np.load(synthetic.GLYPHS_FILE)
+    rng = np.random.default_rng(0)
+    for index in np.flatnonzero(bank["labels"] == 1)[:10]:
+        skeleton = synthetic._skeleton(bank["glyphs"][index] > 127)
+        one = synthetic._continental(rng, 1, skeleton) > 0
+        rows, columns = np.nonzero(one)
+        top, bottom, stem = rows.min(), rows.max(), np.bincount(columns).argmax()
+        flag = (columns < stem - 1) & (rows < bottom)  # a foot lies on the bottom row
+        reach, drop = stem - columns[flag].min(), rows[flag].max() - top
+        assert np.hypot(reach, drop) >= 0.28 * (bottom - top) and drop > 0, index
+    for index in np.flatnonzero(bank["labels"] == 7)[:10]:
+        skeleton = synthetic._skeleton(bank["glyphs"][index] > 127)
+        bar = (synthetic._continental(rng, 7, skeleton) > 0) & (skeleton == 0)
+        rows, _ = np.nonzero(skeleton)
+        assert bar.any() and set(np.nonzero(bar)[0]) == {(rows.min() + rows.max()) // 2}
+
+
 def test_the_checked_in_set_is_what_the_script_makes(tmp_path):
     """The script's first picture of each kind, for each digit, byte for byte."""
     folder = tmp_path / "font_digits"

@@ -5,7 +5,9 @@ pixels and enlarged, or a blurred one, looks like nothing it has seen. The suppl
 the model such digits. Each is made from a glyph of data/fonts.py's SUPPLEMENT_FONTS
 (checked in as font_glyphs.npz, so training needs no fonts installed), either as the font
 draws it, a little bolder or lighter, or redrawn as a pen stroke of its own width along the
-glyph's skeleton. It is then bent a little, sometimes shrunk to a few pixels and enlarged,
+glyph's skeleton. Half the 1s and 7s are written instead as much of Europe writes them, a 1
+with a long flag and a crossed 7, which few of MNIST's American writers did and no typeface
+does. Each is then bent a little, sometimes shrunk to a few pixels and enlarged,
 blurred or made grey and faint, put on paper of either polarity, and turned into 28x28
 pixels by the very transform that serves the model (serving/picture_to_pixels.py).
 Training's augmentation then distorts it like any MNIST digit.
@@ -57,7 +59,10 @@ def supplement(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     images = np.empty((count, 28, 28), dtype=np.uint8)
     for row, index in enumerate(chosen):
         while True:
-            if rng.random() < 0.5:
+            label = bank["labels"][index]
+            if label in (1, 7) and rng.random() < 0.5:  # written the continental way
+                ink = _pen_stroke(rng, _continental(rng, label, skeletons[index]))
+            elif rng.random() < 0.5:
                 ink = _reweighted(rng, glyphs[index])
             else:
                 ink = _pen_stroke(rng, skeletons[index])
@@ -101,6 +106,34 @@ def _reweighted(rng: np.random.Generator, glyph: np.ndarray) -> np.ndarray:
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(change) + 1,) * 2)
     thinner = cv2.erode(glyph, disc)
     return cv2.dilate(glyph, disc) if change > 0 or thinner.max() < 0.5 else thinner
+
+
+def _continental(rng: np.random.Generator, label: int, skeleton: np.ndarray) -> np.ndarray:
+    """The skeleton of a 1 or a 7 as much of Europe writes them, as tall as `skeleton`, a
+    typed one's: a 1 as a stem with a long flag, with or without a foot; the 7 crossed by a
+    bar at half its height."""
+    rows, columns = np.nonzero(skeleton)
+    top, bottom = int(rows.min()), int(rows.max())
+    height = bottom - top
+    if label == 7:
+        middle = (top + bottom) // 2
+        crossing = columns[rows == middle]  # none where the skeleton breaks: the centre
+        stem = int(crossing.mean()) if crossing.size else GLYPH_SIDE // 2
+        half = int(height * rng.uniform(0.12, 0.25))
+        crossed = skeleton.copy()
+        cv2.line(crossed, (stem - half, middle), (stem + half, middle), 1.0)
+        return crossed
+    one = np.zeros_like(skeleton)
+    stem = GLYPH_SIDE // 2 + int(rng.integers(-2, 8))
+    cv2.line(one, (stem, top), (stem, bottom), 1.0)
+    length = height * rng.uniform(0.3, 0.6)
+    angle = np.deg2rad(rng.uniform(20, 60))  # below the horizontal, to the left
+    flag = (round(stem - length * np.cos(angle)), round(top + length * np.sin(angle)))
+    cv2.line(one, flag, (stem, top), 1.0)
+    if rng.random() < 0.5:
+        left, right = height * rng.uniform(0.12, 0.3, size=2)
+        cv2.line(one, (round(stem - left), bottom), (round(stem + right), bottom), 1.0)
+    return one
 
 
 def _pen_stroke(rng: np.random.Generator, skeleton: np.ndarray) -> np.ndarray:
