@@ -7,10 +7,10 @@ the model such digits. Each is made from a glyph of data/fonts.py's SUPPLEMENT_F
 draws it, a little bolder or lighter, or redrawn as a pen stroke of its own width along the
 glyph's skeleton. Half the 1s and 7s are written instead as much of Europe writes them, a 1
 with a long flag and a crossed 7, which few of MNIST's American writers did and no typeface
-does. Each is then bent a little, sometimes shrunk to a few pixels and enlarged,
-blurred or made grey and faint, put on paper of either polarity, and turned into 28x28
-pixels by the very transform that serves the model (serving/picture_to_pixels.py).
-Training's augmentation then distorts it like any MNIST digit.
+does. Each is then bent a little, sometimes shrunk to a few pixels and enlarged, blurred or
+made grey and faint, put on paper of either polarity, and turned into 28x28 pixels by the
+very transform that serves the model (serving/picture_to_pixels.py). Training's
+augmentation then distorts it like any MNIST digit.
 
 None of the fonts is one that font_digits/, the evaluation set, is typed in.
 """
