@@ -52,16 +52,15 @@ def supplement(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Return `count` synthetic digits, uint8 (count, 28, 28) white on black as MNIST's,
     and their labels (count,); the same seed gives the same digits."""
     bank = np.load(GLYPHS_FILE)
-    glyphs = bank["glyphs"].astype(np.float32) / 255.0
+    glyphs, labels = bank["glyphs"].astype(np.float32) / 255.0, bank["labels"]
     skeletons = [_skeleton(glyph > 0.5) for glyph in glyphs]
     rng = np.random.default_rng(seed)
     chosen = rng.integers(len(glyphs), size=count)
     images = np.empty((count, 28, 28), dtype=np.uint8)
     for row, index in enumerate(chosen):
         while True:
-            label = bank["labels"][index]
-            if label in (1, 7) and rng.random() < 0.5:  # written the continental way
-                ink = _pen_stroke(rng, _continental(rng, label, skeletons[index]))
+            if labels[index] in (1, 7) and rng.random() < 0.5:  # the continental way
+                ink = _pen_stroke(rng, _continental(rng, labels[index], skeletons[index]))
             elif rng.random() < 0.5:
                 ink = _reweighted(rng, glyphs[index])
             else:
@@ -71,7 +70,7 @@ def supplement(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                 break
             except UserError:  # blurred and faint until the transform sees no ink: again
                 continue
-    return images, bank["labels"][chosen]
+    return images, labels[chosen]
 
 
 def _squared(ink: np.ndarray) -> np.ndarray:
