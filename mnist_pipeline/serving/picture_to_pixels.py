@@ -360,11 +360,12 @@ def _under_shadows(
     side = 2 * round(SHADOW_WIDTHS * _stroke_width(stroke * np.float32(255.0)) / 2) + 1
     if not stroke.any() or side >= min(gray.shape) // 2:
         return None
-    shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
+    square = np.ones((side, side), np.uint8)
+    shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, square)
     # Cast from outside the picture, a shadow reaches its edges away from the strokes; the
     # soft edge of a blurred stroke, wider than its core, lies beside the stroke.
     wide = cv2.subtract(shadows, paper) > SHADOW_LEVEL * above_paper.max()
-    wide &= cv2.dilate(stroke.astype(np.uint8), np.ones((side, side), np.uint8)) == 0
+    wide &= cv2.dilate(stroke.astype(np.uint8), square) == 0
     if np.mean(wide[_border_band(wide.shape)]) < SHADOW_AREA:
         return None
     above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
