@@ -41,7 +41,7 @@ def test_stroke_width_thickens_and_thins():
 
 def test_augmentation_settings_are_params():
     assert Augmentation().params() == {
-        "augment_rotation_degrees": 10.0,
+        "augment_rotation_degrees": 20.0,
         "augment_shear": 0.15,
         "augment_zoom": 0.1,
         "augment_shift": 0.1,

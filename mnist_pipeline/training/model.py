@@ -110,7 +110,7 @@ class Augmentation:
     minus the figure; `stroke` thickens or thins the strokes by up to one pixel.
     """
 
-    rotation_degrees: float = 10.0
+    rotation_degrees: float = 20.0
     shear: float = 0.15
     zoom: float = 0.1
     shift: float = 0.1
