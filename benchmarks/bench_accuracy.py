@@ -5,7 +5,7 @@ Targets (issue 11), each next to the baseline, the defaults before issue 11
 CNN without augmentation), trained in the same run on the same preprocessed arrays as
 today's defaults (the deeper CNN on distorted digits, batch 256, peak learning rate 0.006):
   - MNIST test accuracy >= 0.994 within 60 s of training (model.fit) on 2 cores;
-  - the drawn-digits set (drawn_digits/, see drawn.py) through `mlflow models serve` >= 0.98;
+  - the drawn-digits set (drawn_digits/, see mnist_pipeline/serving/drawn_digits.py) through `mlflow models serve` >= 0.98;
   - 2,000 MNIST test images sent as PNG files to the server: as accurate as the same
     images sent as arrays;
   - Fashion-MNIST test accuracy >= 0.925 within 60 s.

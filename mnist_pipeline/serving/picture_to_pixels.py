@@ -1,8 +1,9 @@
 """Picture files sent to the served model: PNG or JPEG bytes to 28x28 pixels, as MNIST looks.
 
-The scoring request parser (serving.py) and png_to_pandas.py both use image_to_pixels, so a
-drawing converted on a participant's machine and the same file sent to the server give the
-same pixels. A file's declared size is read from its header before any pixel is decoded.
+The scoring request parser (request_formats.py) and png_to_pandas.py both use
+image_to_pixels, so a drawing converted on a participant's machine and the same file sent to
+the server give the same pixels. A file's declared size is read from its header before any
+pixel is decoded.
 
 A digit is made to look like MNIST's: the ink is the side, dark or light, that stands out
 of the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a dark

@@ -1,9 +1,10 @@
 """The served model, logged from code: the Keras CNN behind the very transform training saw.
 
 package_model.py saves this file with `mlflow.pyfunc.save_model(python_model=<this file>)`,
-the Keras model and `transform.json` as artifacts, and this package as code. Whatever a
-client sends (see serving.py, and pictures.py for image files) becomes pixels, is
-normalised by transform.normalize with the preprocess run's mean and std, and is classified.
+the Keras model and `transform.json` as artifacts, and the serving modules as code. Whatever
+a client sends (see request_formats.py, and picture_to_pixels.py for image files) becomes
+pixels, is normalised by transform.normalize with the preprocess run's mean and std, and is
+classified.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ installed = False
 # The signal that is stopping this process, once one arrived.
 stopped_by: int | None = None
 # Called in the main thread when the first signal arrives, before Stopped is raised:
-# for what other threads wait on, such as trial processes (see trials.py).
+# for what other threads wait on, such as trial processes (see search/study.py).
 _on_stop: list[Callable[[], None]] = []
 # How many `uninterrupted()` bodies the main thread is in, and whether a signal came
 # during one of them.
