@@ -284,6 +284,23 @@ def test_a_box_a_circle_a_line_under_the_digit_or_a_frame_are_not_the_digit(mark
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
 
 
+# A "6": a stroke from the top right down the left side, into a loop at the bottom.
+SIX = [
+    np.array([[0.62 - 0.4 * np.sin(a), 0.75 - 0.7 * np.cos(a)] for a in np.linspace(0, 1.6, 20)]),
+    np.array([[0.45 + 0.27 * np.cos(a), 0.7 + 0.27 * np.sin(a)] for a in np.linspace(0, 6.3, 40)]),
+]
+
+
+def test_a_hollow_digit_is_not_taken_for_a_circle_around_the_hole_of_its_loop():
+    """Bubble letters: the outline of a bold 6 surrounds the hole of its loop, as a circle
+    drawn around a 0 would, but its tail lies inside its convex hull."""
+    bold = draw(np.zeros((300, 300), np.uint8), SIX, 80, 40, 220, 255, 16)
+    outline = cv2.morphologyEx(bold, cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8))
+    pixels = image_to_pixels(png(255 - outline))
+    assert ink_box(pixels, 127) == (20, 13)  # the loop alone would be about 20 by 19
+    assert np.abs(pixels.astype(int) - image_to_pixels(png(255 - bold))).mean() < 30
+
+
 def test_a_digit_cut_by_the_pictures_edge_outweighs_a_dot_beside_it():
     picture = the_two_on(245, 20)[:, 160:]  # the 2's left side cut off by the edge
     with_dot = cv2.circle(picture.copy(), (190, 150), 9, 20, -1)

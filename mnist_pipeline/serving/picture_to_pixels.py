@@ -89,10 +89,15 @@ SHEET_CONTRAST = 40.0
 SHEET_SOLIDITY = 0.9
 # A part whose strokes are wider than this fraction of its size is a stain, not a digit. One
 # with ink in this many of 16 directions around another part at least this fraction of its
-# size is a box or a circle around it. A part this flat under the digit is a line under it.
+# size is a box or a circle around it, if no more than this share of its ink lies deeper
+# inside its convex hull than this fraction of its size (the outline of a hollow 6 or 9
+# surrounds the hole of its loop, but its tail lies inside). A part this flat under the
+# digit is a line under it.
 BLOB_WIDTH = 0.4
 SURROUNDING_DIRECTIONS = 12
 SURROUNDED_SIZE = 0.4
+INSIDE_HULL_SHARE = 0.1
+INSIDE_HULL_DEPTH = 0.1
 FLAT = 0.25
 # A shadow cast across the sheet has an edge sharper than a fitted surface follows. What is
 # wider than this many times the strokes' width is background too, where it covers at least
@@ -559,7 +564,7 @@ def _stains_and_frames(
     frames, a box or a circle drawn around another of the parts.
 
     A stain is a filled blob, whose strokes are half as wide as it is large. A frame's ink
-    lies in most directions from the other part's centre.
+    lies in most directions from the other part's centre, and along its own convex hull.
     """
     stains = np.zeros(len(stats), dtype=bool)
     frames = np.zeros(len(stats), dtype=bool)
@@ -582,9 +587,19 @@ def _stains_and_frames(
             angles = np.arctan2(rows + top - (o_top + o_h / 2), cols + left - (o_left + o_w / 2))
             directions = np.unique(((angles + np.pi) / (2 * np.pi) * 16).astype(int) % 16)
             if directions.size >= SURROUNDING_DIRECTIONS:
-                frames[part] = True
+                frames[part] = _along_its_hull(rows, cols, max(w, h))
                 break
     return stains, frames
+
+
+def _along_its_hull(rows: np.ndarray, cols: np.ndarray, size: int) -> bool:
+    """Whether nearly all the ink at `rows`, `cols` lies near the edge of its convex hull, as a
+    box's or a circle's does, and a hollow digit's outline does not."""
+    hull = np.zeros((rows.max() + 3, cols.max() + 3), np.uint8)
+    points = np.column_stack([cols, rows]).astype(np.int32)
+    cv2.fillConvexPoly(hull, cv2.convexHull(points) + 1, 1)
+    depth = cv2.distanceTransform(hull, cv2.DIST_L2, 3)[rows + 1, cols + 1]
+    return (depth > INSIDE_HULL_DEPTH * size).mean() <= INSIDE_HULL_SHARE
 
 
 def _ruled_lines(inked: np.ndarray) -> np.ndarray:
