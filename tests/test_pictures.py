@@ -301,6 +301,18 @@ def test_a_hollow_digit_is_not_taken_for_a_circle_around_the_hole_of_its_loop():
     assert np.abs(pixels.astype(int) - image_to_pixels(png(255 - bold))).mean() < 30
 
 
+@pytest.mark.parametrize(("light", "dark", "square"), [(255, 204, 8), (153, 102, 16)])
+def test_a_screenshot_of_a_transparent_layer_over_a_checkerboard_reads_the_drawing(
+    light, dark, square
+):
+    """Photoshop's checks are white and light grey, GIMP's two mid-greys."""
+    rows, cols = np.indices((300, 400))
+    checks = np.where((rows // square + cols // square) % 2 == 0, light, dark)
+    ink = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
+    screenshot = (checks * (1 - ink)).astype(np.uint8)
+    assert np.abs(image_to_pixels(png(screenshot)).astype(int) - clean_two()).mean() < 12
+
+
 def test_a_digit_cut_by_the_pictures_edge_outweighs_a_dot_beside_it():
     picture = the_two_on(245, 20)[:, 160:]  # the 2's left side cut off by the edge
     with_dot = cv2.circle(picture.copy(), (190, 150), 9, 20, -1)

@@ -5,15 +5,16 @@ image_to_pixels, so a drawing converted on a participant's machine and the same 
 the server give the same pixels. A file's declared size is read from its header before any
 pixel is decoded.
 
-A digit is made to look like MNIST's: the ink is the side, dark or light, that stands out
-of the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a dark
-table), the paper's level is fitted as a smooth surface (so that uneven light is not ink)
-and raised under a shadow cast across the sheet, ink is what stands out of the paper's
-noise, what is not the digit is left out (the lines of ruled or squared paper, a frame
-around the picture; a sheet's edge, the table or a shadow apart from the digit; a box, a
-circle, a stain or a line under it), the digit is cropped, thin strokes are widened to
-MNIST's 2-3 px, and it is fitted into 20x20 at full brightness and centred by its centre
-of mass. An MNIST image sent as a PNG comes back as it was, to within one grey level.
+A digit is made to look like MNIST's: the ink is the side, dark or light, that stands out of
+the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a dark
+table), an image editor's checkerboard behind a transparent layer is made one level, the
+paper's level is fitted as a smooth surface (so that uneven light is not ink) and raised
+under a shadow cast across the sheet, ink is what stands out of the paper's noise, what is
+not the digit is left out (the lines of ruled or squared paper, a frame around the picture;
+a sheet's edge, the table or a shadow apart from the digit; a box, a circle, a stain or a
+line under it), the digit is cropped, thin strokes are widened to MNIST's 2-3 px, and it is
+fitted into 20x20 at full brightness and centred by its centre of mass. An MNIST image sent
+as a PNG comes back as it was, to within one grey level.
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ INK_NOISE_MULTIPLE = 5.0
 # ...and, on a picture with no noise at all (a PNG drawn on a computer), by more than this
 # many grey levels: below it a picture is a single flat colour.
 FLAT_LEVELS = 4.0
+# A screenshot of a drawing on a transparent layer shows the editor's checkerboard behind
+# it: two exact levels, each at least this share of the picture's outermost pixels,
+# alternating along them at least this many times.
+CHECK_SHARE = 0.25
+CHECK_CHANGES = 16
 
 
 def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
@@ -145,6 +151,8 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     if decoded is None:
         raise UserError("image data is damaged and cannot be decoded")
     gray = _light_on_dark(_shrunk(_to_gray(decoded)), style == "digit")
+    if style == "digit":
+        gray = _checkerboard_flattened(gray)
     ink = _digit_ink(gray) if style == "digit" else _object_ink(gray)
     if ink.max() == 0 and style == "digit" and _stands_out_of_its_border(gray):
         # A broad, soft stroke (a thick grey bar scanned at low resolution) is smooth enough
@@ -221,14 +229,43 @@ def _to_gray(decoded: np.ndarray) -> np.ndarray:
     return gray
 
 
+def _checkerboard_flattened(gray: np.ndarray) -> np.ndarray:
+    """Return `gray` with a background of two exact levels in a fine pattern, an image
+    editor's transparency checkerboard in a screenshot, made one level: the darker.
+
+    Each level holds at least CHECK_SHARE of the picture's outermost pixels, together nearly
+    all of them, and they alternate along it at least CHECK_CHANGES times. No photo has two
+    exact levels, a frame is one, and a digit that reaches the edges crosses them a few times.
+    (The ink, after _light_on_dark, is lighter than both levels.)
+    """
+    border = np.rint(_outermost(gray))
+    levels, counts = np.unique(border, return_counts=True)
+    if levels.size < 2:
+        return gray
+    low, high = np.sort(levels[np.argsort(counts)[-2:]])
+    is_low, is_high = np.abs(border - low) <= 1, np.abs(border - high) <= 1
+    shares = is_low.mean(), is_high.mean()
+    if high - low <= FLAT_LEVELS or min(shares) < CHECK_SHARE or sum(shares) < 0.9:
+        return gray
+    along_the_edges = is_high[is_low | is_high].astype(np.int8)
+    if np.count_nonzero(np.diff(along_the_edges)) < CHECK_CHANGES:
+        return gray
+    return np.where(gray <= high + 1, np.float32(low), gray)
+
+
+def _outermost(gray: np.ndarray) -> np.ndarray:
+    """Return the picture's outermost pixels, its four edges one after the other."""
+    return np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+
+
 def _border_level(gray: np.ndarray) -> float:
     """Return the median of the picture's outermost pixels: its background, as a first guess."""
-    return float(np.median(np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])))
+    return float(np.median(_outermost(gray)))
 
 
 def _border_noise(gray: np.ndarray) -> float:
     """Return the deviation of the border's pixels from their median (robust: 1.4826 MAD)."""
-    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+    border = _outermost(gray)
     return 1.4826 * float(np.median(np.abs(border - np.median(border))))
 
 
