@@ -301,16 +301,30 @@ def test_a_hollow_digit_is_not_taken_for_a_circle_around_the_hole_of_its_loop():
     assert np.abs(pixels.astype(int) - image_to_pixels(png(255 - bold))).mean() < 30
 
 
-@pytest.mark.parametrize(("light", "dark", "square"), [(255, 204, 8), (153, 102, 16)])
+@pytest.mark.parametrize(
+    ("light", "dark", "square", "ink"),
+    [(255, 204, 8, 0), (153, 102, 16, 0), (153, 102, 8, 255), (68, 51, 12, 255)],
+    ids=["photoshop", "gimp", "gimp-white-ink", "dark-theme-white-ink"],
+)
 def test_a_screenshot_of_a_transparent_layer_over_a_checkerboard_reads_the_drawing(
-    light, dark, square
+    light, dark, square, ink
 ):
-    """Photoshop's checks are white and light grey, GIMP's two mid-greys."""
+    """An image editor shows its checks behind what is drawn on a transparent layer."""
     rows, cols = np.indices((300, 400))
     checks = np.where((rows // square + cols // square) % 2 == 0, light, dark)
-    ink = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
-    screenshot = (checks * (1 - ink)).astype(np.uint8)
+    stroke = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
+    screenshot = (checks * (1 - stroke) + ink * stroke).astype(np.uint8)
     assert np.abs(image_to_pixels(png(screenshot)).astype(int) - clean_two()).mean() < 12
+
+
+def test_ruled_paper_with_a_line_along_the_pictures_edge_is_not_a_checkerboard():
+    """Two exact levels along the edges, but the lines' runs are short and the paper's long:
+    the pen, lighter than the lines, stays."""
+    page = np.full((300, 400), 245.0)
+    page[0::30], page[1::30] = 40, 40
+    stroke = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
+    picture = (page * (1 - stroke) + 110 * stroke).astype(np.uint8)
+    assert np.abs(image_to_pixels(png(picture)).astype(int) - clean_two()).mean() < 12
 
 
 def test_a_digit_cut_by_the_pictures_edge_outweighs_a_dot_beside_it():

@@ -120,10 +120,12 @@ INK_NOISE_MULTIPLE = 5.0
 # many grey levels: below it a picture is a single flat colour.
 FLAT_LEVELS = 4.0
 # A screenshot of a drawing on a transparent layer shows the editor's checkerboard behind
-# it: two exact levels, each at least this share of the picture's outermost pixels,
-# alternating along them at least this many times.
-CHECK_SHARE = 0.25
-CHECK_CHANGES = 16
+# it: two exact levels, together at least this share of the picture's outermost pixels,
+# alternating along each of its edges at least this many times, in runs whose median
+# lengths differ by at most this factor (the squares of the checks).
+CHECK_SHARE = 0.9
+CHECK_RUNS = 4
+CHECK_RUN_RATIO = 1.5
 
 
 def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
@@ -150,9 +152,8 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if decoded is None:
         raise UserError("image data is damaged and cannot be decoded")
-    gray = _light_on_dark(_shrunk(_to_gray(decoded)), style == "digit")
-    if style == "digit":
-        gray = _checkerboard_flattened(gray)
+    gray = _checkerboard_flattened(_shrunk(_to_gray(decoded)))
+    gray = _light_on_dark(gray, style == "digit")
     ink = _digit_ink(gray) if style == "digit" else _object_ink(gray)
     if ink.max() == 0 and style == "digit" and _stands_out_of_its_border(gray):
         # A broad, soft stroke (a thick grey bar scanned at low resolution) is smooth enough
@@ -230,42 +231,56 @@ def _to_gray(decoded: np.ndarray) -> np.ndarray:
 
 
 def _checkerboard_flattened(gray: np.ndarray) -> np.ndarray:
-    """Return `gray` with a background of two exact levels in a fine pattern, an image
-    editor's transparency checkerboard in a screenshot, made one level: the darker.
+    """Return `gray` with an image editor's transparency checkerboard, seen in a screenshot
+    of a drawing on a transparent layer, made one level: the mean of its two.
 
-    Each level holds at least CHECK_SHARE of the picture's outermost pixels, together nearly
-    all of them, and they alternate along it at least CHECK_CHANGES times. No photo has two
-    exact levels, a frame is one, and a digit that reaches the edges crosses them a few times.
-    (The ink, after _light_on_dark, is lighter than both levels.)
+    The checks are the two commonest levels of the picture's outermost pixels (to within a
+    level), where together they make up CHECK_SHARE of them and alternate along each edge in
+    runs of like length: squares. No photo has two exact levels; a frame, stripes across the
+    picture and the lines of ruled paper do not alternate along every edge, or not in runs of
+    like length. (Diagonal stripes do, and are made one level too.) It is done before the
+    ink's side is chosen, which two levels of background would mislead.
     """
-    border = np.rint(_outermost(gray))
+    edges = [np.rint(edge) for edge in _edges(gray)]
+    border = np.concatenate(edges)
     levels, counts = np.unique(border, return_counts=True)
     if levels.size < 2:
         return gray
     low, high = np.sort(levels[np.argsort(counts)[-2:]])
-    is_low, is_high = np.abs(border - low) <= 1, np.abs(border - high) <= 1
-    shares = is_low.mean(), is_high.mean()
-    if high - low <= FLAT_LEVELS or min(shares) < CHECK_SHARE or sum(shares) < 0.9:
+    if high - low <= FLAT_LEVELS:
         return gray
-    along_the_edges = is_high[is_low | is_high].astype(np.int8)
-    if np.count_nonzero(np.diff(along_the_edges)) < CHECK_CHANGES:
+    if np.mean((np.abs(border - low) <= 1) | (np.abs(border - high) <= 1)) < CHECK_SHARE:
         return gray
-    return np.where(gray <= high + 1, np.float32(low), gray)
+    runs = {False: [], True: []}
+    for edge in edges:
+        is_low, is_high = np.abs(edge - low) <= 1, np.abs(edge - high) <= 1
+        checks = is_high[is_low | is_high]
+        starts = np.flatnonzero(np.diff(checks)) + 1
+        if starts.size + 1 < CHECK_RUNS:
+            return gray
+        # The runs between the first change and the last are whole squares.
+        for level, length in zip(checks[starts[:-1]], np.diff(starts), strict=True):
+            runs[bool(level)].append(length)
+    low_run, high_run = np.median(runs[False]), np.median(runs[True])
+    if max(low_run, high_run) > CHECK_RUN_RATIO * min(low_run, high_run):
+        return gray
+    checks = (np.abs(gray - low) <= 1) | (np.abs(gray - high) <= 1)
+    return np.where(checks, np.float32((low + high) / 2), gray)
 
 
-def _outermost(gray: np.ndarray) -> np.ndarray:
-    """Return the picture's outermost pixels, its four edges one after the other."""
-    return np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+def _edges(gray: np.ndarray) -> list[np.ndarray]:
+    """Return the picture's outermost pixels: its top and bottom rows, left and right columns."""
+    return [gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]]
 
 
 def _border_level(gray: np.ndarray) -> float:
     """Return the median of the picture's outermost pixels: its background, as a first guess."""
-    return float(np.median(_outermost(gray)))
+    return float(np.median(np.concatenate(_edges(gray))))
 
 
 def _border_noise(gray: np.ndarray) -> float:
     """Return the deviation of the border's pixels from their median (robust: 1.4826 MAD)."""
-    border = _outermost(gray)
+    border = np.concatenate(_edges(gray))
     return 1.4826 * float(np.median(np.abs(border - np.median(border))))
 
 
