@@ -333,6 +333,23 @@ def test_a_digit_cut_by_the_pictures_edge_outweighs_a_dot_beside_it():
     assert (image_to_pixels(png(with_dot)) == image_to_pixels(png(picture))).all()
 
 
+@pytest.mark.parametrize(
+    ("x", "y", "glare", "radius"), [(0.7, 0.6, 60, 0.15), (0.2, 0.7, 80, 0.22)]
+)
+def test_a_whiteboard_photo_with_a_glare_beside_the_digit_reads_the_digit(x, y, glare, radius):
+    """A grey board lit from one side, a glare too local for the fitted surface to follow,
+    and a marker that the glare washes out: the board around the glare is not ink."""
+    rows, cols = np.indices((600, 800), dtype=np.float32)
+    board = 185 * (1 + 0.35 * ((cols / 800 - 0.5) * 0.8 - (rows / 600 - 0.5) * 0.9))
+    shine = ((cols - x * 800) / (radius * 800)) ** 2 + ((rows - y * 600) / (radius * 480)) ** 2
+    shine = glare * np.exp(-shine)
+    stroke = draw(np.zeros((600, 800), np.uint8), TWO, 300, 160, 280, 255, 10) / 255.0
+    stroke *= 0.85 * (1 - 0.35 * shine / 80)
+    photo = cv2.GaussianBlur((board + shine) * (1 - stroke) + 70 * stroke, (0, 0), 1.0)
+    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
+
+
 def test_a_photo_of_the_sheet_on_a_dark_table_reads_the_ink_on_the_sheet():
     """The table is most of the picture's border, the sheet most of the picture."""
     photo = np.full((300, 400), 60, np.uint8)

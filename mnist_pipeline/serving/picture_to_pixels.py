@@ -427,7 +427,14 @@ def _under_shadows(
     if np.mean(wide[_border_band(wide.shape)]) < SHADOW_AREA:
         return None
     above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
-    if np.mean(above_shadows[stroke] >= 0.5 * above_paper[stroke]) < SHADOW_STROKES_KEPT:
+    # Ink that reaches the border band may be the false ink of a glare that the fitted
+    # surface did not follow (on a whiteboard): the strokes that must stay are those inside,
+    # unless the digit itself reaches the border.
+    _, parts = cv2.connectedComponents(stroke.astype(np.uint8))
+    at_border = np.unique(parts[_border_band(parts.shape)])
+    inside = stroke & ~np.isin(parts, at_border[at_border > 0])
+    inside = inside if inside.any() else stroke
+    if np.mean(above_shadows[inside] >= 0.5 * above_paper[inside]) < SHADOW_STROKES_KEPT:
         return None
     return above_shadows
 
