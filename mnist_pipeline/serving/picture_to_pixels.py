@@ -429,11 +429,12 @@ def _under_shadows(
     above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
     # Ink that reaches the border band may be the false ink of a glare that the fitted
     # surface did not follow (on a whiteboard): the strokes that must stay are those inside,
-    # unless the digit itself reaches the border.
+    # unless the digit itself reaches the border (and only specks are inside).
     _, parts = cv2.connectedComponents(stroke.astype(np.uint8))
     at_border = np.unique(parts[_border_band(parts.shape)])
     inside = stroke & ~np.isin(parts, at_border[at_border > 0])
-    inside = inside if inside.any() else stroke
+    if inside.sum() < MIN_DIGIT_SHARE * stroke.sum():
+        inside = stroke
     if np.mean(above_shadows[inside] >= 0.5 * above_paper[inside]) < SHADOW_STROKES_KEPT:
         return None
     return above_shadows
