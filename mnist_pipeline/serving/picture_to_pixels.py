@@ -424,14 +424,15 @@ def _under_shadows(
     # soft edge of a blurred stroke, wider than its core, lies beside the stroke.
     wide = cv2.subtract(shadows, paper) > SHADOW_LEVEL * above_paper.max()
     wide &= cv2.dilate(stroke.astype(np.uint8), square) == 0
-    if np.mean(wide[_border_band(wide.shape)]) < SHADOW_AREA:
+    in_band = _border_band(gray.shape)
+    if np.mean(wide[in_band]) < SHADOW_AREA:
         return None
     above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
     # Ink that reaches the border band may be the false ink of a glare that the fitted
     # surface did not follow (on a whiteboard): the strokes that must stay are those inside,
     # unless the digit itself reaches the border (and only specks are inside).
     _, parts = cv2.connectedComponents(stroke.astype(np.uint8))
-    at_border = np.unique(parts[_border_band(parts.shape)])
+    at_border = np.unique(parts[in_band])
     inside = stroke & ~np.isin(parts, at_border[at_border > 0])
     if inside.sum() < MIN_DIGIT_SHARE * stroke.sum():
         inside = stroke
