@@ -409,17 +409,54 @@ def test_a_garment_on_a_backdrop_that_light_falls_across_is_read_as_on_an_even_o
     assert np.abs(lit.astype(int) - even).mean() < 10
 
 
+@pytest.mark.parametrize("darkness", [0.4, 0.55])
 @pytest.mark.parametrize("angle", [0.3, 1.2, 2.5])
-def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle):
+def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
     """A phone's or a hand's shadow: a sharp edge across the digit, the paper and the ink in
-    it 40 % darker. No smooth surface follows the edge; the strokes are read as without it."""
+    it 40 % or 55 % darker. No smooth surface follows the edge; the strokes are read as
+    without it. At 55 %, the shadowed paper stands out of the lit paper more than half as
+    much as the ink does; at the angle 2.5 it covers half the picture's border."""
     rng = np.random.default_rng(1)
     rows, cols = np.mgrid[0:300, 0:400]
     through_the_digit = (cols - 210) * np.cos(angle) + (rows - 150) * np.sin(angle) > 0
     shadow = cv2.GaussianBlur(through_the_digit.astype(np.float32), (5, 5), 0)
-    photo = the_two_on(235, 40) * (1.0 - 0.4 * shadow) + rng.normal(0, 2, shadow.shape)
+    photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + rng.normal(0, 2, shadow.shape)
     jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
+
+
+@pytest.mark.parametrize(("width", "top"), [(30, 180), (40, 200), (50, 220)])
+def test_a_bold_digit_cut_by_the_pictures_edge_is_not_taken_for_a_shadow(width, top):
+    """A marker's 2 on ruled paper, its foot cut by the bottom edge: its strokes are many
+    times as wide as the lines, and reach the border as a shadow would, but they are as
+    dark as ink, which no shadow is."""
+    two = draw(np.zeros((400, 400), np.uint8), TWO, 110, top, 200, 255, width) / 255.0
+    paper = np.full((400, 400), 235.0)
+    lined = paper.copy()
+    for row in range(20, 400, 36):
+        lined[row : row + 2] = 170
+    grain = np.random.default_rng(1).normal(0, 2, paper.shape)
+    photo = np.clip(lined * (1 - two) + 30 * two + grain, 0, 255).astype(np.uint8)
+    drawn = (paper * (1 - two) + 30 * two).astype(np.uint8)
+    pixels = image_to_pixels(png(photo))
+    assert np.abs(pixels.astype(int) - image_to_pixels(png(drawn))).mean() < 12
+
+
+def test_a_bold_digit_keeps_its_filled_loop_beside_a_shadow():
+    """A marker's 6 whose loop is filled in is as wide as a shadow, but lies inside the
+    picture: the shadow along the edge, a few pixels from the loop, is taken away, the
+    loop is not."""
+    six = draw(np.zeros((400, 400), np.uint8), SIX, 110, 120, 240, 255, 24)
+    cv2.circle(six, (218, 288), 55, 255, -1)
+    paper = 235 - 195 * (six / 255.0)
+    shadow = np.zeros_like(paper)
+    shadow[:, :132] = 1.0
+    shadow = cv2.GaussianBlur(shadow, (9, 9), 0)
+    rng = np.random.default_rng(3)
+    photo = paper * (1.0 - 0.5 * shadow) + rng.normal(0, 2, paper.shape)
+    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    without = image_to_pixels(png(np.clip(paper, 0, 255).astype(np.uint8)))
+    assert np.abs(image_to_pixels(jpeg).astype(int) - without).mean() < 12
 
 
 def test_the_soft_edge_of_a_blurred_digit_that_fills_the_picture_is_not_a_shadow(monkeypatch):

@@ -83,6 +83,9 @@ BORDER_BAND = 0.05
 # A backdrop whose edges differ by more grey levels than this has light falling across it.
 BACKDROP_LEVELS = 12.0
 INK_SIDE_RATIO = 2.0
+# ...or, where neither does, the side that covers less than half as much of the picture as
+# the other, if that covers at least this share: a shadow over half the sheet.
+BACKGROUND_SHARE = 1 / 3
 # A picture whose middle is this many levels lighter than that band, and whose light part is
 # this solid (its area over its convex hull's), is a sheet of paper on a darker table: the
 # sheet is the background.
@@ -101,12 +104,14 @@ INSIDE_HULL_SHARE = 0.1
 INSIDE_HULL_DEPTH = 0.1
 FLAT = 0.25
 # A shadow cast across the sheet has an edge sharper than a fitted surface follows. What is
-# wider than this many times the strokes' width is background too, where it covers at least
-# this share of the border band at this fraction of the ink's level, and where this share of
-# the strokes (the ink at this fraction of its peak) keeps half its level above it.
+# wider than this many times the strokes' width, reaches the border and lies between these
+# two fractions of the ink's level (on average) is background too, where it covers at least
+# this share of the border band, and where this share of the strokes (the ink at this
+# fraction of its peak) keeps half its level above it.
 SHADOW_WIDTHS = 3.0
-SHADOW_AREA = 0.05
 SHADOW_LEVEL = 0.15
+SHADOW_INK_LEVEL = 0.85
+SHADOW_AREA = 0.05
 SHADOW_STROKES_KEPT = 0.9
 SHADOW_STROKE_LEVEL = 0.6
 # A part near the digit with less than this share of the digit's ink is a speck.
@@ -324,7 +329,13 @@ def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
     elif lighter > INK_SIDE_RATIO * darker:
         dark_ink = False
     else:
-        dark_ink = level > 127
+        # A shadow over half the sheet makes its border half paper, half shadow.
+        dark = float(np.mean(smooth < level - darker / 2))
+        light = float(np.mean(smooth > level + lighter / 2))
+        if max(dark, light) > max(BACKGROUND_SHARE, INK_SIDE_RATIO * min(dark, light)):
+            dark_ink = dark < light
+        else:
+            dark_ink = level > 127
     return 255.0 - gray if dark_ink else gray
 
 
@@ -409,9 +420,9 @@ def _under_shadows(
     A shadow (of a hand, a phone, the edge of a book) has an edge that no smooth surface
     follows. It is wider than the strokes, so a grey opening whose square is SHADOW_WIDTHS
     times as wide as the strokes keeps it and takes the strokes out: the classic top-hat
-    for uneven light. It is used where what it keeps reaches the picture's border away
-    from the strokes, as a shadow cast from outside does, and leaves the strokes whole:
-    where a digit's own ink is that wide (a bold loop filled in, a frame or a box read as
+    for uneven light. What the opening keeps is taken away where it reaches the picture's
+    border, as a shadow cast from outside does, if that leaves the strokes whole: where a
+    digit's own ink is that wide (a bold loop filled in, a frame or a box read as
     strokes), the opening would hollow the strokes out.
     """
     stroke = ink > SHADOW_STROKE_LEVEL * 255.0
@@ -420,25 +431,47 @@ def _under_shadows(
         return None
     square = np.ones((side, side), np.uint8)
     shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, square)
-    # Cast from outside the picture, a shadow reaches its edges away from the strokes; the
-    # soft edge of a blurred stroke, wider than its core, lies beside the stroke.
-    wide = cv2.subtract(shadows, paper) > SHADOW_LEVEL * above_paper.max()
-    wide &= cv2.dilate(stroke.astype(np.uint8), square) == 0
+    level = cv2.subtract(shadows, paper)
+    wide = level > SHADOW_LEVEL * above_paper.max()
     in_band = _border_band(gray.shape)
-    if np.mean(wide[in_band]) < SHADOW_AREA:
+    if np.mean(wide[in_band]) < SHADOW_AREA:  # most pictures: nothing wide at the border
         return None
-    above_shadows = cv2.subtract(gray, np.maximum(paper, shadows))
-    # Ink that reaches the border band may be the false ink of a glare that the fitted
-    # surface did not follow (on a whiteboard): the strokes that must stay are those inside,
-    # unless the digit itself reaches the border (and only specks are inside).
-    _, parts = cv2.connectedComponents(stroke.astype(np.uint8))
-    at_border = np.unique(parts[in_band])
-    inside = stroke & ~np.isin(parts, at_border[at_border > 0])
-    if inside.sum() < MIN_DIGIT_SHARE * stroke.sum():
-        inside = stroke
-    if np.mean(above_shadows[inside] >= 0.5 * above_paper[inside]) < SHADOW_STROKES_KEPT:
+    # A shadow is cast from outside the picture: it reaches the border. It is lighter than
+    # the ink: a wide part at the ink's level is ink (a bold digit cut by the border).
+    cast = _reaching(wide, in_band, level, below=SHADOW_INK_LEVEL * above_paper.max())
+    # What is as wide but stays inside the picture (a bold loop filled in) is the digit's.
+    background = np.where(wide & ~cast, paper, np.maximum(paper, shadows))
+    above_shadows = cv2.subtract(gray, background)
+    kept = stroke & (above_shadows >= 0.5 * above_paper)
+    # The shadow reaches the border away from the strokes; the soft edge of a blurred
+    # stroke that fills the picture, wider than its core, lies beside the stroke.
+    beside_strokes = cv2.dilate(kept.astype(np.uint8), square) > 0
+    if np.mean((cast & ~beside_strokes)[in_band]) < SHADOW_AREA:
+        return None
+    # The strokes must keep their level: those inside the border band, as ink that reaches
+    # it may be the false ink of a glare that the fitted surface did not follow (on a
+    # whiteboard); all of them where only specks are inside (the digit reaches the border).
+    strokes = stroke & ~cast
+    inside = strokes & ~_reaching(strokes, in_band)
+    if inside.sum() < MIN_DIGIT_SHARE * strokes.sum():
+        inside = strokes
+    if not inside.any() or np.mean(kept[inside]) < SHADOW_STROKES_KEPT:
         return None
     return above_shadows
+
+
+def _reaching(
+    mask: np.ndarray, band: np.ndarray, level: np.ndarray | None = None, below: float = 0.0
+) -> np.ndarray:
+    """Return the parts of boolean `mask` (8-connected) that reach into boolean `band`;
+    given `level`, only those whose mean level is below `below`."""
+    count, parts = cv2.connectedComponents(mask.astype(np.uint8))
+    chosen = np.zeros(count, bool)
+    chosen[parts[band & mask]] = True
+    if level is not None:
+        totals = np.bincount(parts.ravel(), level.ravel(), count)
+        chosen &= totals < below * np.bincount(parts.ravel(), minlength=count)
+    return chosen[parts]
 
 
 def _stretched(above_background: np.ndarray, noise: float, keep_edges: bool = False) -> np.ndarray:
