@@ -425,6 +425,32 @@ def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
 
 
+@pytest.mark.parametrize(("reach", "darkness"), [(300, 0.5), (300, 0.6), (330, 0.5)])
+def test_a_digit_inside_a_shadow_over_most_of_the_sheet_is_read_as_without_it(reach, darkness):
+    """The shadow covers the picture from its left edge to `reach` of its 400 px, the whole
+    digit with it: no stroke lies outside it, and the strokes still stand out of it."""
+    shadow = np.zeros((300, 400), np.float32)
+    shadow[:, :reach] = 1.0
+    shadow = cv2.GaussianBlur(shadow, (0, 0), 3)
+    grain = np.random.default_rng(1).normal(0, 2, shadow.shape)
+    photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + grain
+    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
+
+
+def test_black_ink_on_a_grey_canvas_beside_a_dark_sidebar_stays_the_ink():
+    """A screenshot: a mid-grey canvas, a dark sidebar over a third of it, a light toolbar.
+    Neither side of the canvas's level reaches twice as far as the other, and the dark side
+    covers more of the picture, but it is the sidebar's, not strokes: the ink is black."""
+    ink = draw(np.zeros((300, 400), np.uint8), TWO, 200, 90, 110, 255, 6) / 255.0
+    screen = np.full((300, 400), 128.0)
+    screen[:, :144] = 60
+    screen[:24] = 235
+    shot = np.clip(screen * (1 - ink) + 10 * ink, 0, 255).astype(np.uint8)
+    drawn = image_to_pixels(png((255 - 255 * ink).astype(np.uint8)))
+    assert np.abs(image_to_pixels(png(shot)).astype(int) - drawn).mean() < 12
+
+
 @pytest.mark.parametrize(("width", "top"), [(30, 180), (40, 200), (50, 220)])
 def test_a_bold_digit_cut_by_the_pictures_edge_is_not_taken_for_a_shadow(width, top):
     """A marker's 2 on ruled paper, its foot cut by the bottom edge: its strokes are many

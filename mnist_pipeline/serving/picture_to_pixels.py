@@ -83,9 +83,10 @@ BORDER_BAND = 0.05
 # A backdrop whose edges differ by more grey levels than this has light falling across it.
 BACKDROP_LEVELS = 12.0
 INK_SIDE_RATIO = 2.0
-# ...or, where neither does, the side that covers less than half as much of the picture as
-# the other, if that covers at least this share: a shadow over half the sheet.
-BACKGROUND_SHARE = 1 / 3
+# ...or, where neither does, the side whose far pixels are this many times narrower than
+# the other side's, if the other's cover at least this share of the picture.
+THIN_SIDE_RATIO = 3.0
+BACKGROUND_SHARE = 0.15
 # A picture whose middle is this many levels lighter than that band, and whose light part is
 # this solid (its area over its convex hull's), is a sheet of paper on a darker table: the
 # sheet is the background.
@@ -329,14 +330,27 @@ def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
     elif lighter > INK_SIDE_RATIO * darker:
         dark_ink = False
     else:
-        # A shadow over half the sheet makes its border half paper, half shadow.
-        dark = float(np.mean(smooth < level - darker / 2))
-        light = float(np.mean(smooth > level + lighter / 2))
-        if max(dark, light) > max(BACKGROUND_SHARE, INK_SIDE_RATIO * min(dark, light)):
-            dark_ink = dark < light
-        else:
+        dark_ink = _strokes_on_the_dark_side(smooth, level - darker / 2, level + lighter / 2)
+        if dark_ink is None:
             dark_ink = level > 127
     return 255.0 - gray if dark_ink else gray
+
+
+def _strokes_on_the_dark_side(smooth: np.ndarray, dark: float, light: float) -> bool | None:
+    """Whether the pixels below `dark` are the strokes and those above `light` a broad
+    region of the background; False for the other way round; None if neither.
+
+    A shadow over half the sheet makes the picture's border half paper, half shadow, and
+    its level lies between them: the lit paper reaches as far from it as the ink does.
+    """
+    sides = smooth < dark, smooth > light
+    widths = [_stroke_width(255.0 * side.astype(np.float32)) for side in sides]
+    broad = int(np.argmax(widths))
+    if min(widths) == 0 or widths[broad] < THIN_SIDE_RATIO * min(widths):
+        return None
+    if np.mean(sides[broad]) < BACKGROUND_SHARE:  # lit paper covers more than strokes do
+        return None
+    return broad == 1
 
 
 def _border_band(shape: tuple[int, int]) -> np.ndarray:
@@ -448,10 +462,17 @@ def _under_shadows(
     beside_strokes = cv2.dilate(kept.astype(np.uint8), square) > 0
     if np.mean((cast & ~beside_strokes)[in_band]) < SHADOW_AREA:
         return None
-    # The strokes must keep their level: those inside the border band, as ink that reaches
-    # it may be the false ink of a glare that the fitted surface did not follow (on a
-    # whiteboard); all of them where only specks are inside (the digit reaches the border).
     strokes = stroke & ~cast
+    standing_out = stroke & (above_shadows > SHADOW_LEVEL * above_paper.max())
+    if strokes.sum() < MIN_DIGIT_SHARE * standing_out.sum():
+        # The digit lies in the shadow: the ink's core, darker than any shadow, must stand
+        # out of it still (a bold digit joined to the shadow would be hollowed out).
+        core = ink > SHADOW_INK_LEVEL * 255.0
+        out_of_it = above_shadows[core] > SHADOW_LEVEL * above_paper.max()
+        return above_shadows if np.mean(out_of_it) >= SHADOW_STROKES_KEPT else None
+    # The strokes outside it must keep their level: those inside the border band, as ink
+    # that reaches it may be the false ink of a glare that the fitted surface did not follow
+    # (on a whiteboard); all of them where only specks are inside (the digit reaches it).
     inside = strokes & ~_reaching(strokes, in_band)
     if inside.sum() < MIN_DIGIT_SHARE * strokes.sum():
         inside = strokes
