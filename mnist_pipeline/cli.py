@@ -24,7 +24,11 @@ SYSTEM_METRICS_SECONDS = 5
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: `train.py: error: argument --lr: ...`."""
+    """An ArgumentParser whose errors are one line: `train.py: error: argument --lr: ...`,
+    and which takes no abbreviations: `-P epoch=1` is a typo, not `--epochs`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
