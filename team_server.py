@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     signals.install()  # SIGTERM, like Ctrl-C, stops a half-started server.
-    server = TeamServer(args.dir, args.host, args.port, args.db_port)
+    # A running server keeps the address it started on, whatever the flags say now.
+    server = TeamServer(args.dir, args.host, args.port, args.db_port).as_started()
     try:
         if args.command == "start":
             server.start(args.workers, args.allowed_hosts)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         elif args.command == "status":
             database, pid = server.postgres_running(), server.server_pid()
-            print(f"PostgreSQL: {f'running on port {args.db_port}' if database else 'stopped'}; "
+            print(f"PostgreSQL: {f'running on port {server.db_port}' if database else 'stopped'}; "
                   f"mlflow server: {f'running at {server.url}' if pid else 'stopped'}",
                   file=sys.stderr)  # fmt: skip
             if not (database and pid):

@@ -156,6 +156,14 @@ def test_the_server_asks_for_credentials_and_a_second_start_reuses_it(team):
     assert time.monotonic() - started < 30
     assert f"MLFLOW_TRACKING_URI={team.url}" in again.stdout
 
+    # Without the ports it started on, later commands find them.
+    status = subprocess.run(
+        [sys.executable, str(REPO / "team_server.py"), "status", "--dir", str(team.folder)],
+        env=clean_environment(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert f"running on port {team.db_port}" in status.stderr
+    assert f"MLFLOW_TRACKING_URI={team.url}" in status.stdout
+
     added = team.command("add-user", "alice", input="a-long-password-1\n")
     assert "Warning" not in added.stderr
     assert get(search, ("alice", "a-long-password-1")) == 200

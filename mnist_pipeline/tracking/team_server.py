@@ -137,7 +137,8 @@ class TeamServer:
                 command, env=environment, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        self.pid_file.write_text(str(process.pid))
+        # With the address, so that later commands find a server started on other ports.
+        self.pid_file.write_text(f"{process.pid} {self.host} {self.port} {self.db_port}")
         try:
             self._wait_until_healthy(process)
         except BaseException:  # It failed, or Ctrl-C: leave no half-started server behind.
@@ -196,11 +197,18 @@ class TeamServer:
     def server_pid(self) -> int | None:
         """The process ID of `mlflow server`, or None when it does not run."""
         try:
-            pid = int(self.pid_file.read_text())
+            pid = int(self.pid_file.read_text().split()[0])
             os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
             return None
         return pid
+
+    def as_started(self) -> TeamServer:
+        """This server at the address that `start` gave it, while it runs; else as it is."""
+        fields = self.pid_file.read_text().split() if self.server_pid() else []
+        if len(fields) != 4:
+            return self
+        return TeamServer(self.folder, fields[1], int(fields[2]), int(fields[3]))
 
     def secret(self, name: str) -> str:
         """Read a secret of this server, making it at the first start."""
