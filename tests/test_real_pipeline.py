@@ -22,7 +22,7 @@ def children_of(store, parent_run_id: str) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
+def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data, capsys):
     params = {"data_dir": store.root / "data", "output_dir": store.root / "model"}
     if ON_THE_MIRROR:
         params.update(source=MIRROR / "mnist", epochs="1")
@@ -78,3 +78,8 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data):
         assert pipeline.reusable("train", **{**trained, name: value}) is None, name
     packaged = children["package"].data.params
     assert pipeline.reusable("package", **{**packaged, "train_run": "0" * 32}) is None
+    # Once its model has left output_dir, a package run is not reused, and main says why.
+    capsys.readouterr()
+    (store.root / "model" / "MLmodel").rename(store.root / "model" / "MLmodel.moved")
+    assert pipeline.reusable("package", **packaged) is None
+    assert "no longer holds its model" in capsys.readouterr().err
