@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 
@@ -25,12 +27,21 @@ SYSTEM_METRICS_SECONDS = 5
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: `train.py: error: argument --lr: ...`,
-    and which takes no abbreviations: `-P epoch=1` is a typo, not `--epochs`."""
+    and which takes no abbreviations: `-P epoch=1` is a typo, not `--epochs`, and its error
+    names the option meant."""
 
     def __init__(self, *args, **kwargs):
+        self.options: list[str] = []  # before argparse adds --help through add_argument
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
+    def add_argument(self, *names, **kwargs):
+        self.options += [name for name in names if name.startswith("--")]
+        return super().add_argument(*names, **kwargs)
+
     def error(self, message: str):
+        typo = re.search(r"unrecognized arguments: (--[\w-]+)", message)
+        if typo and (meant := difflib.get_close_matches(typo[1], self.options, n=1)):
+            message += f" (did you mean {meant[0]}?)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def add_data_arguments(self) -> None:

@@ -40,13 +40,16 @@ def test_mlproject_defaults_equal_the_script_defaults(entry_point):
 
 
 @pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
-def test_a_parameter_cut_short_is_refused_not_taken_for_the_parameter(entry_point):
+def test_a_parameter_cut_short_is_refused_not_taken_for_the_parameter(entry_point, capsys):
     """`mlflow run . -P epoch=1` passes `--epoch 1`, which argparse would take for
     `--epochs`: a typo must fail, not train with the default while the run logs `epoch`."""
     parser = importlib.import_module(script_of(entry_point)).build_parser()
     name = max(ENTRY_POINTS[entry_point]["parameters"], key=len)
     with pytest.raises(SystemExit):
         parser.parse_args([f"--{name[:-1]}", "1"])
+    assert f"unrecognized arguments: --{name[:-1]} 1 (did you mean --{name}?)\n" in (
+        capsys.readouterr().err
+    )
 
 
 def test_conda_yaml_mirrors_requirements():
