@@ -445,14 +445,15 @@ def _under_shadows(
         return None
     square = np.ones((side, side), np.uint8)
     shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, square)
+    peak = above_paper.max()
     level = cv2.subtract(shadows, paper)
-    wide = level > SHADOW_LEVEL * above_paper.max()
+    wide = level > SHADOW_LEVEL * peak
     in_band = _border_band(gray.shape)
     if np.mean(wide[in_band]) < SHADOW_AREA:  # most pictures: nothing wide at the border
         return None
     # A shadow is cast from outside the picture: it reaches the border. It is lighter than
     # the ink: a wide part at the ink's level is ink (a bold digit cut by the border).
-    cast = _reaching(wide, in_band, level, below=SHADOW_INK_LEVEL * above_paper.max())
+    cast = _reaching(wide, in_band, level, below=SHADOW_INK_LEVEL * peak)
     # What is as wide but stays inside the picture (a bold loop filled in) is the digit's.
     background = np.where(wide & ~cast, paper, np.maximum(paper, shadows))
     above_shadows = cv2.subtract(gray, background)
@@ -463,12 +464,12 @@ def _under_shadows(
     if np.mean((cast & ~beside_strokes)[in_band]) < SHADOW_AREA:
         return None
     strokes = stroke & ~cast
-    standing_out = stroke & (above_shadows > SHADOW_LEVEL * above_paper.max())
+    standing_out = stroke & (above_shadows > SHADOW_LEVEL * peak)
     if strokes.sum() < MIN_DIGIT_SHARE * standing_out.sum():
         # The digit lies in the shadow: the ink's core, darker than any shadow, must stand
         # out of it still (a bold digit joined to the shadow would be hollowed out).
         core = ink > SHADOW_INK_LEVEL * 255.0
-        out_of_it = above_shadows[core] > SHADOW_LEVEL * above_paper.max()
+        out_of_it = above_shadows[core] > SHADOW_LEVEL * peak
         return above_shadows if np.mean(out_of_it) >= SHADOW_STROKES_KEPT else None
     # The strokes outside it must keep their level: those inside the border band, as ink
     # that reaches it may be the false ink of a glare that the fitted surface did not follow
