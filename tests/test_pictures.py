@@ -32,6 +32,11 @@ def png(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
+def as_jpeg(photo: np.ndarray) -> bytes:
+    """A float photo, clipped to 0-255, as a JPEG file's bytes."""
+    return cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+
+
 def draw(canvas: np.ndarray, strokes, left: int, top: int, height: int, colour, width: int):
     for points in strokes:
         path = np.rint(points * height + (left, top)).astype(np.int32)
@@ -223,7 +228,7 @@ def test_the_sheets_edge_and_the_table_beside_it_are_not_the_digit():
     photo[:, 330:] = 70.0  # the table, past the sheet's edge
     ink = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6)
     photo = photo * (1 - ink / 255.0) + 40.0 * ink / 255.0 + rng.normal(0, 3, photo.shape)
-    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    jpeg = as_jpeg(photo)
     pixels, clean = image_to_pixels(jpeg), clean_two()
     assert abs(ink_box(pixels, 64)[0] - ink_box(clean, 64)[0]) <= 1
     assert np.abs(pixels.astype(int) - clean).mean() < 12
@@ -346,7 +351,7 @@ def test_a_whiteboard_photo_with_a_glare_beside_the_digit_reads_the_digit(x, y, 
     stroke = draw(np.zeros((600, 800), np.uint8), TWO, 300, 160, 280, 255, 10) / 255.0
     stroke *= 0.85 * (1 - 0.35 * shine / 80)
     photo = cv2.GaussianBlur((board + shine) * (1 - stroke) + 70 * stroke, (0, 0), 1.0)
-    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    jpeg = as_jpeg(photo)
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
 
 
@@ -421,7 +426,7 @@ def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
     through_the_digit = (cols - 210) * np.cos(angle) + (rows - 150) * np.sin(angle) > 0
     shadow = cv2.GaussianBlur(through_the_digit.astype(np.float32), (5, 5), 0)
     photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + rng.normal(0, 2, shadow.shape)
-    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    jpeg = as_jpeg(photo)
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
 
 
@@ -434,7 +439,7 @@ def test_a_digit_inside_a_shadow_over_most_of_the_sheet_is_read_as_without_it(re
     shadow = cv2.GaussianBlur(shadow, (0, 0), 3)
     grain = np.random.default_rng(1).normal(0, 2, shadow.shape)
     photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + grain
-    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    jpeg = as_jpeg(photo)
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
 
 
@@ -480,7 +485,7 @@ def test_a_bold_digit_keeps_its_filled_loop_beside_a_shadow():
     shadow = cv2.GaussianBlur(shadow, (9, 9), 0)
     rng = np.random.default_rng(3)
     photo = paper * (1.0 - 0.5 * shadow) + rng.normal(0, 2, paper.shape)
-    jpeg = cv2.imencode(".jpg", np.clip(photo, 0, 255).astype(np.uint8))[1].tobytes()
+    jpeg = as_jpeg(photo)
     without = image_to_pixels(png(np.clip(paper, 0, 255).astype(np.uint8)))
     assert np.abs(image_to_pixels(jpeg).astype(int) - without).mean() < 12
 
