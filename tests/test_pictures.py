@@ -430,6 +430,22 @@ def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
 
 
+@pytest.mark.parametrize(
+    ("end", "width", "darkness"),
+    [((400, 150), 30, 0.4), ((215, 300), 30, 0.45), ((0, 150), 28, 0.5), ((210, 0), 30, 0.35)],
+)
+def test_a_pens_shadow_from_the_edge_to_the_digit_is_not_a_stroke(end, width, darkness):
+    """A pen held over the sheet: its soft shadow, five times as wide as the strokes and
+    lighter than the ink, runs from the picture's edge to the digit. It covers a fiftieth
+    of the border band, where a phone's covers a tenth or more."""
+    band = np.zeros((300, 400), np.float32)
+    cv2.line(band, (215, 150), end, 1.0, width)
+    shadow = cv2.GaussianBlur(band, (0, 0), 3)
+    grain = np.random.default_rng(1).normal(0, 2, shadow.shape)
+    photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + grain
+    assert np.abs(image_to_pixels(as_jpeg(photo)).astype(int) - clean_two()).mean() < 12
+
+
 @pytest.mark.parametrize(("reach", "darkness"), [(300, 0.5), (300, 0.6), (330, 0.5)])
 def test_a_digit_inside_a_shadow_over_most_of_the_sheet_is_read_as_without_it(reach, darkness):
     """The shadow covers the picture from its left edge to `reach` of its 400 px, the whole

@@ -107,12 +107,13 @@ FLAT = 0.25
 # A shadow cast across the sheet has an edge sharper than a fitted surface follows. What is
 # wider than this many times the strokes' width, reaches the border and lies between these
 # two fractions of the ink's level (on average) is background too, where it covers at least
-# this share of the border band, and where this share of the strokes (the ink at this
-# fraction of its peak) keeps half its level above it.
+# this share of the border band (a pen's shadow, crossing it once, covers about a fiftieth),
+# and where this share of the strokes (the ink at this fraction of its peak) keeps half its
+# level above it.
 SHADOW_WIDTHS = 3.0
 SHADOW_LEVEL = 0.15
 SHADOW_INK_LEVEL = 0.85
-SHADOW_AREA = 0.05
+SHADOW_AREA = 0.01
 SHADOW_STROKES_KEPT = 0.9
 SHADOW_STROKE_LEVEL = 0.6
 # A part near the digit with less than this share of the digit's ink is a speck.
