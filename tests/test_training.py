@@ -1,4 +1,5 @@
-"""The CNN's architectures and the training-only augmentation (model.py), on tiny arrays."""
+"""The CNN's architectures, the training-only augmentation (model.py) and the pruning
+callback (pruning.py), on tiny arrays."""
 
 from __future__ import annotations
 
@@ -74,3 +75,32 @@ def test_the_training_dtype_follows_the_cpu_unless_onednn_is_capped(monkeypatch)
     # With oneDNN off, TensorFlow's bfloat16 is emulated.
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert training_dtype() == "float32"
+
+
+@pytest.mark.parametrize(("epochs", "trained"), [(3, 1), (1, 1)])
+def test_a_trial_is_pruned_before_its_last_epoch_never_after_it(
+    store, monkeypatch, epochs, trained
+):
+    """A pruner that prunes everything (Optuna's ThresholdPruner above any accuracy) stops a
+    three-epoch trial after its first epoch; a one-epoch trial has nothing left to save."""
+    import mlflow
+    import optuna
+
+    from mnist_pipeline.training import pruning
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(pruning, "trial", study.ask())
+    callbacks = pruning.pruning_callbacks()
+    model = build_cnn(4, num_classes=10, architecture="classic")
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    images, labels = digits(4), np.arange(4)
+    store.client()
+    with mlflow.start_run() as run:
+        history = model.fit(
+            images, labels, validation_data=(images, labels), epochs=epochs, verbose=0,
+            callbacks=callbacks,
+        )  # fmt: skip
+    assert len(history.history["val_accuracy"]) == trained
+    assert pruning.was_pruned(callbacks) == (trained < epochs)
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags.get("pruned_at_epoch") == ("1" if trained < epochs else None)
