@@ -65,6 +65,8 @@ def test_resume_refuses_what_it_cannot_resume_in_one_line(store):
     finished, failed = train_run("FINISHED"), train_run("FAILED")
     alive = train_run("RUNNING", process=process_tag())  # this very process: still there
     killed = train_run("KILLED")
+    resumed_once = train_run("KILLED")
+    resumer = train_run("FINISHED", resumed_from=resumed_once)
     data_run = client.create_run(experiment, tags={"stage": "get_data"}).info.run_id
     expected = {
         "0" * 32: f"run {'0' * 32!r} does not exist in {store.uri}",
@@ -77,6 +79,8 @@ def test_resume_refuses_what_it_cannot_resume_in_one_line(store):
         "may still be training; stop it first",
         killed: f"resume: train run {killed} has no checkpoint (it stopped in its first "
         "epoch); start it again instead",
+        resumed_once: f"resume: train run {resumed_once} was resumed already by run "
+        f"{resumer}, which finished: use that one",
     }
     for run_id, message in expected.items():
         called = store.call("train.py", "--resume", run_id)

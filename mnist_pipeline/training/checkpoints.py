@@ -103,7 +103,8 @@ def to_resume(run_id: str):
     """Return the train run `run_id` and its last checkpoint's state, or raise UserError.
 
     A run is resumed when it ended KILLED (Ctrl-C, SIGTERM) or is RUNNING while the process
-    named by its `process` tag is gone (SIGKILL, a power cut), and has a whole checkpoint.
+    named by its `process` tag is gone (SIGKILL, a power cut), has a whole checkpoint, and
+    no run that resumed it has finished.
     """
     try:
         run = mlflow.MlflowClient().get_run(run_id)
@@ -125,6 +126,15 @@ def to_resume(run_id: str):
         raise UserError(
             f"resume: train run {run_id} is {status}; only a KILLED run, or a RUNNING one "
             "whose process is gone, is resumed"
+        )
+    resumed = f"tags.{RESUMED_FROM_TAG} = '{run_id}' AND attributes.status = 'FINISHED'"
+    finished = mlflow.search_runs(
+        filter_string=resumed, search_all_experiments=True, output_format="list", max_results=1
+    )
+    if finished:
+        raise UserError(
+            f"resume: train run {run_id} was resumed already by run {finished[0].info.run_id}, "
+            "which finished: use that one"
         )
     state = latest(run_id)
     if state is None:
