@@ -152,7 +152,8 @@ def test_the_server_asks_for_credentials_and_a_second_start_reuses_it(team):
 
     started = time.monotonic()
     again = team.command("start")
-    assert "already runs" in again.stderr
+    assert "already runs at" in again.stderr
+    assert "(stop it first to change its address)" in again.stderr
     assert time.monotonic() - started < 30
     assert f"MLFLOW_TRACKING_URI={team.url}" in again.stdout
 
@@ -209,6 +210,8 @@ def test_a_clone_stays_clean_when_the_server_starts_and_stops(team):
     team.command("stop")
     try:
         assert changes() == ""
+        nothing = team.command("stop")
+        assert nothing.stderr == f"Nothing to stop: no team server runs in {team.folder}\n"
     finally:
         again = team.command("start")
     assert "Initialising" not in again.stderr  # the cluster, and its passwords, are reused

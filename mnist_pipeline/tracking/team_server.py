@@ -102,7 +102,8 @@ class TeamServer:
             "-v", f"optuna_password={self.secret('optuna_password')}", input=SETUP_SQL,
         )  # fmt: skip
         if self.server_pid() is not None:
-            print(f"mlflow server already runs at {self.url}", file=sys.stderr)
+            where = f"{self.url} (stop it first to change its address)"
+            print(f"mlflow server already runs at {where}", file=sys.stderr)
             return
         (self.folder / "artifacts").mkdir(exist_ok=True)
         auth_config = self.folder / "basic_auth.ini"
@@ -150,14 +151,16 @@ class TeamServer:
 
     def stop(self) -> None:
         """Stop `mlflow server`, then PostgreSQL."""
-        pid = self.server_pid()
+        pid, database = self.server_pid(), self.postgres_running()
         if pid is not None:
             stop_process_group(pid)
             print(f"Stopped mlflow server (pid {pid})", file=sys.stderr)
         self.pid_file.unlink(missing_ok=True)
-        if self.postgres_running():
+        if database:
             self._postgres("pg_ctl", "stop", "-D", self.pgdata)
             print("Stopped PostgreSQL", file=sys.stderr)
+        if pid is None and not database:
+            print(f"Nothing to stop: no team server runs in {self.folder}", file=sys.stderr)
 
     def add_user(self, username: str, password: str) -> None:
         """Create a tracking-server user, as the admin."""
