@@ -92,6 +92,9 @@ def test_parent_names_the_best_trial_and_logs_a_summary(batch):
         ({"lr": "0:0.01"}, "lr: expected a number greater than 0, got 0.0"),
         ({"nr_conv_1": "0:8"}, "nr_conv_1: expected a number of at least 1, got 0"),
         ({"synthetic": "0.5:2"}, "synthetic: expected a number from 0 to below 1, got 2.0"),
+        # joining a team's search with this machine's own store: the exports forgotten
+        ({"join": "0" * 32}, "does not exist in sqlite:"),
+        ({"join": "0" * 32}, "(set MLFLOW_TRACKING_URI to the team's server)"),
     ],
 )
 def test_batch_bad_input_is_one_line(pipeline, params, message):

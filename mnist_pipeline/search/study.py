@@ -121,7 +121,10 @@ def join(parent_run_id: str) -> tuple[optuna.Study, Search]:
     try:
         parent = mlflow.MlflowClient().get_run(parent_run_id)
     except MlflowException:
-        raise UserError(f"run {parent_run_id!r} does not exist in {tracking_uri()}") from None
+        where = tracking_uri()
+        if not where.startswith("http"):  # a search shared by machines is on a team's server
+            where += " (set MLFLOW_TRACKING_URI to the team's server)"
+        raise UserError(f"run {parent_run_id!r} does not exist in {where}") from None
     tags, status = parent.data.tags, parent.info.status
     if tags.get("stage") != "train_batch" or tags.get("search") != "shared":
         raise UserError(f"run {parent_run_id} is not a train_batch run with a shared search")
