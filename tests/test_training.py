@@ -94,8 +94,8 @@ def test_a_trial_is_pruned_before_its_last_epoch_never_after_it(
     model = build_cnn(4, num_classes=10, architecture="classic")
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     images, labels = digits(4), np.arange(4)
-    store.client()
-    with mlflow.start_run() as run:
+    experiment = store.client().create_experiment("pruning")
+    with mlflow.start_run(experiment_id=experiment) as run:
         history = model.fit(
             images, labels, validation_data=(images, labels), epochs=epochs, verbose=0,
             callbacks=callbacks,
