@@ -157,13 +157,12 @@ def test_train_same_seed_same_result(pipeline):
     experiment = client.create_experiment(
         "same-seed", artifact_location=(store.root / "mlruns" / "same-seed").as_uri()
     )
-    mlflow.set_experiment(experiment_id=experiment)
     # The deeper CNN with augmentation: its random distortions follow the seed too.
     hyperparameters = {"batch_size": 32, "nr_conv_1": 8, "lr": 0.004, "epochs": 2, "seed": 7}
     hyperparameters.update(architecture="deeper", augment=True)
     results = []
     for _ in range(2):
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             train(preprocess_run=pipeline["preprocess_run"], **hyperparameters)
         results.append(mlflow.get_run(run.info.run_id).data.metrics)
     assert results[0]["accuracy"] == results[1]["accuracy"]
