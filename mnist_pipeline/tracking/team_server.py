@@ -199,19 +199,24 @@ class TeamServer:
 
     def server_pid(self) -> int | None:
         """The process ID of `mlflow server`, or None when it does not run."""
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
-            return None
-        return pid
+        fields = self._started()
+        return int(fields[0]) if fields else None
 
     def as_started(self) -> TeamServer:
         """This server at the address that `start` gave it, while it runs; else as it is."""
-        fields = self.pid_file.read_text().split() if self.server_pid() else []
+        fields = self._started()
         if len(fields) != 4:
             return self
         return TeamServer(self.folder, fields[1], int(fields[2]), int(fields[3]))
+
+    def _started(self) -> list[str]:
+        """The PID file's fields (pid host port db_port) while its process runs, else []."""
+        try:
+            fields = self.pid_file.read_text().split()
+            os.kill(int(fields[0]), 0)
+        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+            return []
+        return fields
 
     def secret(self, name: str) -> str:
         """Read a secret of this server, making it at the first start."""
