@@ -213,9 +213,9 @@ class Pipeline:
         """A package run is only reused while the model it saved is still on disk."""
         if entry_point != "package":
             return True
-        if package_model.saved_model_matches(parameters["output_dir"], run):
-            return True
         where = parameters["output_dir"]
+        if package_model.saved_model_matches(where, run):
+            return True
         print(
             f"[main] package: run {run.info.run_id} finished, but {where} no longer holds its "
             "model (another package run saved there, or it was deleted): packaging again",
