@@ -414,6 +414,14 @@ def test_a_garment_on_a_backdrop_that_light_falls_across_is_read_as_on_an_even_o
     assert np.abs(lit.astype(int) - even).mean() < 10
 
 
+def off_the_clean_two_under(shadow: np.ndarray, darkness: float) -> float:
+    """How far the grainy 2, photographed as a JPEG under `shadow` (0 to 1) that darkens
+    the paper and the ink by `darkness`, reads from the clean 2: the mean of |difference|."""
+    grain = np.random.default_rng(1).normal(0, 2, shadow.shape)
+    photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + grain
+    return np.abs(image_to_pixels(as_jpeg(photo)).astype(int) - clean_two()).mean()
+
+
 @pytest.mark.parametrize("darkness", [0.4, 0.55])
 @pytest.mark.parametrize("angle", [0.3, 1.2, 2.5])
 def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
@@ -421,13 +429,10 @@ def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
     it 40 % or 55 % darker. No smooth surface follows the edge; the strokes are read as
     without it. At 55 %, the shadowed paper stands out of the lit paper more than half as
     much as the ink does; at the angle 2.5 it covers half the picture's border."""
-    rng = np.random.default_rng(1)
     rows, cols = np.mgrid[0:300, 0:400]
     through_the_digit = (cols - 210) * np.cos(angle) + (rows - 150) * np.sin(angle) > 0
     shadow = cv2.GaussianBlur(through_the_digit.astype(np.float32), (5, 5), 0)
-    photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + rng.normal(0, 2, shadow.shape)
-    jpeg = as_jpeg(photo)
-    assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
+    assert off_the_clean_two_under(shadow, darkness) < 12
 
 
 @pytest.mark.parametrize(
@@ -440,10 +445,7 @@ def test_a_pens_shadow_from_the_edge_to_the_digit_is_not_a_stroke(end, width, da
     of the border band, where a phone's covers a tenth or more."""
     band = np.zeros((300, 400), np.float32)
     cv2.line(band, (215, 150), end, 1.0, width)
-    shadow = cv2.GaussianBlur(band, (0, 0), 3)
-    grain = np.random.default_rng(1).normal(0, 2, shadow.shape)
-    photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + grain
-    assert np.abs(image_to_pixels(as_jpeg(photo)).astype(int) - clean_two()).mean() < 12
+    assert off_the_clean_two_under(cv2.GaussianBlur(band, (0, 0), 3), darkness) < 12
 
 
 @pytest.mark.parametrize(("reach", "darkness"), [(300, 0.5), (300, 0.6), (330, 0.5)])
@@ -452,11 +454,7 @@ def test_a_digit_inside_a_shadow_over_most_of_the_sheet_is_read_as_without_it(re
     digit with it: no stroke lies outside it, and the strokes still stand out of it."""
     shadow = np.zeros((300, 400), np.float32)
     shadow[:, :reach] = 1.0
-    shadow = cv2.GaussianBlur(shadow, (0, 0), 3)
-    grain = np.random.default_rng(1).normal(0, 2, shadow.shape)
-    photo = the_two_on(235, 40) * (1.0 - darkness * shadow) + grain
-    jpeg = as_jpeg(photo)
-    assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
+    assert off_the_clean_two_under(cv2.GaussianBlur(shadow, (0, 0), 3), darkness) < 12
 
 
 def test_black_ink_on_a_grey_canvas_beside_a_dark_sidebar_stays_the_ink():
