@@ -9,6 +9,7 @@ import inspect
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 
 from mnist_pipeline.errors import UserError
@@ -170,6 +171,13 @@ def fail(prog: str, error: BaseException) -> int:
     return 1
 
 
+def error_line(error: BaseException) -> str:
+    """A user's error as `fail` prints it; a bug's first line with its type: `KeyError: 'x'`."""
+    if isinstance(error, USER_ERRORS) and str(error).strip():
+        return str(error).strip().splitlines()[0]
+    return traceback.format_exception_only(error)[0].strip().splitlines()[0]
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -180,9 +188,10 @@ def stage_run(
 ) -> Iterator[object]:
     """Start (or join, under `mlflow run`) the run of `stage`, tagged and with its params.
 
-    The run ends FINISHED, or FAILED if the body raises, or KILLED if SIGINT or SIGTERM
-    stops it (see tracking/signals.py). With `system_metrics`, the run records the
-    machine's CPU and memory use every SYSTEM_METRICS_SECONDS (`system/...` metrics).
+    The run ends FINISHED, or FAILED if the body raises, with the error's first line as its
+    tag `error` (and in its description), or KILLED if SIGINT or SIGTERM stops it (see
+    tracking/signals.py). With `system_metrics`, the run records the machine's CPU and
+    memory use every SYSTEM_METRICS_SECONDS (`system/...` metrics).
     """
     from mnist_pipeline.tracking import signals
 
@@ -215,5 +224,9 @@ def stage_run(
         naming.describe(run.info.run_id)
         try:
             yield run
+        except Exception as error:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                mlflow.set_tag(naming.ERROR_TAG, error_line(error))
+            raise
         finally:
             naming.describe(run.info.run_id)

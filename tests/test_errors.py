@@ -1,9 +1,9 @@
 """A user's mistake is one line; anything else is a bug and fails loudly, with its traceback.
 
 Each stage's main runs in the test's process (Store.call), against a store of its own, so
-that the run it starts is the only one there. Both kinds of error end the run FAILED. One
-test of each kind runs the script itself, for what Python does with them: the exit code,
-and the traceback on stderr.
+that the run it starts is the only one there. Both kinds of error end the run FAILED, with
+the error's first line as its tag `error`. One test of each kind runs the script itself,
+for what Python does with them: the exit code, and the traceback on stderr.
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ def test_a_user_error_is_one_line_and_a_failed_run(store, script, arguments, exp
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: ")
     assert expected in result.stderr.strip().splitlines()[-1]
-    assert only_run(store).info.status == "FAILED"
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    # The UI says why, too: the same line as a tag and in the run's description.
+    line = result.stderr.strip().splitlines()[-1].removeprefix(f"{script}: error: ")
+    assert run.data.tags["error"] == line
+    assert run.data.tags["mlflow.note.content"].endswith(f"**Failed:** {line}")
 
 
 def test_a_user_error_from_the_command_line_exits_1_with_one_line(store):
@@ -72,7 +77,9 @@ def test_a_bug_inside_a_stage_is_raised_and_fails_the_run(store, monkeypatch, sc
     break_the_stage(monkeypatch, script)
     with pytest.raises(RuntimeError, match="an internal mistake"):
         store.call(script)
-    assert only_run(store).info.status == "FAILED"
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: an internal mistake"
 
 
 def test_a_bug_from_the_command_line_prints_its_traceback(store):

@@ -37,7 +37,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from mnist_pipeline import plots
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.search import space
-from mnist_pipeline.tracking import signals
+from mnist_pipeline.tracking import naming, signals
 from mnist_pipeline.tracking.runs import redacted, tracking_uri
 from mnist_pipeline.training import checkpoints, pruning
 
@@ -200,9 +200,9 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         pruned = run.data.tags.get("pruned") == "true"
         if pruned:
             outcome = "pruned"
-        elif accuracy is None:
-            outcome = error[:500]
-            client.set_tag(run_id, "error", outcome)
+        elif accuracy is None:  # train tags why its run failed; argparse's refusals it cannot
+            outcome = run.data.tags.get(naming.ERROR_TAG) or error[:500]
+            client.set_tag(run_id, naming.ERROR_TAG, outcome)
         else:
             outcome = f"accuracy {accuracy:.4f}"
         seconds = time.perf_counter() - started
@@ -284,7 +284,7 @@ def end_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
         for run_id in filter(None, (trial_run, run.data.tags.get("worker_run"))):
             if client.get_run(run_id).info.status == "RUNNING":
                 worker = run.data.tags["worker"]
-                client.set_tag(run_id, "error", f"{worker} stopped sending heartbeats")
+                client.set_tag(run_id, naming.ERROR_TAG, f"{worker} stopped sending heartbeats")
                 client.set_terminated(run_id, "KILLED")
     number = trial.user_attrs.get("trial", trial.number + 1)
     print(f"[train_batch] trial {number}'s worker stopped: it runs again", file=sys.stderr)

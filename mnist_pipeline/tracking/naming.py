@@ -26,6 +26,7 @@ RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
+ERROR_TAG = "error"  # why a run FAILED: its error's first line
 # How MLflow names a run that nobody named: adjective-animal-number.
 _RANDOM_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 EXPERIMENT_DESCRIPTION = """\
@@ -76,7 +77,10 @@ def name_and_text(run, client: MlflowClient) -> tuple[str, str]:
     builder = _BUILDERS.get(stage)
     if builder is None:
         return "", ""
-    return builder(run, client)
+    name, text = builder(run, client)
+    if error := run.data.tags.get(ERROR_TAG):
+        text += f"\n\n**Failed:** {error}"
+    return name, text
 
 
 # ------------------------------------------------------------------ one builder per stage
