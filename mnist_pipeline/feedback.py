@@ -102,7 +102,8 @@ def read_feedback(where: str, dataset: str) -> pd.DataFrame:
     """The confirmed drawings of `dataset` in the experiment named `where`, or in the run with
     that ID, oldest first: columns run_id, image (the picture's bytes), label (int), sha256.
 
-    Empty when there is no such experiment or run, or no finished drawing in it.
+    A picture kept more than once (sent twice, or corrected) counts once, with the label it
+    was given last. Empty when there is no such experiment or run, or no finished drawing.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -136,7 +137,8 @@ def read_feedback(where: str, dataset: str) -> pd.DataFrame:
             picture = Path(path).read_bytes()
             label = int(run.data.params["label"])
             rows.append((run.info.run_id, picture, label, sha256_of(picture)))
-    return pd.DataFrame(rows, columns=COLUMNS).astype({"label": int})
+    drawings = pd.DataFrame(rows, columns=COLUMNS).astype({"label": int})
+    return drawings.drop_duplicates("sha256", keep="last").reset_index(drop=True)
 
 
 def sha256_of(picture: bytes) -> str:

@@ -174,6 +174,25 @@ def test_the_hash_split_is_stable_disjoint_and_about_80_percent():
     assert len(feedback.split(twice)[0]) in (0, 2)
 
 
+def test_a_drawing_kept_twice_counts_once_with_the_label_given_last(store, capsys):
+    """Sent twice, or corrected: one drawing, so that 20 copies of one picture neither pass
+    the promotion gate's minimum nor weigh 20 times in training."""
+    from package_model import feedback_to_evaluate
+
+    evaluating = digit_pngs(20, seed=5, for_training=False)
+    (picture, digit), *others = evaluating
+    experiment = kept_drawings(store, "feedback", [(picture, digit)] * 19 + others[:1])
+    assert feedback_to_evaluate("feedback", "mnist") is None
+    assert "2 feedback drawings to evaluate on in 'feedback', 20 needed" in capsys.readouterr().err
+    corrected = (digit + 1) % 10
+    feedback.save_drawing(experiment, picture, corrected, str(corrected), "", "v1", "mnist")
+    kept = feedback.read_feedback("feedback", "mnist")
+    assert [(row.image, row.label) for row in kept.itertuples()] == [
+        others[0],
+        (picture, corrected),
+    ]
+
+
 def test_package_evaluates_on_the_feedback_once_its_evaluation_part_holds_20(store, capsys):
     """From Python, as package reads it; the evaluation itself is tested on a served model
     below (and train's mixing in, too)."""
@@ -302,6 +321,7 @@ def test_train_mixes_in_the_training_part_and_logs_it_as_an_input(pipeline):
     run = store.last_run("train", "train-feedback")
     assert run.data.params["feedback"] == "feedback-for-train"
     assert run.data.params["feedback_images"] == "5"
+    assert "Adding 5 feedback drawings (the training part)" in called.stdout
     inputs = {
         each.dataset.name: {tag.key: tag.value for tag in each.tags}
         for each in mlflow.get_run(run.info.run_id).inputs.dataset_inputs
