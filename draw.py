@@ -14,6 +14,7 @@ $ python draw.py --model-url http://127.0.0.1:5000 --feedback --model-version "m
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from mnist_pipeline.cli import Parser, fail, positive_float
@@ -67,6 +68,19 @@ def build_parser() -> Parser:
     return parser
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise UserError if something listens on `port` already (another page, say): before
+    the page says where it runs, or makes an experiment. uvicorn binds it right after."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(
+                f"cannot listen on {host}:{port} ({error.strerror}): choose another --port"
+            ) from None
+
+
 def feedback_experiment(name: str, dataset: str, model_version: str):
     """The Feedback that keeps drawings in the experiment `name`, made if missing."""
     import mlflow
@@ -87,16 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import uvicorn
 
-    from mnist_pipeline.drawing_page.server import create_app
+    from mnist_pipeline.drawing_page.server import check_model_url, create_app
 
     try:
+        check_model_url(args.model_url)
+        check_port_free(args.host, args.port)
         feedback = None
         if args.feedback:
             feedback = feedback_experiment(args.feedback, args.dataset, args.model_version)
         app = create_app(args.model_url, timeout=args.timeout, feedback=feedback)
     except (ValueError, UserError) as error:
         return fail(parser.prog, error)
-    kept = f"; keeping confirmed drawings in the experiment '{args.feedback}'" if feedback else ""
+    kept = ""
+    if feedback:
+        from mnist_pipeline.tracking.runs import tracking_uri
+
+        kept = (
+            f"; keeping confirmed drawings in the experiment '{args.feedback}' of {tracking_uri()}"
+        )
     print(
         f"Drawing page on http://{args.host}:{args.port}/ asking the model at "
         f"{args.model_url}{kept} (Ctrl-C stops it)",

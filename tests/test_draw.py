@@ -471,6 +471,21 @@ def test_draw_py_refuses_bad_arguments_in_one_line(argv, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_port_in_use_is_refused_in_one_line_before_anything_is_made(store):
+    """Not announced as running (the address would show the other page), and no experiment."""
+    with socket.socket() as other_page:
+        other_page.bind(("127.0.0.1", 0))
+        other_page.listen()
+        port = other_page.getsockname()[1]
+        result = store.call("draw.py", "--port", str(port), "--feedback", "kept-here")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"draw.py: error: cannot listen on 127.0.0.1:{port} (Address already in use): "
+        "choose another --port"
+    )
+    assert store.client().get_experiment_by_name("kept-here") is None
+
+
 @needs_chromium
 def test_the_readme_block_as_written(browser, pipeline, tmp_path):
     """Chapter 3's "Draw in the browser": its two commands, with free ports and the test model."""
