@@ -475,8 +475,29 @@ BAD_INPUTS = [
     ),
     pytest.param(
         lambda: {"inputs": (glyph_pixels([3]) / 255.0).tolist()},
-        "pixels must be from 0 to 255, and these reach only 1: multiply values from 0 to 1 by 255",
+        "image 1: pixels must be from 0 to 255, and these reach only 1: multiply values from 0 "
+        "to 1 by 255",
         id="pixels-from-0-to-1",
+    ),
+    pytest.param(  # one image of a batch scaled, the others not
+        lambda: {"inputs": np.concatenate([glyph_pixels([3]), glyph_pixels([5]) / 255.0]).tolist()},
+        "image 2: pixels must be from 0 to 255, and these reach only 1",
+        id="one-image-from-0-to-1",
+    ),
+    # dark ink on light paper, as pixels: the model would answer it, wrongly
+    pytest.param(
+        lambda: frame_split(np.concatenate([glyph_pixels([3]), 255 - glyph_pixels([5])])),
+        "image 2: its edges are light (255 of 255 on average); pixels are white ink on black, "
+        "as in MNIST: invert them (255 - value), or send the picture as a file in the column "
+        "'image'",
+        id="inverted-pixels",
+    ),
+    pytest.param(
+        lambda: {
+            "dataframe_records": [{"pixels": row} for row in raw_rows(255 - glyph_pixels([7]))]
+        },
+        "image 1: its edges are light",
+        id="inverted-raw-pixels",
     ),
     # image files that cannot be read
     pytest.param(
