@@ -564,6 +564,12 @@ BAD_INPUTS = [
         f"than the {MAX_IMAGE_PIXELS:,} accepted",  # beyond Pillow's own limit, still our line
         id="png-header-15000x15000",
     ),
+    pytest.param(  # each under the file's limit, together over the request's
+        lambda: image_records(*[png_declaring(4000, 6000)] * 5),
+        "image 5: with it, the files declare 120,000,000 pixels, more than the 100,000,000 "
+        "accepted in one request: send fewer at a time",
+        id="five-24-megapixel-headers",
+    ),
     # too many images in one request
     pytest.param(
         lambda: image_records(*[glyph_png(1)] * (serving.MAX_FILES_PER_REQUEST + 1)),
@@ -598,6 +604,7 @@ THROUGH_THE_SERVER = {
     "tensor-of-NaN",
     "second-file-undecodable",
     "png-header-15000x15000",
+    "five-24-megapixel-headers",
     "too-many-files",
 }
 
@@ -686,6 +693,7 @@ def test_the_readme_documents_this_one_liner_and_the_limits():
     assert f"at most {serving.MAX_IMAGES_PER_REQUEST:,} images" in readme
     assert f"{serving.MAX_FILES_PER_REQUEST} image files" in readme
     assert f"at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels" in readme
+    assert f"request {serving.MAX_REQUEST_PIXELS // 1_000_000} megapixels in all" in readme
 
 
 def png_to_pandas(server: ModelServer, pipeline, folder: Path, *args: str):

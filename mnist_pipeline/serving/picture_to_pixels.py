@@ -143,10 +143,6 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     with a one-line reason for anything else.
     """
     image_format, (width, height) = _declared_format_and_size(data)
-    if width * height > MAX_IMAGE_PIXELS:
-        raise UserError(
-            f"image declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} accepted"
-        )
     # A PNG may carry transparency, which only IMREAD_UNCHANGED keeps. A JPEG has none,
     # but a phone's photo is stored sideways with an EXIF orientation that only
     # IMREAD_COLOR applies.
@@ -194,8 +190,16 @@ def _shrunk(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
+def declared_pixels(data: bytes) -> int:
+    """How many pixels the file's header declares; UserError if it is not a PNG or JPEG, or
+    declares more than MAX_IMAGE_PIXELS."""
+    _, (width, height) = _declared_format_and_size(data)
+    return width * height
+
+
 def _declared_format_and_size(data: bytes) -> tuple[str, tuple[int, int]]:
-    """Read the format, width and height from the file's header without decoding any pixel."""
+    """Read the format, width and height from the file's header without decoding any pixel,
+    and refuse a file that declares more than MAX_IMAGE_PIXELS."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format, size = image.format, image.size
@@ -211,6 +215,11 @@ def _declared_format_and_size(data: bytes) -> tuple[str, tuple[int, int]]:
         raise UserError(f"image header cannot be read ({error})") from None
     if image_format not in ACCEPTED_IMAGE_FORMATS:
         raise UserError(f"image is {image_format}, expected PNG or JPEG")
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise UserError(
+            f"image declares {size[0]}x{size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+            "accepted"
+        )
     return image_format, size
 
 

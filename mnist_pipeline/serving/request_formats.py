@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.serving.picture_to_pixels import image_to_pixels
+from mnist_pipeline.serving.picture_to_pixels import declared_pixels, image_to_pixels
 
 MAX_IMAGES_PER_REQUEST = 10_000
 MAX_FILES_PER_REQUEST = 100
+# What the files of one request may declare in all (four 25-megapixel photos): a hundred
+# large PNGs would hold the server's cores and gigabytes of memory for minutes.
+MAX_REQUEST_PIXELS = 100_000_000
 IMAGE_COLUMN = "image"
 RAW_COLUMN = "pixels"
 SIDE = 28
@@ -185,14 +190,30 @@ def _base64(item, number: int) -> bytes:
 def _decode_files(encoded: list, spec: TransformSpec) -> np.ndarray:
     _refuse_empty(len(encoded))
     _refuse_too_many(len(encoded), MAX_FILES_PER_REQUEST, "image files")
+    files = [_base64(item, number) for number, item in enumerate(encoded, start=1)]
+    declared = 0
+    for number, data in enumerate(files, start=1):  # every header, before any pixel
+        with _about_image(number):
+            declared += declared_pixels(data)
+            if declared > MAX_REQUEST_PIXELS:
+                raise UserError(
+                    f"with it, the files declare {declared:,} pixels, more than the "
+                    f"{MAX_REQUEST_PIXELS:,} accepted in one request: send fewer at a time"
+                )
     images = []
-    for number, item in enumerate(encoded, start=1):
-        data = _base64(item, number)
-        try:
+    for number, data in enumerate(files, start=1):
+        with _about_image(number):
             images.append(image_to_pixels(data, spec.image_style))
-        except UserError as error:
-            raise UserError(f"image {number}: {error}") from None
     return np.stack(images).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _about_image(number: int) -> Iterator[None]:
+    """Say which image of the request a UserError is about."""
+    try:
+        yield
+    except UserError as error:
+        raise UserError(f"image {number}: {error}") from None
 
 
 def answer(probabilities: np.ndarray, class_names) -> object:
