@@ -513,3 +513,16 @@ def test_the_soft_edge_of_a_blurred_digit_that_fills_the_picture_is_not_a_shadow
     read = image_to_pixels(png(255 - blurred))
     monkeypatch.setattr(picture_to_pixels, "SHADOW_AREA", np.inf)  # no picture has a shadow
     assert (image_to_pixels(png(255 - blurred)) == read).all()
+
+
+@pytest.mark.parametrize("pen", [0.2, 0.3, 0.4])
+def test_a_wide_pen_on_a_small_digit_is_thinned_to_mnist_strokes(pen):
+    """The drawing page's pen, 20 px on its 280 px pad, is a fifth of a digit 100 px tall;
+    fitted into the 20x20 box as it is, the 0 would be a ring 4 to 7 px wide."""
+    height = 100
+    drawing = draw(
+        np.full((280, 280), 255, np.uint8), ZERO, 110, 90, height, 0, round(pen * height)
+    )
+    pixels = image_to_pixels(png(drawing))
+    assert max(ink_box(pixels)) == 20 and pixels.max() == 255
+    assert MNIST_STROKE_WIDTHS[0] <= stroke_width(pixels) <= MNIST_STROKE_WIDTHS[1]

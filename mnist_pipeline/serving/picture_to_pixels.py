@@ -51,10 +51,12 @@ PAPER_FIT_ROUNDS = 3
 PAPER_NOISE_SAMPLE = 20_000
 # LeCun's MNIST: the digit is fitted into a 20x20 box of the 28x28 image.
 MNIST_BOX = 20
-# Strokes are measured and widened on the digit fitted into this many pixels, to be at
-# least this wide once fitted into MNIST_BOX (MNIST's 25th percentile is 1.9 px).
+# Strokes are measured, widened and thinned on the digit fitted into this many pixels, to
+# be from about this wide to this wide once fitted into MNIST_BOX (MNIST's 25th percentile
+# is 2.0 px, its median 2.4 and its 75th percentile 2.8).
 STROKE_WORK_SIDE = 80
 MIN_STROKE_WIDTH = 2.0
+MAX_STROKE_WIDTH = 2.6
 # In that copy, a stroke is where the ink reaches this fraction of its peak.
 STROKE_LEVEL = 0.1
 # What is not the digit is found on a copy at most this many pixels wide or high.
@@ -792,9 +794,9 @@ def _fit_like_mnist(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink, fit into 20x20, centre by centre of mass in 28x28 (as LeCun did)."""
     digit = _bounding_box(ink)
     if max(digit.shape) > MNIST_BOX:
-        # Thicken on a copy a few times the size of the box: fine enough to measure and
-        # widen a stroke, small enough to stay fast for a photo of millions of pixels.
-        digit = _thickened(_resize_to_fit(digit, STROKE_WORK_SIDE))
+        # On a copy a few times the size of the box: fine enough to measure, widen and thin
+        # a stroke, small enough to stay fast for a photo of millions of pixels.
+        digit = _mnist_strokes(_resize_to_fit(digit, STROKE_WORK_SIDE))
     digit = _resize_to_fit(digit, MNIST_BOX)
     # MNIST's strokes peak at full brightness, whatever the pen's shade or width.
     canvas = _centred(digit * (255.0 / float(digit.max())))
@@ -809,24 +811,34 @@ def _fit_like_mnist(ink: np.ndarray) -> np.ndarray:
     return _as_pixels(canvas)
 
 
-def _thickened(digit: np.ndarray) -> np.ndarray:
-    """Return `digit` with strokes widened to at least MNIST's thinner strokes, for its size.
+def _mnist_strokes(digit: np.ndarray) -> np.ndarray:
+    """Return `digit` with strokes widened or thinned to MNIST's, for its size.
 
-    MNIST's strokes, fitted in a 20-pixel box, are 1.7 to 3.2 pixels wide (10th to 90th
-    percentile; median 2.25). A pencil's 1 px line on a large canvas would come out a
-    fraction of a pixel wide and dim, so it is widened here, before the box is shrunk.
+    MNIST's strokes, fitted in a 20-pixel box, are 1.7 to 3.3 pixels wide (10th to 90th
+    percentile). A pencil's 1 px line on a large canvas would come out a fraction of a pixel
+    wide and dim, so it is widened here, before the box is shrunk. A marker's stroke, or
+    the drawing page's pen on a small digit, would come out a blob with its loops closed,
+    so it is thinned, and the loops open again.
     """
-    target = MIN_STROKE_WIDTH * max(digit.shape) / MNIST_BOX
-    radius = int(np.ceil((target - _stroke_width(digit)) / 2))
+    scale = max(digit.shape) / MNIST_BOX
+    width = _stroke_width(digit)
+    if width > MAX_STROKE_WIDTH * scale:
+        radius = round((width - MAX_STROKE_WIDTH * scale) / 2)
+        thinned = cv2.erode(digit, _disk(radius)) if radius else digit
+        return _bounding_box(thinned) if thinned.max() > 0 else digit
+    radius = int(np.ceil((MIN_STROKE_WIDTH * scale - width) / 2))
     if radius < 1:
         return digit
     padded = cv2.copyMakeBorder(digit, radius, radius, radius, radius, cv2.BORDER_CONSTANT)
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    widened = cv2.dilate(padded, disk)
+    widened = cv2.dilate(padded, _disk(radius))
     # A line much thinner than a pixel of this copy is faint in it, and its widened band
     # as faint: bring the band's typical level to full brightness, as MNIST's strokes are.
     level = float(np.median(widened[widened > STROKE_LEVEL * float(widened.max())]))
     return np.minimum(widened * (255.0 / level), 255.0)
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def _stroke_width(digit: np.ndarray) -> float:
