@@ -88,6 +88,12 @@ def test_a_train_run_names_its_architecture_and_augmentation():
     name, text = name_and_text(run, client=None)
     assert "label_smoothing" not in text
     assert "Pruned after epoch 2:" in text
+    # Left empty under `mlflow run` (logged as ''), epochs is named by what train used.
+    run.data.params = {**params, "epochs": "''", "epochs_used": "5"}
+    assert (
+        name_and_text(run, client=None)[0]
+        == "train nr_conv_1=16 lr=0.006 epochs=5 deeper augmented"
+    )
 
 
 def test_a_package_or_main_run_stopped_early_is_named_from_the_dataset_asked_for(store):

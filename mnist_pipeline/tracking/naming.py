@@ -146,11 +146,14 @@ def _preprocess(run, client) -> tuple[str, str]:
 
 def _train(run, client) -> tuple[str, str]:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    # What train used: `epochs` left empty (`''` under `mlflow run`) is the dataset's default,
+    # which train logs as `epochs_used`.
+    used = {n: params.get(f"{n}_used", params.get(n, "")) for n in HYPERPARAMETERS}
     # The architecture and augmentation are said in words below.
     words = ("architecture", "augment")
-    shown = [n for n in HYPERPARAMETERS if params.get(n, "") != "" and n not in words]
-    name = "train " + " ".join(f"{n}={_value(params[n])}" for n in shown[:3])
-    settings = ", ".join(f"{n}={_value(params[n])}" for n in shown)
+    shown = [n for n in HYPERPARAMETERS if used[n] not in ("", "''") and n not in words]
+    name = "train " + " ".join(f"{n}={_value(used[n])}" for n in shown[:3])
+    settings = ", ".join(f"{n}={_value(used[n])}" for n in shown)
     # The architecture is always named (runs before it was a param trained the classic
     # CNN), and augmentation when there was some.
     architecture = params.get("architecture", "classic")
