@@ -176,6 +176,11 @@ def test_judge_lets_a_version_through_within_the_margin():
         "gate: version 3 stays behind champion v2: "
         "drawn_accuracy 0.9120 < 0.9880 (champion v2 0.9900 - 0.002)"
     )
+    # 477 of 480 font digits against 478 of 480 less the margin: both 0.9938 to 4 decimals.
+    fonts = {"fonts_accuracy": 478 / 480}
+    barely = promotion.judge("3", {"fonts_accuracy": 477 / 480}, "2", fonts)
+    assert not barely.promoted
+    assert barely.reason == "fonts_accuracy 0.99375 < 0.99383 (champion v2 0.99583 - 0.002)"
 
 
 def test_champion_maybe_or_a_negative_margin_is_a_one_line_error(store):

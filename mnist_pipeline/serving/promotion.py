@@ -103,10 +103,16 @@ def judge(
         value = figures.get(metric)
         passed = value is not None and value >= threshold.threshold
         if promoted or not passed:
-            shown = "missing" if value is None else f"{value:.4f}"
+            # Four decimals, or as many as it takes for a figure below its threshold to read so.
+            digits = 4
+            while not passed and value is not None and digits < 8:
+                if f"{value:.{digits}f}" != f"{threshold.threshold:.{digits}f}":
+                    break
+                digits += 1
+            shown = "missing" if value is None else f"{value:.{digits}f}"
             comparisons.append(
-                f"{metric} {shown} {'>=' if passed else '<'} {threshold.threshold:.4f} "
-                f"(champion v{champion} {champion_figures[metric]:.4f} - {margin:g})"
+                f"{metric} {shown} {'>=' if passed else '<'} {threshold.threshold:.{digits}f} "
+                f"(champion v{champion} {champion_figures[metric]:.{digits}f} - {margin:g})"
             )
     return Verdict(version, champion, promoted, ", ".join(comparisons), figures, champion_figures)
 
