@@ -13,6 +13,7 @@ $ mlflow run . --env-manager local -P source=../shared/data/mnist
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -29,6 +30,7 @@ from mnist_pipeline.errors import UserError
 from mnist_pipeline.tracking import signals, stale_runs
 
 PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_VENV = PROJECT_DIR / ".venv"  # what `make setup` makes
 STAGES = {
     "get_data": download,
     "explore_data": explore,
@@ -247,8 +249,13 @@ class Pipeline:
         model = shlex.quote(str(Path(output_dir).resolve()))
         script = shlex.quote(str(Path(__file__).resolve().with_name("png_to_pandas.py")))
         picture = "my_digit.png" if dataset == "mnist" else f"--dataset {dataset} my_picture.png"
+        lines.append("Next:")
+        # Run by `make run`, in the project's virtualenv, which the terminal has not activated.
+        if sys.prefix != sys.base_prefix and os.environ.get("VIRTUAL_ENV") != sys.prefix:
+            venv = Path(sys.prefix)
+            shown = ".venv" if venv == PROJECT_VENV else str(venv)
+            lines.append(f"  . {shlex.quote(shown)}/bin/activate   # in each new terminal")
         lines += [
-            "Next:",
             f"  {compare}",
             f"  mlflow models serve -m {model} --env-manager local -p 5000",
             f"  python {script} {picture}   # then the curl command it prints",

@@ -33,3 +33,13 @@ def test_mains_closing_hints_can_be_pasted_as_they_are(monkeypatch, tmp_path):
     hints = pipeline.report("1" * 32, 1.0, "model", "mnist")
     assert "# compare the runs at http://team:5005" in hints
     assert "mlflow ui" not in hints
+    # `make run` runs it in the project's virtualenv, which the terminal has not activated.
+    import sys
+
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    venv = ".venv" if sys.prefix == str(main.PROJECT_VENV) else shlex.quote(sys.prefix)
+    activate = f"  . {venv}/bin/activate   # in each new terminal"
+    hints = pipeline.report("1" * 32, 1.0, "model", "mnist").splitlines()
+    assert hints[hints.index("Next:") + 1] == activate
+    monkeypatch.setenv("VIRTUAL_ENV", sys.prefix)
+    assert "activate" not in pipeline.report("1" * 32, 1.0, "model", "mnist")
