@@ -43,6 +43,8 @@ class Parser(argparse.ArgumentParser):
         typo = re.search(r"unrecognized arguments: (--[\w-]+)", message)
         if typo and (meant := difflib.get_close_matches(typo[1], self.options, n=1)):
             message += f" (did you mean {meant[0]}?)"
+        if run_id := os.environ.get("MLFLOW_RUN_ID"):  # the run `mlflow run` made for us
+            _say_why_refused(run_id, self.prog, message)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def add_data_arguments(self) -> None:
@@ -57,6 +59,20 @@ class Parser(argparse.ArgumentParser):
         The script and a notebook that calls the stage function then cannot drift apart.
         """
         self.set_defaults(**defaults_of(function))
+
+
+def _say_why_refused(run_id: str, prog: str, message: str) -> None:
+    """Tag the run that `mlflow run` made, which ends FAILED, with why its command was
+    refused, and name it so in the UI, rather than MLflow's random `peaceful-vole-324`."""
+    with contextlib.suppress(Exception):  # stderr says it either way
+        from mlflow import MlflowClient
+
+        from mnist_pipeline.tracking import naming
+
+        client = MlflowClient()
+        client.set_tag(run_id, naming.ERROR_TAG, message)
+        if naming.may_rename(client.get_run(run_id)):
+            client.set_tag(run_id, naming.RUN_NAME_TAG, f"{prog.removesuffix('.py')} (refused)")
 
 
 def boolean(text: str) -> bool:

@@ -123,3 +123,27 @@ def test_a_tracking_uri_in_a_message_hides_its_password(monkeypatch):
     assert "s3cret" not in str(refused.value)
     database = "postgresql://mlflow:s3cret@db:5432/mlflow"
     assert runs.redacted(database) == "postgresql://mlflow:***@db:5432/mlflow"
+
+
+def test_a_refused_command_names_and_tags_the_run_that_mlflow_run_made(store, monkeypatch):
+    """`mlflow run` makes the run before the script parses its parameters; refused, the run
+    ends FAILED, and the UI says why rather than showing MLflow's random name."""
+    import train
+
+    client = store.client()
+    made = client.create_run("0", run_name="peaceful-vole-324").info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    monkeypatch.setenv("MLFLOW_RUN_ID", made)
+    with pytest.raises(SystemExit):
+        train.main(["--nr_conv1", "16"])
+    tags = client.get_run(made).data.tags
+    assert tags["error"] == "unrecognized arguments: --nr_conv1 16 (did you mean --nr_conv_1?)"
+    assert tags["mlflow.runName"] == "train (refused)"
+    # A batch's trial keeps its name.
+    trial = client.create_run("0", run_name="trial 3/4", tags={"trial": "3"}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", trial)
+    with pytest.raises(SystemExit):
+        train.main(["--batch_size", "0"])
+    tags = client.get_run(trial).data.tags
+    assert tags["error"].startswith("argument --batch_size: ")
+    assert tags["mlflow.runName"] == "trial 3/4"

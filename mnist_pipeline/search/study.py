@@ -200,7 +200,7 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         pruned = run.data.tags.get("pruned") == "true"
         if pruned:
             outcome = "pruned"
-        elif accuracy is None:  # train tags why its run failed; argparse's refusals it cannot
+        elif accuracy is None:  # the tag that train set, else its last error line
             outcome = run.data.tags.get(naming.ERROR_TAG) or error[:500]
             client.set_tag(run_id, naming.ERROR_TAG, outcome)
         else:

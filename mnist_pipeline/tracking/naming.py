@@ -50,7 +50,7 @@ def describe(run_id: str, client: MlflowClient | None = None) -> None:
         run = client.get_run(run_id)
         name, text = name_and_text(run, client)
         tags = {NOTE_TAG: text}
-        if name and _may_rename(run):
+        if name and may_rename(run):
             tags[RUN_NAME_TAG] = name
         # "Created by": on a server with logins, the login rather than the OS user (root, in
         # a container) that MLflow's client puts there.
@@ -297,7 +297,7 @@ _BUILDERS = {
 # ------------------------------------------------------------------------------ helpers
 
 
-def _may_rename(run) -> bool:
+def may_rename(run) -> bool:
     """A run without a name, or with MLflow's random one, or one that we named, is renamed."""
     current = run.info.run_name or run.data.tags.get(RUN_NAME_TAG, "")
     stage = run.data.tags.get("stage", "")
