@@ -422,6 +422,12 @@ BAD_INPUTS = [
         "expected one tensor or an 'image' input, got ['image', 'note']",
         id="image-input-with-another",
     ),
+    pytest.param(
+        lambda: {"dataframe_records": [{"picture": b64(glyph_png(3))}]},
+        "expected pixels, or image files in a column named 'image' (raw pixels in 'pixels'); "
+        "got a column named 'picture'",
+        id="files-in-a-column-named-otherwise",
+    ),
     # empty batches
     pytest.param(lambda: {"inputs": []}, "empty batch", id="empty-tensor"),
     pytest.param(lambda: {"dataframe_records": []}, "empty batch", id="empty-records"),
