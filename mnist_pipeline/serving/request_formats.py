@@ -86,7 +86,8 @@ def _refuse_too_many(count: int, limit: int = MAX_IMAGES_PER_REQUEST, what: str 
 def _pixels_from_table(frame) -> np.ndarray:
     rows, columns = frame.shape
     _refuse_empty(rows)
-    if columns == 1 and not pd.api.types.is_numeric_dtype(frame.dtypes.iloc[0]):  # text: files?
+    # One column of text: image files, most likely, in a column named otherwise.
+    if columns == 1 and not pd.api.types.is_numeric_dtype(frame.dtypes.iloc[0]):
         raise UserError(
             f"expected pixels, or image files in a column named {IMAGE_COLUMN!r} (raw pixels "
             f"in {RAW_COLUMN!r}); got a column named {frame.columns[0]!r}"
