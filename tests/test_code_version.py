@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 from mnist_pipeline.tracking.code_version import imported_files
@@ -96,12 +97,15 @@ def test_a_stage_imports_count_inside_functions_and_through_other_modules(tmp_pa
 
 
 SERVING_CODE = ("mnist_pipeline/serving/", "mnist_pipeline/data/transform.py")
-# In a fresh Python that cannot see the repository: not on sys.path, and not through the
-# virtualenv's editable install of the project (its import finder is taken out), as on a
-# machine that has the model and its requirements only.
+# In a fresh Python, as a model server loads a model: `import mlflow` first, then the model.
+# "elsewhere": the repository is not on sys.path, nor reachable through the virtualenv's
+# editable install of the project (its import finder is taken out), as on a machine that has
+# the model and its requirements only. "venv": the project's virtualenv, where
+# `mlflow models serve --env-manager local` runs and the editable install is there.
 LOAD_AND_PREDICT = """
 import sys
-sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith("__editable__")]
+if sys.argv[2] == "elsewhere":
+    sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith("__editable__")]
 import mlflow
 model_dir = sys.argv[1]
 model = mlflow.pyfunc.load_model(model_dir)
@@ -126,12 +130,13 @@ def test_the_logged_model_carries_only_the_code_that_serving_runs(pipeline):
     assert not any(part in name for name in carried for part in ("test", "search", "tracking"))
 
 
-def test_the_model_predicts_from_a_folder_without_the_repository(pipeline, tmp_path):
+@pytest.mark.parametrize("where", ["elsewhere", "venv"])
+def test_the_model_predicts_with_the_code_it_carries(pipeline, tmp_path, where):
     model_dir = tmp_path / "model"
     shutil.copytree(pipeline["model_dir"], model_dir)
     env = {k: v for k, v in pipeline["store"].env.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_PREDICT, str(model_dir)],
+        [sys.executable, "-c", LOAD_AND_PREDICT, str(model_dir), where],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -140,6 +145,7 @@ def test_the_model_predicts_from_a_folder_without_the_repository(pipeline, tmp_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
     package_file, answer = result.stdout.strip().splitlines()[-2:]
-    # The package came from the model's own code/ folder, not from the repository.
+    # The package came from the model's own code/ folder, not from the repository, even
+    # where the repository's is installed (MLflow loads the store plugin at `import mlflow`).
     assert Path(package_file).is_relative_to(model_dir / "code")
     assert json.loads(answer)[0]["class_name"]

@@ -2,7 +2,7 @@
 
 MLflow creates and migrates a new SQLite store in whichever process opens it first, and
 two processes doing that at once can damage it for good. The project's MLflow plugin
-(mnist_pipeline/tracking/store.py, installed by `make setup`) creates it once, under a lock, in
+(mnist_store_plugin.py and mnist_pipeline/tracking/store.py, installed by `make setup`) creates it once, under a lock, in
 `mlflow run` and `mlflow ui` as well as in the scripts.
 """
 
@@ -25,12 +25,11 @@ def test_the_store_plugin_is_installed():
         group: {entry.name: entry.value for entry in importlib.metadata.entry_points(group=group)}
         for group in ("mlflow.tracking_store", "mlflow.model_registry_store")
     }
-    assert (
-        plugins["mlflow.tracking_store"].get("sqlite")
-        == "mnist_pipeline.tracking.store:tracking_store"
-    ), "`make setup` installs the project's MLflow plugin (pip install -e .)"
+    assert plugins["mlflow.tracking_store"].get("sqlite") == "mnist_store_plugin:tracking_store", (
+        "`make setup` installs the project's MLflow plugin (pip install -e .)"
+    )
     assert plugins["mlflow.model_registry_store"].get("sqlite") == (
-        "mnist_pipeline.tracking.store:registry_store"
+        "mnist_store_plugin:registry_store"
     )
 
 

@@ -5,8 +5,9 @@ two processes doing that at once can damage it for good (`table _alembic_tmp_tag
 exists`). `mlflow run` and `mlflow ui` open the store before any of our code runs, so the
 only place that covers them is MLflow's plugin system: pyproject.toml registers
 `tracking_store` and `registry_store` for the `sqlite` scheme under MLflow's entry-point
-groups `mlflow.tracking_store` and `mlflow.model_registry_store`, and `make setup` installs
-them (`pip install -e .`). Every process of the virtualenv that opens a `sqlite:///` store
+groups `mlflow.tracking_store` and `mlflow.model_registry_store` (through
+mnist_store_plugin.py, which imports this module only when MLflow builds a store), and
+`make setup` installs them (`pip install -e .`). Every process of the virtualenv that opens a `sqlite:///` store
 then comes through here and gets MLflow's own SQLAlchemy store, built:
 
 - by one process at a time, under an exclusive lock on `<database>.lock`, so that the
@@ -28,7 +29,7 @@ their public members on the instance: `create_run`, `update_run_info` and, for S
 `ManagedSessionMaker`. Checked against MLflow 3.17.2; tests/test_store_plugin.py fails
 loudly if a later MLflow renames them or changes their arguments.
 
-This module is imported while MLflow registers its stores: it imports MLflow lazily.
+This module may be imported while MLflow itself is being imported: it imports MLflow lazily.
 """
 
 from __future__ import annotations
