@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import shlex
 import subprocess
 import sys
 
@@ -36,7 +37,7 @@ def test_mlproject_defaults_equal_the_script_defaults(entry_point):
     assert set(declared) == arguments, "MLproject and the script declare different parameters"
     assert canonical_params(parser, declared) == canonical_params(parser, {})
     for name in declared:
-        assert f"--{name} {{{name}}}" in ENTRY_POINTS[entry_point]["command"]
+        assert f"--{name}={{{name}}}" in ENTRY_POINTS[entry_point]["command"]
 
 
 @pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
@@ -50,6 +51,19 @@ def test_a_parameter_cut_short_is_refused_not_taken_for_the_parameter(entry_poin
     assert f"unrecognized arguments: --{name[:-1]} 1 (did you mean --{name}?)\n" in (
         capsys.readouterr().err
     )
+
+
+def test_a_value_that_starts_with_a_dash_reaches_the_script_as_a_value():
+    """`mlflow run . -e train_batch -P lr=-1:0.01` substitutes the quoted value into the
+    command; the script then refuses the range itself, with a line that says why."""
+    import batch_train
+
+    spec = ENTRY_POINTS["train_batch"]
+    values = {name: str(parameter["default"]) for name, parameter in spec["parameters"].items()}
+    values["lr"] = "-1:0.01"
+    command = spec["command"].format(**{name: shlex.quote(v) for name, v in values.items()})
+    arguments = shlex.split(command)[2:]  # after `python batch_train.py`
+    assert batch_train.build_parser().parse_args(arguments).lr == "-1:0.01"
 
 
 def test_conda_yaml_mirrors_requirements():
