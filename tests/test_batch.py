@@ -133,6 +133,31 @@ def test_best_is_the_best_train_run_of_the_dataset_asked_for(store):
         best_train_run("fbatch", dataset="mnist")
 
 
+def test_a_pruned_trial_is_never_taken_for_a_finished_training(store):
+    """A trial that its search pruned ends FINISHED, early and without a model: package's
+    newest train run, main's reuse and train_run=best all pass over it."""
+    from mnist_pipeline.errors import UserError
+    from mnist_pipeline.tracking.runs import best_train_run, latest_run
+
+    client = store.client()
+
+    def finished_train_run(experiment_id: str, **tags: str) -> str:
+        tags = {"stage": "train", "dataset": "mnist", **tags}
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        client.set_terminated(run_id)
+        return run_id
+
+    pruned = {"pruned": "true", "pruned_at_epoch": "1"}
+    search = client.create_experiment("search")
+    trained = finished_train_run(search)
+    client.log_metric(trained, "accuracy", 0.98)
+    finished_train_run(search, **pruned)  # the newest
+    assert latest_run("train", "mnist").info.run_id == trained
+    finished_train_run(client.create_experiment("all pruned"), **pruned)
+    with pytest.raises(UserError, match="no finished train run with an accuracy"):
+        best_train_run("all pruned")
+
+
 def test_package_best_without_train_runs_is_one_line(pipeline):
     store = pipeline["store"]
     result = store.call("package_model.py", "--train_run", "best", experiment="empty")

@@ -89,8 +89,13 @@ def finished_runs(
     max_results: int = 1000,
     order_by: tuple[str, ...] = (),
 ) -> list[Run]:
-    """Return FINISHED runs of `stage`, sorted by `order_by`, then newest first."""
+    """Return FINISHED runs of `stage`, sorted by `order_by`, then newest first.
+
+    Left out: the trials that their search pruned (tag `pruned`), which ended FINISHED too,
+    but early and without a model.
+    """
     query = f"tags.{STAGE_TAG} = '{stage}' and attributes.status = 'FINISHED'"
+    query += " and tags.pruned IS NULL"
     if extra_filter:
         query += f" and {extra_filter}"
     return mlflow.search_runs(
