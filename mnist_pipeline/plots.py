@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**options):
+    """A figure of its own, not one of pyplot's: nothing to close, so none pile up in a
+    process that makes many (a search's trial process trains one model after another)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**options)
 
 
 def examples_grid(images: np.ndarray, labels: np.ndarray, class_names, per_class: int = 10):
@@ -21,13 +20,13 @@ def examples_grid(images: np.ndarray, labels: np.ndarray, class_names, per_class
     ten axes rather than a hundred, which Matplotlib lays out and draws in a fraction
     of the time.
     """
-    plt = _pyplot()
+    import matplotlib
+
     height, width = images.shape[1:3]
     gap = max(1, width // 4)
-    figure, axes = plt.subplots(
-        len(class_names), 1, figsize=(per_class * 0.8, len(class_names) * 0.85), squeeze=False
-    )
-    colours = plt.get_cmap("gray").with_extremes(bad="white")
+    figure = _figure(figsize=(per_class * 0.8, len(class_names) * 0.85))
+    axes = figure.subplots(len(class_names), 1, squeeze=False)
+    colours = matplotlib.colormaps["gray"].with_extremes(bad="white")
     for row, name in enumerate(class_names):
         strip = np.full((height, per_class * (width + gap) - gap), np.nan)
         for column, index in enumerate(np.flatnonzero(labels == row)[:per_class]):
@@ -44,9 +43,9 @@ def examples_grid(images: np.ndarray, labels: np.ndarray, class_names, per_class
 
 def class_histogram(train_counts: np.ndarray, test_counts: np.ndarray, class_names):
     """Return a bar chart of how many training and test images each class has."""
-    plt = _pyplot()
     positions = np.arange(len(class_names))
-    figure, axis = plt.subplots(figsize=(8, 4))
+    figure = _figure(figsize=(8, 4))
+    axis = figure.subplots()
     axis.bar(positions - 0.2, train_counts, width=0.4, label="train")
     axis.bar(positions + 0.2, test_counts, width=0.4, label="test")
     axis.set_xticks(positions, class_names, rotation=30, ha="right")
@@ -59,8 +58,8 @@ def class_histogram(train_counts: np.ndarray, test_counts: np.ndarray, class_nam
 
 def pixel_histogram(images: np.ndarray, mean: float, std: float):
     """Return a histogram of the training pixels, with the mean and one std marked."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure = _figure(figsize=(7, 3.5))
+    axis = figure.subplots()
     counts = np.bincount(images.ravel(), minlength=256)
     axis.bar(np.arange(256), counts, width=1.0)
     axis.set_yscale("log")
@@ -78,8 +77,8 @@ def pixel_histogram(images: np.ndarray, mean: float, std: float):
 
 def confusion_matrix(matrix: np.ndarray, class_names, title: str = "Confusion matrix (test set)"):
     """Return a heat map of `matrix[true, predicted]` with the counts written in."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 6))
+    figure = _figure(figsize=(7, 6))
+    axis = figure.subplots()
     shown = axis.imshow(np.log1p(matrix), cmap="Blues")
     positions = np.arange(len(class_names))
     axis.set_xticks(positions, class_names, rotation=45, ha="right")
@@ -107,10 +106,8 @@ def confusion_matrix(matrix: np.ndarray, class_names, title: str = "Confusion ma
 
 def metric_against_params(table, metric: str, params: list[str]):
     """Return one scatter plot per searched hyperparameter: `metric` against its values."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(
-        1, max(1, len(params)), figsize=(4 * max(1, len(params)), 3.5), squeeze=False
-    )
+    figure = _figure(figsize=(4 * max(1, len(params)), 3.5))
+    axes = figure.subplots(1, max(1, len(params)), squeeze=False)
     finished = table[table[metric].notna()]
     for axis, param in zip(axes[0], params, strict=False):
         axis.scatter(finished[param].astype(float), finished[metric], color="tab:blue")

@@ -104,3 +104,19 @@ def test_a_trial_is_pruned_before_its_last_epoch_never_after_it(
     assert pruning.was_pruned(callbacks) == (trained < epochs)
     tags = mlflow.get_run(run.info.run_id).data.tags
     assert tags.get("pruned_at_epoch") == ("1" if trained < epochs else None)
+
+
+def test_the_pictures_logged_with_runs_leave_no_figure_open(tmp_path):
+    """A search's trial process trains one model after another, each logging a confusion
+    matrix: figures of pyplot's would pile up there (Matplotlib warns past 20)."""
+    import cv2
+    import matplotlib.pyplot as plt
+
+    from mnist_pipeline import plots
+
+    names = [str(digit) for digit in range(10)]
+    for _ in range(21):
+        figure = plots.confusion_matrix(np.eye(10, dtype=int) * 5, names)
+    figure.savefig(tmp_path / "confusion.png")
+    assert plt.get_fignums() == []
+    assert cv2.imread(str(tmp_path / "confusion.png")).shape == (600, 700, 3)
