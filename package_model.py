@@ -231,7 +231,12 @@ def package(
     )
     if register:
         version = mlflow.register_model(model_info.model_uri, spec.dataset).version
-        runs.describe_version(spec.dataset, version, train_run_id, accuracy, champion == "true")
+        reason = ""
+        if champion == "true" and train_run == "best":
+            reason = f"highest test accuracy ({accuracy:.4f}) of the train runs compared"
+        elif champion == "true":
+            reason = "champion=true: moved without comparing"
+        runs.describe_version(spec.dataset, version, train_run_id, accuracy, reason)
         client = mlflow.MlflowClient()
         for name, figure in served.items():
             client.set_model_version_tag(spec.dataset, version, name, f"{figure:.4f}")

@@ -275,6 +275,9 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
     assert chosen.info.experiment_id == conv1
     assert chosen.data.metrics["accuracy"] == best_accuracy  # ties may name either run
     assert version.tags["accuracy"] == f"{best_accuracy:.4f}"
+    assert version.tags["champion_reason"] == (
+        f"highest test accuracy ({best_accuracy:.4f}) of the train runs compared"
+    )
 
     port = free_port()
     command = ["bash", "-c", f"{serve} -p {port}"]

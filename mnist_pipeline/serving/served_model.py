@@ -1,6 +1,6 @@
 """The served model, logged from code: the Keras CNN behind the very transform training saw.
 
-package_model.py saves this file with `mlflow.pyfunc.save_model(python_model=<this file>)`,
+package_model.py logs this file with `mlflow.pyfunc.log_model(python_model=<this file>)`,
 the Keras model and `transform.json` as artifacts, and the serving modules as code. Whatever
 a client sends (see request_formats.py, and picture_to_pixels.py for image files) becomes
 pixels, is normalised by transform.normalize with the preprocess run's mean and std, and is

@@ -261,20 +261,16 @@ def _experiment_id(experiment: str) -> str:
 
 
 def describe_version(
-    name: str, version: str, train_run: str, accuracy: float | None, champion: bool
+    name: str, version: str, train_run: str, accuracy: float | None, champion_reason: str = ""
 ) -> None:
-    """Record on a registered model version why it exists; move `champion` to it if asked."""
+    """Record on a registered model version why it exists; with a `champion_reason`, move
+    `champion` to it and say why."""
     client = MlflowClient()
     client.set_model_version_tag(name, version, "train_run", train_run)
     if accuracy is not None:
         client.set_model_version_tag(name, version, "accuracy", f"{accuracy:.4f}")
-    if champion:
-        client.set_model_version_tag(
-            name,
-            version,
-            "champion_reason",
-            f"highest test accuracy ({accuracy:.4f}) of the train runs compared",
-        )
+    if champion_reason:
+        client.set_model_version_tag(name, version, "champion_reason", champion_reason)
         client.set_registered_model_alias(name, "champion", version)
 
 
