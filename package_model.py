@@ -158,7 +158,12 @@ def package(
     else:
         chosen = runs.latest_run("train", dataset)
     train_run_id = chosen.info.run_id
-    accuracy = chosen.data.metrics.get("accuracy")
+    accuracy = chosen.data.metrics.get("accuracy")  # its final model's, on the test set
+    logged = runs.logged_model_at(model_dir) if model_dir else None
+    if logged is not None and logged.name != "model":  # a checkpoint, say, which has none
+        accuracy = None
+        which = f"{logged.name} {logged.model_id} of train run {train_run_id}"
+        print(f"Packaging {which}, not its final model", file=sys.stderr)
     preprocess_run = chosen.data.tags.get("preprocess_run")
     if not preprocess_run:
         raise UserError(f"train run {train_run_id} does not name its preprocess run")

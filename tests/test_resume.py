@@ -51,6 +51,42 @@ def test_one_logged_model_per_epoch_with_its_validation_metrics(pipeline):
     assert {m.key: m.value for m in best.metrics}["val_accuracy"] == best_accuracy
 
 
+def test_a_checkpoint_packaged_by_its_path_does_not_take_the_final_models_accuracy(
+    pipeline, monkeypatch, tmp_path
+):
+    """The train run's `accuracy` is its final model's: a checkpoint's package run and
+    version must not carry it. (Its served accuracy is measured as for any model.)"""
+    import urllib.parse
+
+    import mlflow
+
+    import package_model
+
+    store, train_run = pipeline["store"], pipeline["train_run"]
+    store.client()
+    (checkpoint,) = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_run(train_run).info.experiment_id],
+        filter_string=f"source_run_id = '{train_run}' AND name = 'checkpoint'",
+        max_results=1,
+        output_format="list",
+    )
+    path = urllib.parse.urlparse(checkpoint.artifact_location).path
+    # The evaluation through the served path is tested elsewhere; here it only costs time.
+    monkeypatch.setattr(package_model, "evaluate_served", lambda *_: {"served_accuracy": 0.5})
+    called = store.call(
+        "package_model.py",
+        *("--model_dir", path, "--output_dir", tmp_path / "model", "--register", "false"),
+        experiment="checkpoint-packaged",
+    )
+    assert called.returncode == 0, called.stderr
+    which = f"checkpoint {checkpoint.model_id} of train run {train_run}"
+    assert f"Packaging {which}, not its final model" in called.stderr
+    [run] = store.runs("package", experiment="checkpoint-packaged")
+    assert run.data.tags["train_run"] == train_run
+    assert "accuracy" not in run.data.metrics
+    assert (tmp_path / "model" / "MLmodel").is_file()
+
+
 def test_resume_refuses_what_it_cannot_resume_in_one_line(store):
     client = store.client()
     experiment = client.create_experiment("refusals")

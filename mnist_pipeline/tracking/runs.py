@@ -61,19 +61,28 @@ def run_id_from_path(path: str | Path) -> str:
     `./mlruns/<exp>/models/<model id>/artifacts` names a logged model, whose source run
     is looked up. Raises UserError for a path that is neither.
     """
+    if logged_model := logged_model_at(path):
+        return logged_model.source_run_id
     parts = Path(path).resolve().parts
     for index, part in enumerate(parts):
-        if _MODEL_ID.match(part) and index > 0 and parts[index - 1] == "models":
-            try:
-                return mlflow.get_logged_model(part).source_run_id
-            except MlflowException:
-                raise UserError(f"{path}: logged model {part} is not in this store") from None
         if _RUN_ID.match(part) and index + 1 < len(parts) and parts[index + 1] == "artifacts":
             return part
     raise UserError(
         f"{path}: not a path into ./mlruns "
         "(expected mlruns/<experiment>/<run id>/artifacts or mlruns/<experiment>/models/<model id>/artifacts)"
     )
+
+
+def logged_model_at(path: str | Path):
+    """Return the logged model at `./mlruns/<exp>/models/<model id>/...`, else None."""
+    parts = Path(path).resolve().parts
+    for index, part in enumerate(parts):
+        if _MODEL_ID.match(part) and index > 0 and parts[index - 1] == "models":
+            try:
+                return mlflow.get_logged_model(part)
+            except MlflowException:
+                raise UserError(f"{path}: logged model {part} is not in this store") from None
+    return None
 
 
 def experiment_ids() -> list[str]:
