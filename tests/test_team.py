@@ -121,6 +121,7 @@ def team(tmp_path_factory):
 def team_pipeline(team, tmp_path_factory, tiny_data):
     """`main` from a client folder that shares nothing with the server's folder."""
     client = team.client(tmp_path_factory.mktemp("client-main"))
+    client.env["TMPDIR"] = str(tmp_path_factory.mktemp("client-main-tmp"))
     client.run(
         ["mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "team"]
         + ["-P", f"source={tiny_data}", "-P", "allow_unverified=true"]
@@ -230,6 +231,9 @@ def test_main_runs_through_the_server_with_nothing_on_the_client(team, team_pipe
     assert all(run.info.artifact_uri.startswith("mlflow-artifacts:") for run in runs)
     assert not (client.root / "mlruns").exists()
     assert not (client.root / "mlflow.db").exists()
+    # The stages downloaded the runs they read (train: the preprocess run's arrays) and
+    # removed them when done.
+    assert not [path.name for path in Path(client.env["TMPDIR"]).rglob("*.np[yz]")]
     assert any((team.folder / "artifacts").rglob("transform.json"))
     # "Created by" in the UI is the login, not the OS user running the commands.
     assert {run.data.tags["mlflow.user"] for run in runs} == {"admin"}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
+import shutil
+import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -169,8 +173,9 @@ def latest_run(
 def artifact_dir(run_id: str, artifact_path: str = "") -> Path:
     """Return a local folder holding the run's artifacts at `artifact_path`.
 
-    With a local artifact store that is the folder itself; a remote store's artifacts
-    are downloaded first.
+    With a local artifact store that is the folder itself. A remote store's (a team's
+    server) are downloaded once per process, into a folder removed when the process ends:
+    a search's trial process trains one model after another from the same preprocess run.
     """
     root = MlflowClient().get_run(run_id).info.artifact_uri
     parsed = urllib.parse.urlparse(root)
@@ -178,7 +183,18 @@ def artifact_dir(run_id: str, artifact_path: str = "") -> Path:
         local = Path(urllib.request.url2pathname(parsed.path)) / artifact_path
         if local.exists():
             return local
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path))
+    return _downloaded(run_id, artifact_path)
+
+
+@functools.cache
+def _downloaded(run_id: str, artifact_path: str) -> Path:
+    folder = tempfile.mkdtemp(prefix=f"mlflow-artifacts-{run_id[:8]}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=folder
+        )
+    )
 
 
 def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, str | None, str]:
