@@ -183,6 +183,33 @@ def test_judge_lets_a_version_through_within_the_margin():
     assert barely.reason == "fonts_accuracy 0.99375 < 0.99383 (champion v2 0.99583 - 0.002)"
 
 
+def test_a_champion_moved_while_the_gate_evaluates_is_judged_again(store, monkeypatch):
+    """Two packages with champion=auto at once: the second to finish judges its version
+    against the champion that the first made, not the one it read when it began."""
+    import mlflow
+
+    client = store.client()
+    client.create_registered_model("mnist")
+    for _ in range(3):
+        client.create_model_version("mnist", source=str(store.root))
+    client.set_registered_model_alias("mnist", "champion", "1")
+    accuracy = {"models:/mnist/1": 0.90, "models:/mnist/2": 0.99}
+    evaluated = []
+
+    def evaluate_in_own_process(model_uri: str, run_name: str, request_sets) -> dict:
+        evaluated.append(model_uri)
+        if len(evaluated) == 1:  # meanwhile, another package makes version 2 champion
+            client.set_registered_model_alias("mnist", "champion", "2")
+        return {"served_accuracy": accuracy[model_uri]}
+
+    monkeypatch.setattr(promotion, "evaluate_in_own_process", evaluate_in_own_process)
+    with mlflow.start_run():
+        verdict = promotion.gate("mnist", "3", {"served_accuracy": 0.95}, [])
+    assert evaluated == ["models:/mnist/1", "models:/mnist/2"]
+    assert (str(verdict.champion), verdict.promoted) == ("2", False)
+    assert str(client.get_model_version_by_alias("mnist", "champion").version) == "2"
+
+
 def test_champion_maybe_or_a_negative_margin_is_a_one_line_error(store):
     called = store.call("package_model.py", "--champion", "maybe")
     assert called.returncode == 2

@@ -132,16 +132,22 @@ def gate(
     """
     import mlflow
 
-    champion = mlflow.MlflowClient().get_registered_model(name).aliases.get(CHAMPION)
-    if champion is None:
-        verdict = Verdict(version, None, True, "no champion before", figures, {})
-    else:
-        champion_figures = evaluate_in_own_process(
-            f"models:/{name}/{champion}",
-            f"champion v{champion} on the sets of v{version}",
-            request_sets,
-        )
-        verdict = judge(version, figures, champion, champion_figures, margin)
+    client = mlflow.MlflowClient()
+    judged, champion = "", client.get_registered_model(name).aliases.get(CHAMPION)
+    # Another package may move the alias while this one evaluates (minutes): judge again
+    # against the champion that it names now.
+    while judged != champion:
+        judged = champion
+        if champion is None:
+            verdict = Verdict(version, None, True, "no champion before", figures, {})
+        else:
+            champion_figures = evaluate_in_own_process(
+                f"models:/{name}/{champion}",
+                f"champion v{champion} on the sets of v{version}",
+                request_sets,
+            )
+            verdict = judge(version, figures, champion, champion_figures, margin)
+        champion = client.get_registered_model(name).aliases.get(CHAMPION)
     record(name, verdict)
     return verdict
 
