@@ -244,6 +244,25 @@ def _stop_get_data_then_kill(tmp_path, tiny_data, url):
     assert sorted(path.name for path in outdir.iterdir()) == sorted(IDX_FILES)
 
 
+def test_a_stages_process_killed_alone_leaves_its_run_killed(tmp_path, tiny_data):
+    """The OOM killer sends SIGKILL to the stage's process, not to `mlflow run`, and so does
+    a `kill` of the python process a user found in `ps`. Either way the run ends KILLED, as
+    resuming and `main` expect, not FAILED: MLflow ends it FAILED when that process exits."""
+    store = make_store(tmp_path / "store")
+    with held_mirror(tiny_data) as url:
+        params = {"source": url, "allow_unverified": "true", "outdir": store.root / "data"}
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            process = start(store, "get_data", **params)
+            (run,) = wait_for_running(store, process, "tags.stage = 'get_data'")
+            os.kill(int(run.data.tags[PROCESS_TAG].rpartition(":")[2]), signum)
+            assert process.wait(timeout=60) != 0
+            ended = store.client().get_run(run.info.run_id)
+            assert ended.info.status == "KILLED", (signum, output(process))
+            if signum == signal.SIGKILL:
+                assert ended.data.tags["error"].endswith("was killed (SIGKILL, or out of memory)")
+    assert_nothing_running(store)
+
+
 def test_main_stopped_in_train_and_in_package_then_rerun_reuses(tmp_path, tiny_data):
     store = make_store(tmp_path / "store")
     model_dir = store.root / "model"

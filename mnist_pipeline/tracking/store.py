@@ -15,7 +15,9 @@ then comes through here and gets MLflow's own SQLAlchemy store, built:
 - and when a store that an earlier race damaged cannot be opened, the error is one line
   that says how to recover; nothing is deleted;
 - so that every run it creates names its process (tag `process`, see tracking/signals.py), and
-  a run that MLflow ends FAILED because a signal stops the process ends KILLED instead;
+  a run that MLflow ends FAILED because a signal stops the process ends KILLED instead, as
+  does one that `mlflow run` ends FAILED because the stage's own process was killed (by
+  SIGTERM, or SIGKILL as the OOM killer sends it);
 - so that SIGINT and SIGTERM stop the process between database sessions, never in the
   middle of one (which would leave the database locked; see signals.uninterrupted).
 - with every experiment's artifacts in `mlruns/` beside the database, not in `./mlruns` of
@@ -241,8 +243,25 @@ def _watch_runs(store) -> None:
         return run
 
     def update_run_info_truthfully(run_id, run_status, *args, **kwargs):
-        if signals.stopping() and run_status == RunStatus.FAILED:
+        if run_status == RunStatus.FAILED and signals.stopping():
             run_status = RunStatus.KILLED
+        elif run_status == RunStatus.FAILED and signals.installed:
+            # `mlflow run` (and main, through mlflow.projects.run) ends FAILED the run of an
+            # entry point whose process exited non-zero, a stage that took the run over.
+            run = store.get_run(run_id)
+            owner = run.data.tags.get(signals.PROCESS_TAG, "")
+            if owner != signals.process_tag():
+                if run.info.status != "RUNNING":
+                    # The stage ended it: KILLED when SIGTERM stopped it. MLflow means to
+                    # keep that, but 3.17.2's _maybe_set_run_terminated compares the
+                    # status's name with numbers, and never does.
+                    return run.info
+                from mnist_pipeline.tracking.stale_runs import process_is_gone
+
+                if process_is_gone(owner):  # vanished in mid-run: SIGKILL, the OOM killer
+                    run_status = RunStatus.KILLED
+                    reason = f"its process {owner} was killed (SIGKILL, or out of memory)"
+                    store.set_tag(run_id, RunTag("error", reason))
         return update_run_info(run_id, run_status, *args, **kwargs)
 
     def end_runs_left_running() -> None:
