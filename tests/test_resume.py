@@ -103,6 +103,14 @@ def test_resume_refuses_what_it_cannot_resume_in_one_line(store):
     killed = train_run("KILLED")
     resumed_once = train_run("KILLED")
     resumer = train_run("FINISHED", resumed_from=resumed_once)
+    # Resumed by a run that is training now; by one that got to a checkpoint and stopped;
+    # and a resumer stopped before a checkpoint of its own.
+    being_resumed = train_run("KILLED")
+    resuming = train_run("RUNNING", resumed_from=being_resumed, process=process_tag())
+    overtaken = train_run("KILLED")
+    further = train_run("KILLED", resumed_from=overtaken)
+    client.log_dict(further, {"epochs_done": 2}, "checkpoints/epoch-2/state.json")
+    stopped_early = train_run("KILLED", resumed_from=killed)
     data_run = client.create_run(experiment, tags={"stage": "get_data"}).info.run_id
     expected = {
         "0" * 32: f"run {'0' * 32!r} does not exist in {store.uri}",
@@ -117,13 +125,20 @@ def test_resume_refuses_what_it_cannot_resume_in_one_line(store):
         "epoch); start it again instead",
         resumed_once: f"resume: train run {resumed_once} was resumed already by run "
         f"{resumer}, which finished: use that one",
+        being_resumed: f"resume: train run {being_resumed} is being resumed by run {resuming} "
+        f"(process {process_tag()}): wait for it, or stop it first",
+        overtaken: f"resume: train run {overtaken} was resumed by run {further}, which got "
+        f"further and stopped: resume that one (resume={further})",
+        stopped_early: f"resume: train run {stopped_early} stopped before a checkpoint of its "
+        f"own; it had resumed run {killed}: resume that one (resume={killed})",
     }
     for run_id, message in expected.items():
         called = store.call("train.py", "--resume", run_id)
         assert called.returncode == 1, called.stderr
         assert called.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
     assert client.get_run(alive).info.status == "RUNNING"  # left to its process
-    client.set_terminated(alive, "KILLED")
+    for run_id in (alive, resuming):
+        client.set_terminated(run_id, "KILLED")
 
 
 def test_main_resumes_a_stopped_train_run_with_the_same_parameters_and_a_checkpoint(store):

@@ -103,8 +103,9 @@ def to_resume(run_id: str):
     """Return the train run `run_id` and its last checkpoint's state, or raise UserError.
 
     A run is resumed when it ended KILLED (Ctrl-C, SIGTERM) or is RUNNING while the process
-    named by its `process` tag is gone (SIGKILL, a power cut), has a whole checkpoint, and
-    no run that resumed it has finished.
+    named by its `process` tag is gone (SIGKILL, a power cut), and has a whole checkpoint.
+    Not when another run resumes it, or did and finished, or did and got to a checkpoint
+    of its own (resume that one).
     """
     try:
         run = mlflow.MlflowClient().get_run(run_id)
@@ -127,16 +128,35 @@ def to_resume(run_id: str):
             f"resume: train run {run_id} is {status}; only a KILLED run, or a RUNNING one "
             "whose process is gone, is resumed"
         )
-    resumed = f"tags.{RESUMED_FROM_TAG} = '{run_id}' AND attributes.status = 'FINISHED'"
-    finished = mlflow.search_runs(
-        filter_string=resumed, search_all_experiments=True, output_format="list", max_results=1
+    resumers = mlflow.search_runs(
+        filter_string=f"tags.{RESUMED_FROM_TAG} = '{run_id}'",
+        search_all_experiments=True,
+        output_format="list",
     )
-    if finished:
-        raise UserError(
-            f"resume: train run {run_id} was resumed already by run {finished[0].info.run_id}, "
-            "which finished: use that one"
-        )
+    for other in resumers:
+        other_id, other_status = other.info.run_id, other.info.status
+        process = other.data.tags.get(PROCESS_TAG, "")
+        if other_status == "FINISHED":
+            raise UserError(
+                f"resume: train run {run_id} was resumed already by run {other_id}, "
+                "which finished: use that one"
+            )
+        if other_status == "RUNNING" and not stale_runs.process_is_gone(process):
+            raise UserError(
+                f"resume: train run {run_id} is being resumed by run {other_id} (process "
+                f"{process or 'unknown'}): wait for it, or stop it first"
+            )
+        if latest(other_id) is not None:
+            raise UserError(
+                f"resume: train run {run_id} was resumed by run {other_id}, which got further "
+                f"and stopped: resume that one (resume={other_id})"
+            )
     state = latest(run_id)
+    if state is None and (origin := run.data.tags.get(RESUMED_FROM_TAG)):
+        raise UserError(
+            f"resume: train run {run_id} stopped before a checkpoint of its own; it had "
+            f"resumed run {origin}: resume that one (resume={origin})"
+        )
     if state is None:
         raise UserError(
             f"resume: train run {run_id} has no checkpoint (it stopped in its first epoch); "
