@@ -206,7 +206,7 @@ def train(
         from mnist_pipeline.feedback import training_part
 
         # Only the training part: the evaluation part judges this version (see package).
-        x_feedback, y_feedback = training_part(feedback, spec)
+        x_feedback, y_feedback, kept_back = training_part(feedback, spec)
     # Digits only: typed and pen-drawn digits from fonts that no evaluation set uses.
     added = round(len(y_train) * synthetic) if spec.image_style == "digit" else 0
     mlflow.log_param("synthetic_images", added)
@@ -222,7 +222,11 @@ def train(
         x_train = np.concatenate([x_train, normalize(x_synthetic, spec)])
         y_train = np.concatenate([y_train, y_synthetic])
     if feedback:
-        print(f"Adding {len(y_feedback)} feedback drawings (the training part)", flush=True)
+        print(
+            f"Adding {len(y_feedback)} feedback drawings (the training part; "
+            f"{kept_back} more are kept to evaluate on)",
+            flush=True,
+        )
         mlflow.log_param("feedback_images", len(y_feedback))
         name = f"feedback {feedback} (training part)"
         dataset = mlflow.data.from_numpy(x_feedback, targets=y_feedback, name=name)

@@ -103,7 +103,8 @@ def read_feedback(where: str, dataset: str) -> pd.DataFrame:
     that ID, oldest first: columns run_id, image (the picture's bytes), label (int), sha256.
 
     A picture kept more than once (sent twice, or corrected) counts once, with the label it
-    was given last. Empty when there is no such experiment or run, or no finished drawing.
+    was given last. Empty when there is no such experiment or run, or no finished drawing;
+    other runs there (a pipeline's, in an experiment named by mistake) are not drawings.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -128,7 +129,7 @@ def read_feedback(where: str, dataset: str) -> pd.DataFrame:
         ]
     rows = []
     with tempfile.TemporaryDirectory() as staging:
-        for run in found:
+        for run in [run for run in found if {"picture", "label"} <= run.data.params.keys()]:
             path = mlflow.artifacts.download_artifacts(
                 run_id=run.info.run_id,
                 artifact_path=run.data.params["picture"],
@@ -174,9 +175,10 @@ def training_pixels(drawings: pd.DataFrame, style: str) -> tuple[np.ndarray, np.
     return images, drawings["label"].to_numpy(dtype=np.int64)
 
 
-def training_part(where: str, spec: TransformSpec) -> tuple[np.ndarray, np.ndarray]:
+def training_part(where: str, spec: TransformSpec) -> tuple[np.ndarray, np.ndarray, int]:
     """The training part of the feedback at `where` (an experiment name or a run ID) as
-    uint8 pixels (n, 28, 28), made by the served transform, and int64 labels (n,).
+    uint8 pixels (n, 28, 28), made by the served transform, and int64 labels (n,); and how
+    many drawings the evaluation part keeps.
 
     Raises UserError if `where` holds no drawing of spec.dataset at all.
     """
@@ -185,5 +187,5 @@ def training_part(where: str, spec: TransformSpec) -> tuple[np.ndarray, np.ndarr
         raise UserError(
             f"feedback: no drawings of {spec.dataset} in an experiment or a run named {where!r}"
         )
-    training, _ = split(drawings)
-    return training_pixels(training, spec.image_style)
+    training, evaluating = split(drawings)
+    return *training_pixels(training, spec.image_style), len(evaluating)

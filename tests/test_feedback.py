@@ -219,7 +219,8 @@ def test_package_evaluates_on_the_feedback_once_its_evaluation_part_holds_20(sto
     assert list(feedback_set.targets) == [str(digit) for _, digit in evaluating]
     assert sets[-1].prefix == "served"  # the frames stay last
 
-    x_train, y_train = feedback.training_part("feedback", spec)
+    x_train, y_train, kept_back = feedback.training_part("feedback", spec)
+    assert kept_back == len(evaluating)
     assert x_train.shape == (2, 28, 28) and x_train.dtype == np.uint8
     expected = [image_to_pixels(picture) for picture, _ in training]
     np.testing.assert_array_equal(x_train, np.stack(expected))
@@ -321,7 +322,9 @@ def test_train_mixes_in_the_training_part_and_logs_it_as_an_input(pipeline):
     run = store.last_run("train", "train-feedback")
     assert run.data.params["feedback"] == "feedback-for-train"
     assert run.data.params["feedback_images"] == "5"
-    assert "Adding 5 feedback drawings (the training part)" in called.stdout
+    assert "Adding 5 feedback drawings (the training part; 2 more are kept to evaluate on)" in (
+        called.stdout
+    )
     inputs = {
         each.dataset.name: {tag.key: tag.value for tag in each.tags}
         for each in mlflow.get_run(run.info.run_id).inputs.dataset_inputs
@@ -330,11 +333,11 @@ def test_train_mixes_in_the_training_part_and_logs_it_as_an_input(pipeline):
         inputs["feedback feedback-for-train (training part)"]["mlflow.data.context"] == "training"
     )
 
-    called = store.call(
-        "train.py", *training, "--feedback", "nothing-here", experiment="train-feedback"
-    )
-    assert called.returncode == 1
-    assert called.stderr.strip().splitlines()[-1] == (
-        "train.py: error: feedback: no drawings of mnist in an experiment or a run named "
-        "'nothing-here'"
-    )
+    # A name that holds no drawing, or only other runs (this train run): one line.
+    for where in ("nothing-here", "train-feedback"):
+        called = store.call("train.py", *training, "--feedback", where, experiment="train-feedback")
+        assert called.returncode == 1
+        assert called.stderr.strip().splitlines()[-1] == (
+            f"train.py: error: feedback: no drawings of mnist in an experiment or a run named "
+            f"{where!r}"
+        )
