@@ -16,6 +16,7 @@ checkpoint.
 $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_conv_1=16
 """
 
+import hashlib
 import sys
 import time
 
@@ -207,6 +208,16 @@ def train(
 
         # Only the training part: the evaluation part judges this version (see package).
         x_feedback, y_feedback, kept_back = training_part(feedback, spec)
+        # Drawings keep coming in: a resumed run must train on the very ones it began with.
+        drawings = {"drawings": len(y_feedback), "sha256": sha256_of(x_feedback, y_feedback)}
+        if resume and checkpoint["settings"].get("feedback_drawings") != drawings:
+            then = checkpoint["settings"].get("feedback_drawings", {}).get("drawings", "?")
+            raise UserError(
+                f"resume: the feedback in {feedback!r} changed since train run {resume} read it "
+                f"({then} drawings then, {len(y_feedback)} now): resuming would train on other "
+                "drawings; start a new training"
+            )
+        settings["feedback_drawings"] = drawings  # recorded with each checkpoint
     # Digits only: typed and pen-drawn digits from fonts that no evaluation set uses.
     added = round(len(y_train) * synthetic) if spec.image_style == "digit" else 0
     mlflow.log_param("synthetic_images", added)
@@ -333,6 +344,14 @@ def train(
         {"loss": loss, "accuracy": accuracy, "train_seconds": seconds}, model_id=logged.model_id
     )
     return accuracy, seconds
+
+
+def sha256_of(*arrays: np.ndarray) -> str:
+    """The SHA-256 of the arrays' bytes, in hex."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

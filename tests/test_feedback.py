@@ -333,6 +333,29 @@ def test_train_mixes_in_the_training_part_and_logs_it_as_an_input(pipeline):
         inputs["feedback feedback-for-train (training part)"]["mlflow.data.context"] == "training"
     )
 
+    # Resumed after more drawings came in, it would train on other data: refused.
+    from mnist_pipeline import feedback
+
+    client = mlflow.MlflowClient()
+    stopped = client.create_run(run.info.experiment_id, tags={"stage": "train"}).info.run_id
+    client.set_terminated(stopped, "KILLED")
+    state = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/checkpoints/epoch-1/state.json")
+    client.log_dict(stopped, state, "checkpoints/epoch-1/state.json")
+    [(picture, digit)] = digit_pngs(1, seed=9, for_training=True)
+    drawings = mlflow.get_experiment_by_name("feedback-for-train").experiment_id
+    feedback.save_drawing(drawings, picture, digit, str(digit), "", "", "mnist")
+    called = store.call(
+        "train.py",
+        *(*training, "--feedback", "feedback-for-train", "--resume", stopped),
+        experiment="train-feedback",
+    )
+    assert called.returncode == 1
+    assert called.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: resume: the feedback in 'feedback-for-train' changed since train "
+        f"run {stopped} read it (5 drawings then, 6 now): resuming would train on other "
+        "drawings; start a new training"
+    )
+
     # A name that holds no drawing, or only other runs (this train run): one line.
     for where in ("nothing-here", "train-feedback"):
         called = store.call("train.py", *training, "--feedback", where, experiment="train-feedback")
