@@ -99,6 +99,8 @@ def feedback_experiment(name: str, dataset: str, model_version: str):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.model_version and not args.feedback:
+        parser.error("--model-version is kept with each drawing: it needs --feedback")
     import uvicorn
 
     from mnist_pipeline.drawing_page.server import check_model_url, create_app

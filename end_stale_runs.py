@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"left RUNNING (process unknown)  {describe(run)}")
     verb = "would end" if args.dry_run else "ended"
     print(
-        f"{verb} {len(to_end)} stale runs as KILLED"
+        f"{verb} {len(to_end)} stale run{'' if len(to_end) == 1 else 's'} as KILLED"
         + (
             f"; {len(unknown)} RUNNING runs name no process here (--all ends them)"
             if unknown and not args.all

@@ -459,6 +459,7 @@ def test_the_page_server_forwards_only_to_its_model(tmp_path):
         (["--port", "0"], "argument --port: expected a port from 1 to 65535, got '0'"),
         (["--timeout", "-1"], "argument --timeout: expected a number greater than 0"),
         (["--dataset", "digits"], "argument --dataset: invalid choice: 'digits'"),
+        (["--model-version", "mnist v3"], "--model-version is kept with each drawing: it needs"),
     ],
 )
 def test_draw_py_refuses_bad_arguments_in_one_line(argv, message):
