@@ -315,14 +315,22 @@ def test_no_request_leaves_127_0_0_1(page, page_url):
 
 @needs_chromium
 def test_a_stopped_model_server_gives_a_readable_line(page, pipeline, tmp_path):
+    """The page loaded before its model server starts, which stops later: the line at the
+    top follows, with no reload, and a stroke answered while it was down says why."""
     model_server, model_url = serve_model(pipeline, tmp_path)
-    with model_server as model_process:
-        page_server, page_url = serve_page(model_url, tmp_path, pipeline["store"].env)
-        with page_server:
-            page.goto(page_url)
+    page_server, page_url = serve_page(model_url, tmp_path, pipeline["store"].env)
+    status = page.locator("#model-status")
+    with page_server:
+        page.goto(page_url)
+        page.wait_for_function("document.getElementById('model-status').classList.contains('down')")
+        with model_server as model_process:
             draw_stroke(page, SEVEN)
             shown = wait_for_stroke_answer(page)
             assert page.locator("#error").is_hidden()
+            page.wait_for_function(
+                "!document.getElementById('model-status').classList.contains('down')"
+            )
+            assert "is ready" in status.inner_text()
 
             from conftest import stop
 
@@ -335,9 +343,6 @@ def test_a_stopped_model_server_gives_a_readable_line(page, pipeline, tmp_path):
             # The last answer stays, greyed, rather than a blank or a spinner.
             assert int(page.locator("#answer").get_attribute("data-seq")) == shown
             assert "stale" in page.locator("#answer").get_attribute("class")
-
-            page.reload()
-            status = page.locator("#model-status")
             page.wait_for_function(
                 "document.getElementById('model-status').classList.contains('down')"
             )

@@ -249,6 +249,8 @@ async function send(picture, dropped) {
 }
 
 function showAnswer(answer, stroke) {
+  // The model answers: if the line at the top still says it is down, ask again.
+  if (modelStatus.classList.contains("down")) checkModel({ statusOnly: true });
   errorElement.hidden = true;
   answerElement.textContent = answer.class_name;
   answerElement.classList.toggle("long", answer.class_name.length > 3);
@@ -316,6 +318,7 @@ function drawSeen(encoded) {
 }
 
 function showError(message) {
+  if (!modelStatus.classList.contains("down")) checkModel({ statusOnly: true });
   errorElement.textContent = message;
   errorElement.hidden = false;
   answerElement.classList.add("stale");
@@ -422,12 +425,15 @@ function megabytes(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
-async function checkModel() {
+// The line at the top: whether the model answers. With statusOnly, only that line (again).
+async function checkModel({ statusOnly = false } = {}) {
   try {
     const response = await fetch("/model", { signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS) });
     const status = await response.json();
-    maxBytes = status.max_bytes || maxBytes;
-    if (status.feedback) setUpFeedback(status.class_names);
+    if (!statusOnly) {
+      maxBytes = status.max_bytes || maxBytes;
+      if (status.feedback) setUpFeedback(status.class_names);
+    }
     modelStatus.textContent = status.message;
     modelStatus.classList.toggle("down", !status.ready);
   } catch (error) {
