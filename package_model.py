@@ -215,9 +215,9 @@ def package(
     mlflow.set_tag("model_uuid", model_info.model_uuid)
     if accuracy is not None:
         mlflow.log_metric("accuracy", accuracy)
-    # Evaluated before it replaces the saved model or is registered: a model that fails its
-    # evaluation, or a package stopped during it, leaves `output_dir` and the registry as
-    # they were.
+    # Evaluated, registered and judged before it replaces the saved model: a model that
+    # fails its evaluation, or a package stopped before the verdict, leaves `output_dir` and
+    # the registry as they were.
     # Made once: the champion is judged on the very same sets.
     request_sets = evaluation.served_request_sets(
         test_pixels,
@@ -228,35 +228,66 @@ def package(
         feedback_to_evaluate(feedback, spec.dataset),
     )
     served = evaluate_served(model_info.model_uri, model_info.model_id, request_sets)
-    replace_directory(model_info.model_uri, Path(output_dir))
-
     summary = (
         f"saved {output_dir}/ from train run {train_run_id}, "
         f"served accuracy {served['served_accuracy']:.4f}"
     )
     if register:
         version = mlflow.register_model(model_info.model_uri, spec.dataset).version
-        reason = ""
-        if champion == "true" and train_run == "best":
-            reason = f"highest test accuracy ({accuracy:.4f}) of the train runs compared"
-        elif champion == "true":
-            reason = "champion=true: moved without comparing"
-        runs.describe_version(spec.dataset, version, train_run_id, accuracy, reason)
-        client = mlflow.MlflowClient()
-        for name, figure in served.items():
-            client.set_model_version_tag(spec.dataset, version, name, f"{figure:.4f}")
-        summary += f"; registered {spec.dataset} version {version}"
-        if champion == "auto":
-            verdict = promotion.gate(spec.dataset, version, served, request_sets, margin)
-            print(verdict.line())
-            promoted = verdict.promoted
-        else:
-            promoted = champion == "true"
-        if promoted:
-            summary += f" as models:/{spec.dataset}@{CHAMPION}"
-        elif champion == "auto":  # ./model holds this version, which the gate kept behind
-            summary += f"; models:/{spec.dataset}@{CHAMPION} stays on version {verdict.champion}"
+        try:
+            summary += describe_and_judge(
+                spec.dataset,
+                version,
+                train_run,
+                train_run_id,
+                accuracy,
+                served,
+                champion,
+                request_sets,
+                margin,
+            )
+        except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM) before the verdict
+            mlflow.MlflowClient().delete_model_version(spec.dataset, version)
+            raise
+    replace_directory(model_info.model_uri, Path(output_dir))
     return summary
+
+
+def describe_and_judge(
+    name: str,
+    version: str,
+    train_run: str,
+    train_run_id: str,
+    accuracy: float | None,
+    served: dict[str, float],
+    champion: str,
+    request_sets: list[evaluation.RequestSet],
+    margin: float,
+) -> str:
+    """Tag the registered `version` with what it is; move `@champion` to it when
+    `champion` says so (through the gate, for "auto"). Return the summary's end."""
+    import mlflow
+
+    from mnist_pipeline.tracking import runs
+
+    reason = ""
+    if champion == "true" and train_run == "best":
+        reason = f"highest test accuracy ({accuracy:.4f}) of the train runs compared"
+    elif champion == "true":
+        reason = "champion=true: moved without comparing"
+    runs.describe_version(name, version, train_run_id, accuracy, reason)
+    client = mlflow.MlflowClient()
+    for metric, figure in served.items():
+        client.set_model_version_tag(name, version, metric, f"{figure:.4f}")
+    summary = f"; registered {name} version {version}"
+    if champion == "auto":
+        verdict = promotion.gate(name, version, served, request_sets, margin)
+        print(verdict.line())
+        if not verdict.promoted:  # ./model holds this version, which the gate kept behind
+            return summary + f"; models:/{name}@{CHAMPION} stays on version {verdict.champion}"
+    elif champion != "true":
+        return summary
+    return summary + f" as models:/{name}@{CHAMPION}"
 
 
 def evaluate_served(

@@ -250,3 +250,7 @@ def test_stopped_while_the_champion_is_evaluated_ends_both_runs_killed(gated):
     [nested] = store.children_of(package_run.info.run_id)
     assert store.client().get_run(package_run.info.run_id).info.status == "KILLED"
     assert nested.info.status == "KILLED"
+    # Stopped before the verdict: no version of it is left ungated, and no ./model saved.
+    client = store.client()
+    assert client.search_model_versions(f"run_id = '{package_run.info.run_id}'") == []
+    assert not (store.root / "stopped-model").exists()
