@@ -54,8 +54,9 @@ def test_one_logged_model_per_epoch_with_its_validation_metrics(pipeline):
 def test_a_checkpoint_packaged_by_its_path_does_not_take_the_final_models_accuracy(
     pipeline, monkeypatch, tmp_path
 ):
-    """The train run's `accuracy` is its final model's: a checkpoint's package run and
-    version must not carry it. (Its served accuracy is measured as for any model.)"""
+    """The train run's `accuracy` is its final model's: a checkpoint's package run must not
+    carry it, nor its version, which describe_version tags from the same value. (Its served
+    accuracy is measured as for any model.)"""
     import urllib.parse
 
     import mlflow

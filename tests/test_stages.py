@@ -224,14 +224,22 @@ def test_preprocess_refuses_non_positive_std(pipeline):
     assert [run.info.status for run in store.runs(experiment="bad-std")] == ["FAILED"]
 
 
-def test_checksums_are_recorded_as_artifact(pipeline):
+def test_checksums_are_recorded_as_artifact(pipeline, tiny_data):
+    """The SHA-256 of each file's content, as it came (the tiny files are not official)."""
+    import gzip
+    import hashlib
+
     store = pipeline["store"]
     from mnist_pipeline.tracking import runs
 
     store.client()
     checksums = json.loads((runs.artifact_dir(pipeline["data_run"]) / "checksums.json").read_text())
     assert checksums["verified"] is False
-    assert {entry["name"] for entry in checksums["files"]} >= {"train-images-idx3-ubyte.gz"}
+    recorded = {entry["name"]: entry["sha256"] for entry in checksums["files"]}
+    assert recorded == {
+        path.name: hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
+        for path in tiny_data.glob("*.gz")
+    }
 
 
 def test_get_data_missing_file_is_one_line(store, tiny_data, tmp_path):
