@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import shutil
 import signal
 import sys
 
@@ -50,11 +51,23 @@ def served(pipeline) -> dict:
         "client": client,
         "run": package_run,
         "model_uri": model_uri,
+        "model_dir": pipeline["model_dir"],
         "model": mlflow.pyfunc.load_model(model_uri),
         "spec": spec,
         "pixels": evaluation.pixels_from_arrays(x_test, spec),
         "labels": y_test,
     }
+
+
+def an_older_model_at(output_dir, served) -> bytes:
+    """Put a saved model at `output_dir`, as an earlier package left it; return its MLmodel."""
+    shutil.copytree(served["model_dir"], output_dir)
+    return (output_dir / "MLmodel").read_bytes()
+
+
+def assert_kept(output_dir, before: bytes) -> None:
+    assert (output_dir / "MLmodel").read_bytes() == before
+    assert not list(output_dir.parent.glob(f".{output_dir.name}.*")), "a staged copy was left"
 
 
 def accuracy_asked_directly(model, request_set: evaluation.RequestSet) -> float:
@@ -118,6 +131,10 @@ def test_package_logs_the_served_figures_and_tags_run_and_version(served):
 def test_served_figures_are_what_the_model_answers_to_the_same_requests(served):
     model, spec, metrics = served["model"], served["spec"], served["run"].data.metrics
     frames = evaluation.test_frames(served["pixels"], served["labels"], spec)
+    assert list(frames.targets) == [str(label) for label in served["labels"]]
+    # Figures of the served path, and independently, Keras's test accuracy in train.py on
+    # the same test set: the same model gives the same answers either way.
+    assert metrics["served_accuracy"] == pytest.approx(metrics["accuracy"], abs=0.01)
     assert list(frames.requests.columns) == [str(column) for column in range(784)]
     assert frames.requests.to_numpy().max() > 1  # 0-255 pixels, as clients send them
     assert accuracy_asked_directly(model, frames) == pytest.approx(metrics["served_accuracy"])
@@ -225,6 +242,7 @@ def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_mod
         artifact_location=(store.root / "mlruns" / "served-evaluation-stopped").as_uri(),
     )
     output_dir = store.root / "stopped-model"
+    before = an_older_model_at(output_dir, served)
     env = {**store.env, "MLFLOW_EXPERIMENT_ID": experiment}
     command = [
         sys.executable,
@@ -249,7 +267,7 @@ def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_mod
     assert run.info.status == "KILLED"
     assert "served_png_accuracy_score" in run.data.metrics
     assert "served_accuracy" not in run.data.metrics
-    assert not output_dir.exists()
+    assert_kept(output_dir, before)
 
 
 def test_a_model_that_fails_its_evaluation_is_not_registered(served, monkeypatch):
@@ -263,6 +281,7 @@ def test_a_model_that_fails_its_evaluation_is_not_registered(served, monkeypatch
     monkeypatch.setattr(package_model, "evaluate_served", fails)
     store = served["store"]
     output_dir = store.root / "unevaluated-model"
+    before = an_older_model_at(output_dir, served)
     called = store.call(
         "package_model.py",
         *("--train_run", served["run"].data.tags["train_run"], "--output_dir", output_dir),
@@ -272,4 +291,4 @@ def test_a_model_that_fails_its_evaluation_is_not_registered(served, monkeypatch
     [run] = store.runs("package", experiment="evaluation-failed")
     assert run.info.status == "FAILED"
     assert served["client"].search_model_versions(f"run_id = '{run.info.run_id}'") == []
-    assert not output_dir.exists()
+    assert_kept(output_dir, before)

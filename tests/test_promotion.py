@@ -11,6 +11,7 @@ drawing page to evaluate on, so the gate judges both versions on them too.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -227,6 +228,8 @@ def test_champion_maybe_or_a_negative_margin_is_a_one_line_error(store):
 def test_stopped_while_the_champion_is_evaluated_ends_both_runs_killed(gated):
     """SIGTERM to package alone, while its child evaluates the champion: both stop at once."""
     store = gated["store"]
+    shutil.copytree(store.root / "model", store.root / "stopped-model")  # an older model
+    before = (store.root / "stopped-model" / "MLmodel").read_bytes()
     command = [
         *(sys.executable, str(REPO / "package_model.py"), "--champion", "auto"),
         *("--train_run", gated["train_runs"]["weak"], "--output_dir", "stopped-model"),
@@ -250,7 +253,7 @@ def test_stopped_while_the_champion_is_evaluated_ends_both_runs_killed(gated):
     [nested] = store.children_of(package_run.info.run_id)
     assert store.client().get_run(package_run.info.run_id).info.status == "KILLED"
     assert nested.info.status == "KILLED"
-    # Stopped before the verdict: no version of it is left ungated, and no ./model saved.
+    # Stopped before the verdict: no version of it is left ungated, ./model as it was.
     client = store.client()
     assert client.search_model_versions(f"run_id = '{package_run.info.run_id}'") == []
-    assert not (store.root / "stopped-model").exists()
+    assert (store.root / "stopped-model" / "MLmodel").read_bytes() == before
