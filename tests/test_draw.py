@@ -423,9 +423,8 @@ def test_a_model_that_never_answers_gives_a_timeout_line():
 
 
 def test_the_page_server_forwards_only_to_its_model(tmp_path):
-    """Whatever the browser sends, the request goes to the model URL given at start."""
-    from mnist_pipeline.drawing_page.server import ModelClient
-
+    """Whatever the browser sends (a URL in the body or the query, another Host), draw.py
+    sends it to the model URL it was started with, and nowhere else."""
     received = []
 
     class Recorder(threading.Thread):
@@ -449,10 +448,19 @@ def test_the_page_server_forwards_only_to_its_model(tmp_path):
     recorder.ready = threading.Event()
     recorder.start()
     recorder.ready.wait(5)
-    client = ModelClient(f"http://127.0.0.1:{recorder.port}/invocations")
-    answer = client.ask(b"http://example.com/ not a URL to follow")
+    server, page_url = serve_page(f"http://127.0.0.1:{recorder.port}", tmp_path, dict(os.environ))
+    with server:
+        request = urllib.request.Request(
+            f"{page_url}/predict?model=http://example.com/&url=http://example.com/",
+            data=b"http://example.com/ not a URL to follow",
+            headers={"Host": "example.com", "Content-Type": "application/octet-stream"},
+            method="POST",
+        )
+        with DIRECT.open(request, timeout=30) as response:
+            answer = json.load(response)
     recorder.join(5)
     assert received[0].startswith(b"POST /invocations HTTP/1.1")
+    assert b"Host: 127.0.0.1:" in received[0]
     assert answer["class_name"] == "1"
     assert "package it again" in answer["note"]
 
