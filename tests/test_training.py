@@ -3,8 +3,6 @@ callback (pruning.py), on tiny arrays."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -63,15 +61,29 @@ def test_unknown_architecture_is_refused():
         build_cnn(4, architecture="resnet")
 
 
-def test_the_training_dtype_follows_the_cpu_unless_onednn_is_capped(monkeypatch):
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    native = flags & {"amx_bf16", "avx512_bf16"}
-    assert training_dtype() == ("mixed_bfloat16" if native else "float32")
+def test_the_training_dtype_follows_the_cpu_unless_onednn_is_capped(monkeypatch, tmp_path):
+    """Read from the CPU's flags, given here, so that every case runs on any CPU."""
+    from mnist_pipeline.training import model
+
+    def cpu_with(flags: str) -> None:
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+        monkeypatch.setattr(model, "Path", lambda _: cpuinfo)
+
+    for flags, dtype in [
+        ("avx2 avx512f avx512_bf16", "mixed_bfloat16"),  # AMD EPYC (Zen 4), Intel Cooper Lake
+        ("avx2 avx512f amx_bf16 amx_tile", "mixed_bfloat16"),  # Intel Sapphire Rapids
+        ("avx2 avx512f", "float32"),
+        ("avx2 fma", "float32"),  # many participants' laptops
+    ]:
+        cpu_with(flags)
+        assert training_dtype() == dtype, flags
     # What a participant whose CPU has AVX2 alone trains in, on any CPU.
+    cpu_with("avx2 avx512f avx512_bf16")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert training_dtype() == "float32"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
-    assert training_dtype() == ("mixed_bfloat16" if native else "float32")
+    assert training_dtype() == "mixed_bfloat16"
     # With oneDNN off, TensorFlow's bfloat16 is emulated.
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert training_dtype() == "float32"
