@@ -204,3 +204,12 @@ def test_the_sheet_shows_every_picture_beside_the_models_view(small_set):
     # A line per digit and one for each German digit; six media, each two tiles wide.
     assert sheet.shape[0] == 12 * (84 + 16 + 10)
     assert sheet.shape[1] == len(MEDIA) * (2 * 84 + 4 + 10)
+    # Each tile's right half is what the model sees of a picture of the set, enlarged.
+    seen = {image_to_pixels(data).tobytes() for data in read_drawn_set(small_set)["image"]}
+    shown = set()
+    for top in range(16, sheet.shape[0], 84 + 16 + 10):
+        for left in range(0, sheet.shape[1], 2 * 84 + 4 + 10):
+            view = sheet[top : top + 84, left + 84 + 4 : left + 2 * 84 + 4, 0]
+            if (view != 255).any():  # a tile, not the white of a short line's end
+                shown.add(np.ascontiguousarray(view[::3, ::3]).tobytes())
+    assert len(shown) >= 12 and shown <= seen  # a tile or more on every line
