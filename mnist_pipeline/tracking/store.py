@@ -7,8 +7,9 @@ only place that covers them is MLflow's plugin system: pyproject.toml registers
 `tracking_store` and `registry_store` for the `sqlite` scheme under MLflow's entry-point
 groups `mlflow.tracking_store` and `mlflow.model_registry_store` (through
 mnist_store_plugin.py, which imports this module only when MLflow builds a store), and
-`make setup` installs them (`pip install -e .`). Every process of the virtualenv that opens a `sqlite:///` store
-then comes through here and gets MLflow's own SQLAlchemy store, built:
+`make setup` installs them (`pip install -e .`). Every process of the virtualenv that
+opens a `sqlite:///` store then comes through here and gets MLflow's own SQLAlchemy store,
+built:
 
 - by one process at a time, under an exclusive lock on `<database>.lock`, so that the
   store is created and migrated exactly once, with SIGINT and SIGTERM held back meanwhile;
