@@ -16,7 +16,6 @@ checkpoint.
 $ mlflow run . -e train --env-manager local -P preprocess_run=<run id> -P nr_conv_1=16
 """
 
-import hashlib
 import sys
 import time
 
@@ -204,12 +203,13 @@ def train(
     validation = mlflow.data.from_numpy(x_val, targets=y_val, name=f"{spec.dataset}-validation")
     mlflow.log_input(validation, context="validation")
     if feedback:  # read first: a name that holds no drawing fails before the slow part
-        from mnist_pipeline.feedback import training_part
+        from mnist_pipeline.feedback import sha256_of, training_part
 
         # Only the training part: the evaluation part judges this version (see package).
         x_feedback, y_feedback, kept_back = training_part(feedback, spec)
         # Drawings keep coming in: a resumed run must train on the very ones it began with.
-        drawings = {"drawings": len(y_feedback), "sha256": sha256_of(x_feedback, y_feedback)}
+        digest = sha256_of(x_feedback.tobytes() + y_feedback.tobytes())
+        drawings = {"drawings": len(y_feedback), "sha256": digest}
         if resume and checkpoint["settings"].get("feedback_drawings") != drawings:
             then = checkpoint["settings"].get("feedback_drawings", {}).get("drawings", "?")
             raise UserError(
@@ -344,14 +344,6 @@ def train(
         {"loss": loss, "accuracy": accuracy, "train_seconds": seconds}, model_id=logged.model_id
     )
     return accuracy, seconds
-
-
-def sha256_of(*arrays: np.ndarray) -> str:
-    """The SHA-256 of the arrays' bytes, in hex."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 if __name__ == "__main__":
