@@ -149,8 +149,11 @@ def package(
         raise UserError(f"margin: expected 0 or more, got {margin}")
     if champion == "auto" and not register:
         raise UserError("champion=auto compares registered versions: it needs register=true")
+    logged = runs.logged_model_at(model_dir) if model_dir else None
     if train_run == "best":
         chosen = runs.best_train_run(experiment, parent_run, dataset)
+    elif logged is not None:
+        chosen = runs.get_run(logged.source_run_id, "train")
     elif model_dir:
         chosen = runs.get_run(runs.run_id_from_path(model_dir), "train")
     elif train_run:
@@ -159,7 +162,6 @@ def package(
         chosen = runs.latest_run("train", dataset)
     train_run_id = chosen.info.run_id
     accuracy = chosen.data.metrics.get("accuracy")  # its final model's, on the test set
-    logged = runs.logged_model_at(model_dir) if model_dir else None
     if logged is not None and logged.name != "model":  # a checkpoint, say, which has none
         accuracy = None
         which = f"{logged.name} {logged.model_id} of train run {train_run_id}"

@@ -257,12 +257,13 @@ def _watch_runs(store) -> None:
                     # keep that, but 3.17.2's _maybe_set_run_terminated compares the
                     # status's name with numbers, and never does.
                     return run.info
+                from mnist_pipeline.tracking.naming import ERROR_TAG
                 from mnist_pipeline.tracking.stale_runs import process_is_gone
 
                 if process_is_gone(owner):  # vanished in mid-run: SIGKILL, the OOM killer
                     run_status = RunStatus.KILLED
                     reason = f"its process {owner} was killed (SIGKILL, or out of memory)"
-                    store.set_tag(run_id, RunTag("error", reason))
+                    store.set_tag(run_id, RunTag(ERROR_TAG, reason))
         return update_run_info(run_id, run_status, *args, **kwargs)
 
     def end_runs_left_running() -> None:
