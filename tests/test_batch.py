@@ -108,27 +108,29 @@ def test_batch_bad_input_is_one_line(pipeline, params, message):
     assert "Traceback" not in result.stderr
 
 
+def finished_train_run(client, experiment_id: str, accuracy: float | None = None, **tags) -> str:
+    """A FINISHED train run made by hand (of MNIST unless `dataset` is given); its ID."""
+    tags = {"stage": "train", "dataset": "mnist", **tags}
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    if accuracy is not None:
+        client.log_metric(run_id, "accuracy", accuracy)
+    client.set_terminated(run_id)
+    return run_id
+
+
 def test_best_is_the_best_train_run_of_the_dataset_asked_for(store):
     """A store of both datasets: MNIST's runs always score higher than Fashion's."""
     from mnist_pipeline.errors import UserError
     from mnist_pipeline.tracking.runs import best_train_run
 
     client = store.client()
-
-    def finished_train_run(experiment_id: str, dataset: str, accuracy: float) -> str:
-        tags = {"stage": "train", "dataset": dataset}
-        run_id = client.create_run(experiment_id, tags=tags).info.run_id
-        client.log_metric(run_id, "accuracy", accuracy)
-        client.set_terminated(run_id)
-        return run_id
-
     mixed = client.create_experiment("mixed")
-    fashion = finished_train_run(mixed, "fashion", 0.88)
-    mnist = finished_train_run(mixed, "mnist", 0.99)
+    fashion = finished_train_run(client, mixed, 0.88, dataset="fashion")
+    mnist = finished_train_run(client, mixed, 0.99, dataset="mnist")
     assert best_train_run("mixed", dataset="fashion").info.run_id == fashion
     assert best_train_run("mixed", dataset="mnist").info.run_id == mnist
     # A batch of Fashion packaged with MLproject's default dataset: one line that says so.
-    finished_train_run(client.create_experiment("fbatch"), "fashion", 0.9)
+    finished_train_run(client, client.create_experiment("fbatch"), 0.9, dataset="fashion")
     with pytest.raises(UserError, match="where they are fashion: add -P dataset=fashion"):
         best_train_run("fbatch", dataset="mnist")
 
@@ -140,20 +142,12 @@ def test_a_pruned_trial_is_never_taken_for_a_finished_training(store):
     from mnist_pipeline.tracking.runs import best_train_run, latest_run
 
     client = store.client()
-
-    def finished_train_run(experiment_id: str, **tags: str) -> str:
-        tags = {"stage": "train", "dataset": "mnist", **tags}
-        run_id = client.create_run(experiment_id, tags=tags).info.run_id
-        client.set_terminated(run_id)
-        return run_id
-
     pruned = {"pruned": "true", "pruned_at_epoch": "1"}
     search = client.create_experiment("search")
-    trained = finished_train_run(search)
-    client.log_metric(trained, "accuracy", 0.98)
-    finished_train_run(search, **pruned)  # the newest
+    trained = finished_train_run(client, search, 0.98)
+    finished_train_run(client, search, **pruned)  # the newest
     assert latest_run("train", "mnist").info.run_id == trained
-    finished_train_run(client.create_experiment("all pruned"), **pruned)
+    finished_train_run(client, client.create_experiment("all pruned"), **pruned)
     with pytest.raises(UserError, match="no finished train run with an accuracy"):
         best_train_run("all pruned")
 
