@@ -526,3 +526,37 @@ def test_a_wide_pen_on_a_small_digit_is_thinned_to_mnist_strokes(pen):
     pixels = image_to_pixels(png(drawing))
     assert max(ink_box(pixels)) == 20 and pixels.max() == 255
     assert MNIST_STROKE_WIDTHS[0] <= stroke_width(pixels) <= MNIST_STROKE_WIDTHS[1]
+
+
+def along(strokes, height: int, left: int, top: int, step: float) -> np.ndarray:
+    """Points every `step` pixels along the strokes drawn at `height`, from (left, top)."""
+    points = []
+    for stroke in strokes:
+        path = stroke * height + (left, top)
+        lengths = np.linalg.norm(np.diff(path, axis=0), axis=1)
+        at = np.concatenate([[0], np.cumsum(lengths)])
+        for distance in np.arange(0, at[-1], step):
+            points.append([np.interp(distance, at, path[:, axis]) for axis in (0, 1)])
+    return np.rint(points).astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    ("style", "spacing"), [("dots", 22), ("dots", 30), ("dashes", 36), ("dashes", 48)], ids=str
+)
+def test_a_digit_drawn_in_dots_or_broken_dashes_is_kept_whole(style, spacing):
+    """A fast mouse on a page that paints a dot per event, or a pencil that skips: the pieces
+    lie further apart than one stroke's gaps, and every one of them is the digit's."""
+    solid = draw(np.full((300, 300), 255, np.uint8), TWO, 60, 50, 200, 0, 8)
+    broken = np.full((300, 300), 255, np.uint8)
+    points = along(TWO, 200, 60, 50, spacing)
+    for start, end in zip(points, points[1:]):
+        if style == "dots":
+            cv2.circle(broken, tuple(map(int, start)), 5, 0, -1, cv2.LINE_AA)
+        elif np.linalg.norm(end - start) < spacing + 1:  # a dash, then a gap as long
+            middle = tuple(map(int, (start + end) // 2))
+            cv2.line(broken, tuple(map(int, start)), middle, 0, 3, cv2.LINE_AA)
+    read, whole = image_to_pixels(png(broken)) > 64, image_to_pixels(png(solid)) > 64
+    near = cv2.dilate(np.uint8(whole), np.ones((3, 3), np.uint8)) > 0
+    # The pieces fall on the solid digit's strokes, and cover the whole of it.
+    assert near[read].mean() > 0.9
+    assert (cv2.dilate(np.uint8(read), np.ones((5, 5), np.uint8)) > 0)[whole].mean() > 0.9

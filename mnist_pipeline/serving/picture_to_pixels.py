@@ -12,9 +12,10 @@ paper's level is fitted as a smooth surface (so that uneven light is not ink) an
 under a shadow cast across the sheet, ink is what stands out of the paper's noise, what is
 not the digit is left out (the lines of ruled or squared paper, a frame around the picture;
 a sheet's edge, the table or a shadow apart from the digit; a box, a circle, a stain or a
-line under it), the digit is cropped, thin strokes are widened to MNIST's 2-3 px, and it is
-fitted into 20x20 at full brightness and centred by its centre of mass. An MNIST image sent
-as a PNG comes back as it was, to within one grey level.
+line under it), a digit drawn in dots or broken dashes is kept whole, the digit is
+cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
+brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
+was, to within one grey level.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ FRAME_BAND = 0.03
 PART_GAP = 0.02
 MIN_DIGIT_SHARE = 0.05
 DIGIT_MARGIN = 0.25
+# ...and parts that hold less than this share of the ink away from the edges and the marks
+# around or under the digit are the pieces of a broken line, joined across wider gaps.
+DIGIT_INK_SHARE = 0.5
 # The background's level is the median of a band this fraction of the picture wide along its
 # edges; the ink is on the side that reaches this many times as far from it.
 BORDER_BAND = 0.05
@@ -639,50 +643,88 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
         unlined = np.where(lines, 0, inked).astype(np.uint8)
         closed = cv2.morphologyEx(unlined, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
         inked = np.where(lines, closed, unlined).astype(np.uint8)
-    # Strokes a few pixels apart (a pencil's broken line, a 4 in two strokes) are one part.
+    # Strokes a few pixels apart (a pencil's broken line, a 4 in two strokes) are one part. A
+    # digit drawn in dots or dashes further apart than that is joined at twice, then four
+    # times the gap, until its parts hold most of the ink away from the edges.
+    # (Not if that joins it to the picture's edges: the dots of dotted paper are not ink.)
     gap = max(3, round(max(size) * PART_GAP))
-    joined = cv2.dilate(inked, np.ones((gap, gap), np.uint8))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(joined)
-    labels[inked == 0] = 0
-    if count > 2:
-        mass = np.bincount(labels.ravel(), weights=small.ravel(), minlength=count)
-        left, top, w, h = (stats[:, index] for index in range(4))
-        right, bottom = left + w, top + h
-        edges = np.sum([left == 0, top == 0, right == size[0], bottom == size[1]], axis=0)
-        at_edge = edges > 0
-        parts = np.arange(1, count)
-        heavy = parts[mass[1:] >= MIN_DIGIT_SHARE * mass[1:].sum()]
-        stains, frames = _stains_and_frames(labels, stats, heavy)
-        marks = stains | frames
-        # The digit: the heaviest part away from the picture's edges, which a sheet's edge,
-        # a table or a shadow touch; or the heaviest of all, if the digit itself does.
-        inside = heavy[(edges[heavy] == 0) & ~marks[heavy]]
-        candidates = inside if inside.size else parts
-        digit = candidates[np.argmax(mass[candidates])]
-        # A digit that touches one edge outweighs a dot or a line drawn beside it.
-        at_one = heavy[(edges[heavy] == 1) & ~marks[heavy]]
-        heaviest = at_one[np.argmax(mass[at_one])] if at_one.size else digit
-        if mass[heaviest] > EDGE_DIGIT_WEIGHT * mass[digit]:
-            digit = heaviest
-        extent = np.maximum(w, h)
-        margin = DIGIT_MARGIN * extent[digit]
-        near = (left < right[digit] + margin) & (right > left[digit] - margin)
-        near &= (top < bottom[digit] + margin) & (bottom > top[digit] - margin)
-        # Near the digit, what reaches the edge and is larger than the digit is not its own,
-        # nor a box or a circle around it, nor a line drawn under it. (A blob near it may be
-        # its own: the round end of a stroke.)
-        near &= ~at_edge | (extent <= extent[digit])
-        underline = (top >= bottom[digit]) & (h <= FLAT * w) & (w >= 0.5 * w[digit])
-        near &= ~frames & ~underline
-        near &= mass >= SPECK_SHARE * mass[digit]  # nor a speck of dust or pencil beside it
-        near[digit] = True
-        labels = np.where(near[labels], labels, 0)
+    labels, share, _ = _digit_parts(small, inked, gap)
+    for _ in range(2):
+        if share >= DIGIT_INK_SHARE:
+            break
+        gap *= 2
+        wider, wider_share, at_edge = _digit_parts(small, inked, gap)
+        if wider_share > share and not at_edge:
+            labels, share = wider, wider_share
     if factor == 1:
         return np.where(labels > 0, ink, np.float32(0))
     keep = cv2.resize(
         (labels > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
     )
     return np.where(keep > 0, ink, np.float32(0))
+
+
+def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.ndarray, float, bool]:
+    """Return the labels of the digit's parts in `inked` (0 elsewhere), ink closer than `gap`
+    pixels being one part; the share they hold of the ink away from the edges and marks;
+    and whether one of them reaches an edge.
+
+    The digit is the heaviest part away from the picture's edges; the parts near it are its
+    own, and so are those near what it has gathered (the dots of a dotted line).
+    """
+    joined = cv2.dilate(inked, np.ones((gap, gap), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(joined)
+    labels[inked == 0] = 0
+    if count == 1:  # no ink left once the lines of ruled paper are gone
+        return labels, 1.0, False
+    height, width = inked.shape
+    mass = np.bincount(labels.ravel(), weights=small.ravel(), minlength=count)
+    left, top, w, h = (stats[:, index] for index in range(4))
+    right, bottom = left + w, top + h
+    edges = np.sum([left == 0, top == 0, right == width, bottom == height], axis=0)
+    at_edge = edges > 0
+    parts = np.arange(1, count)
+    heavy = parts[mass[1:] >= MIN_DIGIT_SHARE * mass[1:].sum()]
+    stains, frames = _stains_and_frames(labels, stats, heavy)
+    marks = stains | frames
+    # The digit: the heaviest part away from the picture's edges, which a sheet's edge,
+    # a table or a shadow touch; or the heaviest of all, if the digit itself does.
+    inside = heavy[(edges[heavy] == 0) & ~marks[heavy]]
+    candidates = inside if inside.size else parts
+    digit = candidates[np.argmax(mass[candidates])]
+    # A digit that touches one edge outweighs a dot or a line drawn beside it.
+    at_one = heavy[(edges[heavy] == 1) & ~marks[heavy]]
+    heaviest = at_one[np.argmax(mass[at_one])] if at_one.size else digit
+    if mass[heaviest] > EDGE_DIGIT_WEIGHT * mass[digit]:
+        digit = heaviest
+    extent = np.maximum(w, h)
+    # Near the digit, what reaches the edge and is larger than the digit is not its own,
+    # nor a box or a circle around it, nor a line drawn under it, nor a speck of dust or
+    # pencil beside it. (A blob near it may be its own: the round end of a stroke.)
+    own = ~frames & (mass >= SPECK_SHARE * mass[digit])
+    own[0] = False
+
+    def near(kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The parts of the digit near the `kept` ones, and the lines under them."""
+        box_left, box_top = left[kept].min(), top[kept].min()
+        box_right, box_bottom = right[kept].max(), bottom[kept].max()
+        box_width, size = box_right - box_left, max(box_right - box_left, box_bottom - box_top)
+        margin = DIGIT_MARGIN * size
+        close = (left < box_right + margin) & (right > box_left - margin)
+        close &= (top < box_bottom + margin) & (bottom > box_top - margin)
+        underline = (top >= box_bottom) & (h <= FLAT * w) & (w >= 0.5 * box_width)
+        return close & own & ~underline & (~at_edge | (extent <= size)), underline
+
+    seed = np.arange(count) == digit
+    kept, underline = near(seed)
+    kept |= seed
+    # ...and, away from the edges, near what it has gathered: the dots of a dotted line.
+    while (more := near(kept & ~at_edge | seed)[0] & ~at_edge & ~kept).any():
+        kept |= more
+    away = np.zeros(count, dtype=bool)
+    away[parts] = ~(at_edge | marks | underline)[parts]
+    share = float(mass[kept].sum() / mass[kept | away].sum())
+    return np.where(kept[labels], labels, 0), share, bool(at_edge[kept].any())
 
 
 def _stains_and_frames(
