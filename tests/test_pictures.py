@@ -7,6 +7,8 @@ fitted into the 20x20 box), and an image already in MNIST's form goes through un
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -549,7 +551,7 @@ def test_a_digit_drawn_in_dots_or_broken_dashes_is_kept_whole(style, spacing):
     solid = draw(np.full((300, 300), 255, np.uint8), TWO, 60, 50, 200, 0, 8)
     broken = np.full((300, 300), 255, np.uint8)
     points = along(TWO, 200, 60, 50, spacing)
-    for start, end in zip(points, points[1:]):
+    for start, end in itertools.pairwise(points):
         if style == "dots":
             cv2.circle(broken, tuple(map(int, start)), 5, 0, -1, cv2.LINE_AA)
         elif np.linalg.norm(end - start) < spacing + 1:  # a dash, then a gap as long
