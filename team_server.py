@@ -34,8 +34,8 @@ SETTINGS = [
     ("--port", int, "5005", "mlflow server's port"),
     ("--db-port", int, "5433", "PostgreSQL's port, beside a system PostgreSQL on 5432"),
     ("--workers", int, "4", "mlflow server's worker processes"),
-    ("--allowed-hosts", str, "", "host names that clients use, if not localhost or a private "
-     "IP (mlflow server's flag)"),
+    ("--allowed-hosts", str, "", "the names or addresses that clients use, with their port "
+     "(host:*), if not localhost or a private IP (mlflow server's flag)"),
 ]  # fmt: skip
 
 

@@ -181,8 +181,11 @@ def arguments_for(function: Callable, args: argparse.Namespace) -> dict:
 
 
 def fail(prog: str, error: BaseException) -> int:
-    """Print a user's error as one line on stderr and return the exit code."""
+    """Print a user's error as one line on stderr and return the exit code. Under `mlflow
+    run`, its run, which ends FAILED, gets the line as its tag `error` too."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):
+        _say_why_refused(run_id, prog, message)
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 1
 

@@ -6,6 +6,7 @@ tested by the README's batch block (tests/test_readme.py), which does both.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,34 @@ def test_a_summary_of_a_search_without_trials_is_one_line(store):
         parent_id = parent.info.run_id
         with pytest.raises(UserError, match=f"search {parent_id} has no trials to sum up"):
             write_summary(optuna.create_study())
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_heartbeats_go_on_after_the_study_database_was_away(tmp_path, capsys):
+    """Optuna's heartbeat thread ends at the first beat that raises: a trial that trained on
+    through a restart of the database was then taken for dead, and run a second time."""
+    import sqlite3
+
+    import optuna
+
+    from mnist_pipeline.search.study import HeartbeatStorage
+
+    database = tmp_path / "optuna.db"
+    storage = HeartbeatStorage(f"sqlite:///{database}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial = storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+    with sqlite3.connect(database) as other:  # the table away, as a database that restarts
+        other.execute("ALTER TABLE trial_heartbeats RENAME TO away")
+    storage.record_heartbeat(trial)
+    assert "a heartbeat failed, the next tries again: " in capsys.readouterr().err
+    with sqlite3.connect(database) as other:
+        other.execute("ALTER TABLE away RENAME TO trial_heartbeats")
+        before = other.execute("SELECT heartbeat FROM trial_heartbeats").fetchall()
+    time.sleep(1.1)
+    storage.record_heartbeat(trial)
+    with sqlite3.connect(database) as other:
+        assert other.execute("SELECT heartbeat FROM trial_heartbeats").fetchall() > before
 
 
 def test_lists_and_ranges_become_optuna_distributions():

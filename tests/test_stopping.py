@@ -194,6 +194,43 @@ def test_a_signal_during_a_database_write_stops_the_process_after_the_write(tmp_
     assert seconds < 15
 
 
+# A search's process and the pool that runs its trials, as search/study.py makes it.
+SEARCH_WITH_A_TRIAL_PROCESS = """
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from mnist_pipeline.search.study import follow_the_search
+
+if __name__ == "__main__":
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, spawn, initializer=follow_the_search) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        time.sleep(120)
+"""
+
+
+@pytest.mark.full
+def test_a_trial_process_exits_when_its_searchs_process_is_killed_alone(tmp_path):
+    """SIGKILL (or the OOM killer) for batch_train.py alone: its trial process ignores SIGINT
+    and SIGTERM, and used to train on as an orphan that nobody waited for."""
+    import psutil
+
+    script = tmp_path / "search.py"
+    script.write_text(SEARCH_WITH_A_TRIAL_PROCESS)
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    search = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=environment
+    )
+    trial = psutil.Process(int(search.stdout.readline()))
+    assert trial.ppid() == search.pid
+    search.kill()
+    search.wait()
+    try:
+        trial.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        trial.kill()
+        raise AssertionError("the trial process outlived its search's process") from None
+
+
 def test_a_folder_moved_into_place_has_the_mode_of_any_new_folder(tmp_path):
     """./model is staged and renamed into place; it is as readable as a folder made with mkdir."""
     from mnist_pipeline import files

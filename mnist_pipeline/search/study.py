@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import io
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import socket
@@ -77,7 +78,7 @@ def open_storage(heartbeat_seconds: int, grace_seconds: int) -> optuna.storages.
     if not (url := storage_url()):
         return None
     try:
-        return optuna.storages.RDBStorage(
+        return HeartbeatStorage(
             url,
             {"pool_pre_ping": True},
             heartbeat_interval=heartbeat_seconds,
@@ -92,6 +93,19 @@ def open_storage(heartbeat_seconds: int, grace_seconds: int) -> optuna.storages.
     except (SQLAlchemyError, ImportError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise UserError(f"cannot open the study storage {redacted(url)}: {first_line}") from None
+
+
+class HeartbeatStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage, whose heartbeats outlive a restart of the database: Optuna's
+    heartbeat thread ends at the first beat that fails, and the trial, still training, would
+    be taken for dead once the database is back."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as error:
+            why = str(error.__cause__ or error).strip().splitlines()[0]
+            print(f"[train_batch] a heartbeat failed, the next tries again: {why}", file=sys.stderr)
 
 
 def open_study(search: Search, joining: bool = False) -> optuna.Study:
@@ -165,31 +179,37 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             title += f" {name}={value:.2g}" if isinstance(value, float) else f" {name}={value}"
         # A retry carries the attributes of the trial it repeats, whose run it names.
         repeated = trial.user_attrs.get("mlflow_run_id")
-        run_tags = tags | {"trial": str(number)} | ({"retry_of": repeated} if repeated else {})
-        run_id = client.create_run(search.experiment_id, run_name=title, tags=run_tags).info.run_id
-        for key, value in {"mlflow_run_id": run_id, "trial": number, "host": HOST}.items():
-            trial.set_user_attr(key, value)
-        arguments = ["--preprocess_run", search.preprocess_run, "--dataset", search.dataset]
-        arguments += [f"--{name}={value}" for name, value in params.items()]
-        if repeated and checkpoints.latest(repeated):  # goes on from its last checkpoint
-            arguments += ["--resume", repeated]
-        started, killed = time.perf_counter(), False
-        if not hasattr(local, "pool"):  # the thread's first trial, or its process was killed
-            local.pool = pools.enter_context(
-                ProcessPoolExecutor(1, spawn, initializer=signals.ignore)
-            )
-        try:
-            trial_environment = environment | {"MLFLOW_RUN_ID": run_id}
-            error = local.pool.submit(run_trial, arguments, trial_environment, trial).result()
-        except BrokenProcessPool:  # its process was killed: by a stop, or by the OOM killer
-            killed, error = True, "the trial's process was killed"
-            del local.pool
-        except Exception as failure:  # a bug in train
-            error = f"{type(failure).__name__}: {failure}"
-        finally:
-            if client.get_run(run_id).info.status == "RUNNING":  # it never ended its run
-                ended = "KILLED" if killed or signals.stopping() else "FAILED"
-                client.set_terminated(run_id, ended)
+        if repeated and client.get_run(repeated).info.status == "FINISHED":
+            # Taken for dead (its database was away, say), it ran on to its end: that answers.
+            run_id, error, started = repeated, "", time.perf_counter()
+        else:
+            run_tags = tags | {"trial": str(number)} | ({"retry_of": repeated} if repeated else {})
+            run_id = client.create_run(
+                search.experiment_id, run_name=title, tags=run_tags
+            ).info.run_id
+            for key, value in {"mlflow_run_id": run_id, "trial": number, "host": HOST}.items():
+                trial.set_user_attr(key, value)
+            arguments = ["--preprocess_run", search.preprocess_run, "--dataset", search.dataset]
+            arguments += [f"--{name}={value}" for name, value in params.items()]
+            if repeated and checkpoints.latest(repeated):  # goes on from its last checkpoint
+                arguments += ["--resume", repeated]
+            started, killed = time.perf_counter(), False
+            if not hasattr(local, "pool"):  # the thread's first trial, or its process was killed
+                local.pool = pools.enter_context(
+                    ProcessPoolExecutor(1, spawn, initializer=follow_the_search)
+                )
+            try:
+                trial_environment = environment | {"MLFLOW_RUN_ID": run_id}
+                error = local.pool.submit(run_trial, arguments, trial_environment, trial).result()
+            except BrokenProcessPool:  # its process was killed: by a stop, or by the OOM killer
+                killed, error = True, "the trial's process was killed"
+                del local.pool
+            except Exception as failure:  # a bug in train
+                error = f"{type(failure).__name__}: {failure}"
+            finally:
+                if client.get_run(run_id).info.status == "RUNNING":  # it never ended its run
+                    ended = "KILLED" if killed or signals.stopping() else "FAILED"
+                    client.set_terminated(run_id, ended)
         if signals.stopping():
             if storage_url():  # the other workers run it again, as they would a dead worker's
                 Retry(max_retry=2)(study, study.get_trials(deepcopy=False)[trial.number])
@@ -247,6 +267,20 @@ def trial_number(study: optuna.Study, trial: optuna.Trial) -> int:
     repeated = Retry.retried_trial_number(trials[trial.number])
     first = trial.number if repeated is None else repeated
     return 1 + sum(Retry.retried_trial_number(t) is None for t in trials[:first])
+
+
+def follow_the_search() -> None:
+    """Start a trial process: it ignores SIGINT and SIGTERM (the search's process stops it),
+    and exits when the search's process dies alone (SIGKILL, the OOM killer). Its trial is then
+    taken for dead and run again, not trained on by an orphan that nobody waits for."""
+    signals.ignore()
+    search = multiprocessing.parent_process()
+
+    def exit_with_the_search() -> None:
+        multiprocessing.connection.wait([search.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=exit_with_the_search, daemon=True).start()
 
 
 def run_trial(arguments: list[str], environment: dict[str, str], trial: optuna.Trial) -> str:

@@ -118,8 +118,8 @@ class TeamServer:
             "--artifacts-destination", str(self.folder / "artifacts"),
             "--host", self.host, "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
-        if allowed_hosts:
-            command += ["--allowed-hosts", allowed_hosts]
+        if allowed_hosts:  # which replace MLflow's own list: this machine's names stay in
+            command += ["--allowed-hosts", f"{allowed_hosts},localhost:*,127.0.0.1:*"]
         environment = {
             # MLflow's job runner serves GenAI evaluations and trace roll-ups: seven more
             # processes that training runs never use. Set it to true to have them.
