@@ -131,10 +131,10 @@ def team_pipeline(team, tmp_path_factory, tiny_data):
     return client
 
 
-def get(url: str, auth: tuple[str, str] | None = None) -> int:
+def get(url: str, auth: tuple[str, str] | None = None, host: str | None = None) -> int:
     import base64
 
-    request = urllib.request.Request(url)
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
@@ -198,7 +198,8 @@ def test_a_start_on_a_port_in_use_is_refused_before_it_makes_anything(team, tmp_
 def test_a_clone_stays_clean_when_the_server_starts_and_stops(team):
     """What start and stop make is in ./team-server, which the clone's .gitignore ignores.
 
-    The clone is of HEAD: a change to .gitignore counts once it is committed.
+    The clone is of HEAD: a change to .gitignore counts once it is committed. Started again
+    with `--allowed-hosts`, the server answers those names and still its own 127.0.0.1.
     """
 
     def changes() -> str:
@@ -214,11 +215,14 @@ def test_a_clone_stays_clean_when_the_server_starts_and_stops(team):
         nothing = team.command("stop")
         assert nothing.stderr == f"Nothing to stop: no team server runs in {team.folder}\n"
     finally:
-        again = team.command("start")
+        again = team.command("start", "--allowed-hosts", "203.0.113.7:*")
     assert "Initialising" not in again.stderr  # the cluster, and its passwords, are reused
     assert changes() == ""
     search = f"{team.url}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert get(search, ("admin", team.secret("admin_password"))) == 200
+    admin = ("admin", team.secret("admin_password"))
+    assert get(search, admin) == 200
+    assert get(search, admin, host=f"203.0.113.7:{team.port}") == 200
+    assert get(search, admin, host=f"203.0.113.8:{team.port}") == 403  # Invalid Host header
 
 
 def test_main_runs_through_the_server_with_nothing_on_the_client(team, team_pipeline):
