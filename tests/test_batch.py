@@ -305,3 +305,42 @@ def test_a_grid_runs_over_a_shared_study(pipeline, tmp_path):
     assert len(children) == len(grid) == 2
     (study,) = optuna.get_all_study_summaries(storage)
     assert study.study_name == f"train_batch-{parent.info.run_id}" and study.n_trials == 2
+
+
+def test_a_retry_of_a_trial_that_finished_after_all_takes_its_run(pipeline):
+    """A trial taken for dead (its heartbeats lost while the database was away) that ran on to
+    its end: its retry answers with that run rather than train again, or fail to resume it."""
+    import mlflow
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    from mnist_pipeline.search import study
+    from mnist_pipeline.training.hyperparameters import NAMES
+
+    client = pipeline["store"].client()
+    finished = client.get_run(pipeline["train_run"])
+    experiment = client.create_experiment("retry-of-a-finished-trial")
+    with mlflow.start_run(experiment_id=experiment) as parent:
+        search = study.Search(
+            parent_run_id=parent.info.run_id,
+            experiment_id=experiment,
+            preprocess_run=pipeline["preprocess_run"],
+            dataset="mnist",
+            hyperparameters=dict.fromkeys(NAMES, ""),
+            strategy="random",
+            trials=1,
+            pruner="none",
+            heartbeat_seconds=20,
+            grace_seconds=60,
+        )
+        found = study.open_study(search)
+        lost = found.ask()
+        lost.set_user_attr("mlflow_run_id", finished.info.run_id)
+        found.tell(lost, state=TrialState.FAIL)
+        RetryHeartbeatStaleTrialCallback(max_retry=2)(found, found.get_trials()[0])
+        assert study.optimize(found, search, workers=1) == 1
+    retry = found.get_trials()[1]
+    assert retry.state == TrialState.COMPLETE and retry.value == finished.data.metrics["accuracy"]
+    assert retry.user_attrs["mlflow_run_id"] == finished.info.run_id
+    # No run was made for it: it trained nothing.
+    assert [run.info.run_id for run in client.search_runs([experiment])] == [parent.info.run_id]
