@@ -218,9 +218,12 @@ class Pipeline:
         where = parameters["output_dir"]
         if package_model.saved_model_matches(where, run):
             return True
+        if Path(where).exists():
+            why = f"{where} no longer holds its model (another package run saved there)"
+        else:  # a team's runs: packaged on another member's machine
+            why = f"there is no {where} here (packaged on another machine, or deleted)"
         print(
-            f"[main] package: run {run.info.run_id} finished, but {where} no longer holds its "
-            "model (another package run saved there, or it was deleted): packaging again",
+            f"[main] package: run {run.info.run_id} finished, but {why}: packaging again",
             file=sys.stderr,
         )
         return False

@@ -84,3 +84,8 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data, capsys):
     (store.root / "model" / "MLmodel").rename(store.root / "model" / "MLmodel.moved")
     assert pipeline.reusable("package", **packaged) is None
     assert "no longer holds its model" in capsys.readouterr().err
+    # Nor on a machine that never had it (a team member's, whose runs are on the server).
+    (store.root / "model").rename(store.root / "model.moved")
+    assert pipeline.reusable("package", **packaged) is None
+    missing = f"there is no {store.root / 'model'} here (packaged on another machine"
+    assert missing in capsys.readouterr().err
