@@ -248,6 +248,39 @@ def test_heartbeats_go_on_after_the_study_database_was_away(tmp_path, capsys):
         assert other.execute("SELECT heartbeat FROM trial_heartbeats").fetchall() > before
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_the_search_waits_for_other_machines_through_a_restart_of_the_database(tmp_path, capsys):
+    """The machine that started a search and has finished its share waits for the others:
+    a restart of the database meanwhile ended it FAILED, with no summary of the search."""
+    import sqlite3
+    import threading
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from mnist_pipeline.search.study import HeartbeatStorage, wait_for_the_others
+
+    database = tmp_path / "optuna.db"
+    storage = HeartbeatStorage(f"sqlite:///{database}", heartbeat_interval=1, grace_period=60)
+    study = optuna.create_study(storage=storage)
+    elsewhere = study.ask()  # a trial that another machine runs
+
+    def restart_then_finish() -> None:
+        with sqlite3.connect(database) as other:
+            other.execute("ALTER TABLE trials RENAME TO away")
+        time.sleep(2.5)
+        with sqlite3.connect(database) as other:
+            other.execute("ALTER TABLE away RENAME TO trials")
+        study.tell(elsewhere, 0.9)
+
+    restart = threading.Thread(target=restart_then_finish)
+    restart.start()
+    wait_for_the_others(study, 1, run_retry=lambda: pytest.fail("no trial was queued again"))
+    restart.join()
+    assert "waiting for the study's database: " in capsys.readouterr().err
+    assert [trial.state for trial in study.get_trials()] == [TrialState.COMPLETE]
+
+
 def test_lists_and_ranges_become_optuna_distributions():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -95,6 +96,16 @@ def open_storage(heartbeat_seconds: int, grace_seconds: int) -> optuna.storages.
         raise UserError(f"cannot open the study storage {redacted(url)}: {first_line}") from None
 
 
+# What Optuna's RDBStorage raises while its database is away (restarted, say).
+DATABASE_AWAY = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
+
+
+def cause(error: Exception) -> str:
+    """The first line of what caused `error`: Optuna wraps a lost connection in a message about
+    "invalid data in the commit"."""
+    return str(error.__cause__ or error).strip().splitlines()[0]
+
+
 class HeartbeatStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage, whose heartbeats outlive a restart of the database: Optuna's
     heartbeat thread ends at the first beat that fails, and the trial, still training, would
@@ -103,9 +114,11 @@ class HeartbeatStorage(optuna.storages.RDBStorage):
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
-        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as error:
-            why = str(error.__cause__ or error).strip().splitlines()[0]
-            print(f"[train_batch] a heartbeat failed, the next tries again: {why}", file=sys.stderr)
+        except DATABASE_AWAY as error:
+            print(
+                f"[train_batch] a heartbeat failed, the next tries again: {cause(error)}",
+                file=sys.stderr,
+            )
 
 
 def open_study(search: Search, joining: bool = False) -> optuna.Study:
@@ -248,17 +261,34 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
         # Locally, this process runs every trial; shared, each worker runs until they are done.
         n_trials = None if storage_url() else search.trials
         study.optimize(objective, n_trials, n_jobs=workers, callbacks=[stop_when_answered])
-        # The search's own process waits for the trials running elsewhere. optimize fails a
-        # dead worker's trial only when it starts one, and none starts once the search has
-        # its answers, so it asks the storage itself, and runs the retry if nobody else does.
-        unfinished = (TrialState.RUNNING, TrialState.WAITING)
-        while not joined and study.get_trials(states=unfinished):
-            time.sleep(search.heartbeat_seconds)
-            optuna.storages.fail_stale_trials(study)
-            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                study.optimize(objective, n_trials=1)
+        if not joined:  # the search's own process waits for the trials running elsewhere
+            wait_for_the_others(
+                study, search.heartbeat_seconds, lambda: study.optimize(objective, 1)
+            )
     mlflow.log_metric("trials_run_here", len(ran))
     return len(ran)
+
+
+def wait_for_the_others(study: optuna.Study, seconds: int, run_retry: Callable[[], None]) -> None:
+    """Wait until no trial of `study` runs or waits, through a restart of its database.
+
+    optimize fails a dead worker's trial only when it starts one, and none starts once the
+    search has its answers, so this asks the storage every `seconds`, and calls `run_retry`
+    for a trial queued again that nobody else takes.
+    """
+    unfinished = (TrialState.RUNNING, TrialState.WAITING)
+    while True:
+        try:
+            if not study.get_trials(states=unfinished):
+                return
+            time.sleep(seconds)
+            optuna.storages.fail_stale_trials(study)
+            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                run_retry()
+        except DATABASE_AWAY as error:
+            print(
+                f"[train_batch] waiting for the study's database: {cause(error)}", file=sys.stderr
+            )
 
 
 def trial_number(study: optuna.Study, trial: optuna.Trial) -> int:
