@@ -51,6 +51,12 @@ def test_every_trial_is_a_nested_child_with_its_metrics(batch):
     nr_conv_1 = sorted(run.data.params["nr_conv_1"] for run in finished)
     assert nr_conv_1 == ["4", "8"], (outcomes(children), batch["output"].stderr[-3000:])
     client = batch["store"].client()
+    parent_tags = batch["parent"].data.tags
+    for run in children:  # tagged as the parent is, not user "unknown" as create_run leaves it
+        assert run.info.user_id == run.data.tags["mlflow.user"] == parent_tags["mlflow.user"]
+        assert run.data.tags.get("mlflow.source.git.commit") == parent_tags.get(
+            "mlflow.source.git.commit"
+        )
     for run in finished:
         assert run.data.tags["stage"] == "train"
         assert {"accuracy", "loss", "train_loss", "val_accuracy"} <= set(run.data.metrics)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import mlflow
 import optuna
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
 from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -197,6 +198,8 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             run_id, error, started = repeated, "", time.perf_counter()
         else:
             run_tags = tags | {"trial": str(number)} | ({"retry_of": repeated} if repeated else {})
+            # The user, source and commit that mlflow.start_run would tag it with.
+            run_tags = resolve_tags(run_tags)
             run_id = client.create_run(
                 search.experiment_id, run_name=title, tags=run_tags
             ).info.run_id
