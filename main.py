@@ -140,6 +140,33 @@ def warn_about_stale_runs(experiment_id: str) -> None:
         )
 
 
+def with_its_model(package_run, output_dir: str):
+    """`package_run`, once `output_dir` holds the model it saved: downloaded again when it is
+    not there (a team member's machine never had it; another package run saved there), so
+    that a finished package is never run again, nor its model registered twice. None when
+    the model cannot be downloaded: package then runs again."""
+    from mlflow.exceptions import MlflowException
+
+    if package_model.saved_model_matches(output_dir, package_run):
+        return package_run
+    run_id = package_run.info.run_id
+    model_uri = f"models:/{package_run.data.tags.get('model_uuid')}"
+    try:
+        package_model.replace_directory(model_uri, output_dir)
+    except MlflowException as error:
+        print(
+            f"[main] package: run {run_id} finished, but its model {model_uri} cannot be "
+            f"downloaded ({str(error).splitlines()[0]}): packaging again",
+            file=sys.stderr,
+        )
+        return None
+    print(
+        f"[main] package: {output_dir} did not hold run {run_id}'s model: downloaded {model_uri}",
+        file=sys.stderr,
+    )
+    return package_run
+
+
 class Pipeline:
     """Runs stages as nested MLflow project runs, or reuses finished ones."""
 
@@ -155,10 +182,7 @@ class Pipeline:
         parser = module.build_parser()
         wanted = canonical_params(parser, {k: param_text(v) for k, v in parameters.items()})
         version = code_version(module.__file__)
-        found = already_ran(entry_point, parser, wanted, version, self.experiment_id)
-        if found is not None and self._still_valid(entry_point, found, parameters):
-            return found
-        return None
+        return already_ran(entry_point, parser, wanted, version, self.experiment_id)
 
     def resumable(self, entry_point: str, **parameters):
         """Return the stopped train run that `stage` would resume, or None (other stages: None)."""
@@ -185,6 +209,8 @@ class Pipeline:
         import mlflow
 
         found = self.reusable(entry_point, **parameters)
+        if found is not None and entry_point == "package":
+            found = with_its_model(found, parameters["output_dir"])
         stopped = None
         if found is not None:
             run_id, reused = found.info.run_id, True
@@ -209,24 +235,6 @@ class Pipeline:
         if stopped is not None:
             self.stages[-1]["resumed_from"] = stopped.info.run_id
         return run_id
-
-    @staticmethod
-    def _still_valid(entry_point: str, run, parameters: dict) -> bool:
-        """A package run is only reused while the model it saved is still on disk."""
-        if entry_point != "package":
-            return True
-        where = parameters["output_dir"]
-        if package_model.saved_model_matches(where, run):
-            return True
-        if Path(where).exists():
-            why = f"{where} no longer holds its model (another package run saved there)"
-        else:  # a team's runs: packaged on another member's machine
-            why = f"there is no {where} here (packaged on another machine, or deleted)"
-        print(
-            f"[main] package: run {run.info.run_id} finished, but {why}: packaging again",
-            file=sys.stderr,
-        )
-        return False
 
     def log_summary(self) -> None:
         import mlflow

@@ -7,6 +7,7 @@ generated digits, with the same checks except those on the real data.
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -67,6 +68,7 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data, capsys):
     # a new train_run), while every stage upstream is still found. The reruns after a
     # stop (tests/test_stopping.py) run train and package again end to end.
     from main import Pipeline
+    from package_model import saved_model_matches
 
     store.client()  # this process's MLflow reads the store
     pipeline = Pipeline(parent.info.experiment_id)
@@ -79,13 +81,15 @@ def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data, capsys):
         assert pipeline.reusable("train", **{**trained, name: value}) is None, name
     packaged = children["package"].data.params
     assert pipeline.reusable("package", **{**packaged, "train_run": "0" * 32}) is None
-    # Once its model has left output_dir, a package run is not reused, and main says why.
+    # A package run whose model left output_dir (a team member's machine never had it) is
+    # reused all the same: main downloads its model back, and registers no other version.
     capsys.readouterr()
-    (store.root / "model" / "MLmodel").rename(store.root / "model" / "MLmodel.moved")
-    assert pipeline.reusable("package", **packaged) is None
-    assert "no longer holds its model" in capsys.readouterr().err
-    # Nor on a machine that never had it (a team member's, whose runs are on the server).
-    (store.root / "model").rename(store.root / "model.moved")
-    assert pipeline.reusable("package", **packaged) is None
-    missing = f"there is no {store.root / 'model'} here (packaged on another machine"
-    assert missing in capsys.readouterr().err
+    package_run = children["package"]
+    shutil.rmtree(store.root / "model")
+    versions = len(store.client().search_model_versions("name = 'mnist'"))
+    assert pipeline.stage("package", **packaged) == package_run.info.run_id
+    assert (
+        f"did not hold run {package_run.info.run_id}'s model: downloaded" in capsys.readouterr().err
+    )
+    assert saved_model_matches(store.root / "model", package_run)
+    assert len(store.client().search_model_versions("name = 'mnist'")) == versions
