@@ -268,7 +268,9 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
             assert low <= float(run.data.params[name]) <= high, (name, run.data.params[name])
     assert len({run.data.tags[PROCESS_TAG] for run in children}) == 2
 
-    # train_run=best packaged the most accurate train run of conv1 and made it champion.
+    # train_run=best packaged the most accurate train run of conv1, from a run in conv1 too,
+    # and made it champion.
+    assert len(runs.finished_runs("package", experiment_ids_=[conv1])) == 1
     best_accuracy = max(batch.data.metrics["best_accuracy"] for batch in batches)
     version = client.get_model_version_by_alias("mnist", "champion")
     chosen = client.get_run(version.tags["train_run"])
