@@ -6,7 +6,8 @@ git worktree, first) and at the working tree, on one preprocess run. Then scores
 through the served path's transform (the working tree's for both, so that only the model
 differs) on MNIST test images written as dark ink on a white 160-200 px picture: turned by
 up to 30 degrees, slanted, 1s given a long flag (and a foot on some) and 7s given a bar, all
-made here and nowhere else; on drawn_digits.py's European 1s and crossed 7s (seeds 100-129);
+made here and nowhere else; digits other than 1 squeezed to half and to 30 % of their
+width; on drawn_digits.py's European 1s and crossed 7s (seeds 100-129);
 and on the repository's drawn and font sets. Nothing trains on any of them.
 
 $ python benchmarks/bench_shapes.py --baseline <commit> --seeds 1 2 3
@@ -36,6 +37,7 @@ from common import (
 
 TURNS = (-30, -20, 20, 30)  # degrees, counter-clockwise
 SLANTS = (-0.4, 0.4)  # the top moves right by this share of the height
+NARROWED = (0.5, 0.3)  # digits other than 1, squeezed to this share of their width
 
 
 def png(canvas: np.ndarray) -> bytes:
@@ -57,6 +59,18 @@ def turned(digit: np.ndarray, degrees: float = 0.0, slant: float = 0.0) -> bytes
     matrix = cv2.getRotationMatrix2D((100, 100), degrees, 1.0)
     matrix[0] += (0, -slant, 100 * slant)
     return png(cv2.warpAffine(placed(digit, 200), matrix, (200, 200), flags=cv2.INTER_LINEAR))
+
+
+def narrowed(digit: np.ndarray, share: float) -> bytes:
+    """A digit squeezed sideways to `share` of its width, as tall narrow handwriting: its
+    upright strokes widened back, since a narrow hand keeps its pen."""
+    canvas = placed(digit, 200)
+    width = round(200 * share)
+    squeezed = cv2.resize(canvas, (width, 200), interpolation=cv2.INTER_AREA)
+    pen = cv2.getStructuringElement(cv2.MORPH_RECT, (round(12 * (1 - share)) | 1, 1))
+    canvas[:] = 0
+    canvas[:, (200 - width) // 2 : (200 - width) // 2 + width] = cv2.dilate(squeezed, pen)
+    return png(canvas)
 
 
 def with_a_flag(rng: np.random.Generator, one: np.ndarray) -> bytes:
@@ -117,6 +131,10 @@ def picture_sets(root: Path) -> dict[str, tuple[list[bytes], np.ndarray]]:
     for slant in SLANTS:
         pictures = [turned(image, 0, slant) for image in images[chosen]]
         sets[f"slanted {slant:+.1f}"] = (pictures, labels[chosen])
+    others = np.flatnonzero(labels[chosen] != 1) + chosen.start
+    for share in NARROWED:
+        pictures = [narrowed(image, share) for image in images[others]]
+        sets[f"narrowed {share}"] = (pictures, labels[others])
     ones, sevens = (np.flatnonzero(labels == digit)[:600] for digit in (1, 7))
     sets["1 + flag"] = ([with_a_flag(rng, images[i]) for i in ones], labels[ones])
     sets["7 + bar"] = ([with_a_bar(rng, images[i]) for i in sevens], labels[sevens])

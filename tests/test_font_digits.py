@@ -79,6 +79,24 @@ def test_the_supplement_writes_ones_with_a_long_flag_and_crossed_sevens():
         assert bar.any() and set(np.nonzero(bar)[0]) == {(rows.min() + rows.max()) // 2}
 
 
+def test_the_supplement_writes_digits_tall_and_narrow():
+    """A fifth of its digits other than 1 are squeezed sideways, as some people write: the
+    model read such a 2, 4 or 8, a strip a few pixels wide once fitted to 20x20, as a 1."""
+    images, labels = synthetic.supplement(400, seed=5)
+    aspects = []
+    for image in images[labels != 1]:
+        rows, columns = np.nonzero(image > 64)
+        aspects.append((np.ptp(columns) + 1) / (np.ptp(rows) + 1))
+    assert np.mean(np.array(aspects) <= 0.5) >= 0.05  # 0.01 before
+    bank = np.load(synthetic.GLYPHS_FILE)
+    rng = np.random.default_rng(0)
+    for index in np.flatnonzero(bank["labels"] != 1)[:20]:
+        skeleton = synthetic._skeleton(bank["glyphs"][index] > 127)
+        rows, columns = np.nonzero(synthetic._narrowed(rng, skeleton))
+        assert set(rows) == set(np.nonzero(skeleton)[0])  # as tall, every row still drawn
+        assert (np.ptp(columns) + 1) / (np.ptp(rows) + 1) <= 0.52, index
+
+
 def test_the_checked_in_set_is_what_the_script_makes(tmp_path):
     """The script's first picture of each kind, for each digit, byte for byte."""
     folder = tmp_path / "font_digits"

@@ -7,7 +7,8 @@ the model such digits. Each is made from a glyph of data/fonts.py's SUPPLEMENT_F
 draws it, a little bolder or lighter, or redrawn as a pen stroke of its own width along the
 glyph's skeleton. Half the 1s and 7s are written instead as much of Europe writes them, a 1
 with a long flag and a crossed 7, which few of MNIST's American writers did and no typeface
-does. Each is then bent a little, sometimes shrunk to a few pixels and enlarged, blurred or
+does. A fifth of the other digits are written tall and narrow, as few of MNIST's writers did:
+the model took such a 2, 4 or 8 for a 1. Each is then bent a little, sometimes shrunk to a few pixels and enlarged, blurred or
 made grey and faint, put on paper of either polarity, and turned into 28x28 pixels by the
 very transform that serves the model (serving/picture_to_pixels.py). Training's
 augmentation then distorts it like any MNIST digit.
@@ -61,6 +62,8 @@ def supplement(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         while True:
             if labels[index] in (1, 7) and rng.random() < 0.5:  # the continental way
                 ink = _pen_stroke(rng, _continental(rng, labels[index], skeletons[index]))
+            elif labels[index] != 1 and rng.random() < 0.2:  # a narrow 1 is a 1 already
+                ink = _pen_stroke(rng, _narrowed(rng, skeletons[index]), widest=6)
             elif rng.random() < 0.5:
                 ink = _reweighted(rng, glyphs[index])
             else:
@@ -135,9 +138,22 @@ def _continental(rng: np.random.Generator, label: int, skeleton: np.ndarray) -> 
     return one
 
 
-def _pen_stroke(rng: np.random.Generator, skeleton: np.ndarray) -> np.ndarray:
-    """The skeleton drawn over with a round pen 3 to 9 px wide (which closes its small gaps)."""
-    width = int(rng.integers(3, 10))
+def _narrowed(rng: np.random.Generator, skeleton: np.ndarray) -> np.ndarray:
+    """The skeleton squeezed sideways until it is 0.22 to 0.5 times as wide as it is tall, as
+    some people write (MNIST's fitting keeps that shape: such a 2 is a strip 5 px wide)."""
+    rows, columns = np.nonzero(skeleton)
+    aspect = (np.ptp(columns) + 1) / (np.ptp(rows) + 1)
+    factor = min(1.0, rng.uniform(0.22, 0.5) / aspect)
+    centre = (columns.min() + columns.max()) / 2
+    narrowed = np.zeros_like(skeleton)
+    narrowed[rows, np.rint(centre + (columns - centre) * factor).astype(int)] = 1.0
+    return narrowed
+
+
+def _pen_stroke(rng: np.random.Generator, skeleton: np.ndarray, widest: int = 9) -> np.ndarray:
+    """The skeleton drawn over with a round pen 3 to `widest` px wide (which closes its small
+    gaps)."""
+    width = int(rng.integers(3, widest + 1))
     pen = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width))
     return cv2.GaussianBlur(cv2.dilate(skeleton, pen), (0, 0), 0.7)
 
