@@ -7,11 +7,12 @@ the model such digits. Each is made from a glyph of data/fonts.py's SUPPLEMENT_F
 draws it, a little bolder or lighter, or redrawn as a pen stroke of its own width along the
 glyph's skeleton. Half the 1s and 7s are written instead as much of Europe writes them, a 1
 with a long flag and a crossed 7, which few of MNIST's American writers did and no typeface
-does. A fifth of the other digits are written tall and narrow, as few of MNIST's writers did:
-the model took such a 2, 4 or 8 for a 1. Each is then bent a little, sometimes shrunk to a few pixels and enlarged, blurred or
-made grey and faint, put on paper of either polarity, and turned into 28x28 pixels by the
-very transform that serves the model (serving/picture_to_pixels.py). Training's
-augmentation then distorts it like any MNIST digit.
+does. A fifth of the digits other than 1 are written tall and narrow, as few of MNIST's
+writers did: the model took such a 2, 4 or 8 for a 1. Each is then bent a little, sometimes
+shrunk to a few pixels and enlarged, blurred or made grey and faint, put on paper of either
+polarity, and turned into 28x28 pixels by the very transform that serves the model
+(serving/picture_to_pixels.py). Training's augmentation then distorts it like any MNIST
+digit.
 
 None of the fonts is one that font_digits/, the evaluation set, is typed in.
 """
