@@ -24,6 +24,8 @@ from conftest import REPO, TINY_TRAINING, VENV_BIN, Store, free_port, running
 
 from mnist_pipeline.training import checkpoints
 
+STAGES = ["get_data", "explore_data", "preprocess", "train", "package"]
+
 POSTGRES_MISSING = shutil.which("pg_config") is None and not list(
     Path("/usr/lib/postgresql").glob("*/bin/initdb")
 )
@@ -122,12 +124,13 @@ def team_pipeline(team, tmp_path_factory, tiny_data):
     """`main` from a client folder that shares nothing with the server's folder."""
     client = team.client(tmp_path_factory.mktemp("client-main"))
     client.env["TMPDIR"] = str(tmp_path_factory.mktemp("client-main-tmp"))
-    client.run(
+    client.main = (
         ["mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "team"]
         + ["-P", f"source={tiny_data}", "-P", "allow_unverified=true"]
         + ["-P", f"output_dir={client.root / 'model'}"]
         + [arg for name, value in TINY_TRAINING.items() for arg in ("-P", f"{name}={value}")]
     )
+    client.run(client.main)
     return client
 
 
@@ -242,7 +245,17 @@ def test_main_runs_through_the_server_with_nothing_on_the_client(team, team_pipe
     # "Created by" in the UI is the login, not the OS user running the commands.
     assert {run.data.tags["mlflow.user"] for run in runs} == {"admin"}
     versions = client.client().search_model_versions("name = 'mnist'")
-    assert [version.run_id for version in versions] == [client.last_run("package").info.run_id]
+    package_run = client.last_run("package").info.run_id
+    assert [version.run_id for version in versions] == [package_run]
+
+    # Another member's machine, which has no ./model: main reuses all five stages and
+    # downloads the package run's model through the server, registering no other version.
+    shutil.rmtree(client.root / "model")
+    again = client.run(client.main)
+    assert client.last_run("main").data.tags["reused_stages"] == ",".join(STAGES)
+    assert f"did not hold run {package_run}'s model: downloaded models:/m-" in again.stderr
+    assert (client.root / "model" / "MLmodel").exists()
+    assert len(client.client().search_model_versions("name = 'mnist'")) == 1
 
 
 def start(store: Store, *params: str, folder: Path | None = None) -> subprocess.Popen:
