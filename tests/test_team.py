@@ -248,8 +248,9 @@ def test_main_runs_through_the_server_with_nothing_on_the_client(team, team_pipe
     package_run = client.last_run("package").info.run_id
     assert [version.run_id for version in versions] == [package_run]
 
-    # Another member's machine, which has no ./model: main reuses all five stages and
-    # downloads the package run's model through the server, registering no other version.
+    # As on another member's machine, which never had ./model (here: deleted): main reuses
+    # all five stages and downloads the package run's model through the server, registering
+    # no other version.
     shutil.rmtree(client.root / "model")
     again = client.run(client.main)
     assert client.last_run("main").data.tags["reused_stages"] == ",".join(STAGES)
