@@ -24,7 +24,7 @@ import explore
 import package_model
 import preprocess
 import train
-from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, fail, param_text
+from mnist_pipeline.cli import USER_ERRORS, Parser, boolean, error_line, fail, param_text
 from mnist_pipeline.data.catalogue import TRAINING_DEFAULTED, dataset_spec
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.tracking import signals, stale_runs
@@ -156,7 +156,7 @@ def with_its_model(package_run, output_dir: str):
     except MlflowException as error:
         print(
             f"[main] package: run {run_id} finished, but its model {model_uri} cannot be "
-            f"downloaded ({str(error).splitlines()[0]}): packaging again",
+            f"downloaded ({error_line(error)}): packaging again",
             file=sys.stderr,
         )
         return None

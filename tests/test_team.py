@@ -21,10 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO, TINY_TRAINING, VENV_BIN, Store, free_port, running
+from test_real_pipeline import STAGES
 
 from mnist_pipeline.training import checkpoints
-
-STAGES = ["get_data", "explore_data", "preprocess", "train", "package"]
 
 POSTGRES_MISSING = shutil.which("pg_config") is None and not list(
     Path("/usr/lib/postgresql").glob("*/bin/initdb")

@@ -170,7 +170,10 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
     The process that started a shared search then waits for the other machines' trials."""
     chosen = space.parse_space(search.hyperparameters)
     client = mlflow.MlflowClient()
-    tags = {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
+    # With the user, source and commit that mlflow.start_run would tag a run with.
+    tags = resolve_tags(
+        {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
+    )
     this_run = mlflow.active_run().info.run_id
     joined = this_run != search.parent_run_id
     if joined:
@@ -198,8 +201,6 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             run_id, error, started = repeated, "", time.perf_counter()
         else:
             run_tags = tags | {"trial": str(number)} | ({"retry_of": repeated} if repeated else {})
-            # The user, source and commit that mlflow.start_run would tag it with.
-            run_tags = resolve_tags(run_tags)
             run_id = client.create_run(
                 search.experiment_id, run_name=title, tags=run_tags
             ).info.run_id
