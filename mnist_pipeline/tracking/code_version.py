@@ -2,8 +2,8 @@
 
 A stage's code version hashes exactly those files, so an edit to a module that the stage
 never imports (the team server's, a test helper) leaves its finished runs reusable, and an
-edit to one it does import makes it run again. Imports are read with `ast`, including those
-inside functions, and followed through the modules they reach.
+edit to one it does import makes it run again. The standard library's `modulefinder` reads
+the imports (those inside functions too) and follows them through the modules they reach.
 
 The same list is what a served model carries: package_model.py copies the modules that
 served_model.py imports, and nothing else, into the model's `code/` folder.
@@ -11,8 +11,8 @@ served_model.py imports, and nothing else, into the model's `code/` folder.
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import modulefinder
 import shutil
 from pathlib import Path
 
@@ -25,18 +25,12 @@ def imported_files(script: str | Path) -> list[Path]:
     """Return `script` and every project file it imports, directly or through others, sorted.
 
     Project files are this package's modules (with the `__init__.py` of each package on
-    the way) and the top-level scripts (`import train`).
+    the way) and the top-level scripts (`import train`); the finder looks nowhere else.
     """
-    found: set[Path] = set()
-    waiting = [Path(script).resolve()]
-    while waiting:
-        path = waiting.pop()
-        if path in found:
-            continue
-        found.add(path)
-        for name in _imported_names(path):
-            waiting += _project_files(name)
-    return sorted(found)
+    finder = modulefinder.ModuleFinder(path=[str(PROJECT_DIR)])
+    finder.run_script(str(script))
+    modules = finder.modules.values()  # built-in ones (sys) have no file
+    return sorted({Path(module.__file__).resolve() for module in modules if module.__file__})
 
 
 def code_version(script: str | Path) -> str:
@@ -60,35 +54,3 @@ def copy_package_modules(script: str | Path, destination: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
     return destination / PACKAGE
-
-
-def _imported_names(path: Path) -> set[str]:
-    """The absolute module names that `path` imports, anywhere in it; `from a import b` gives both a and a.b."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def _project_files(name: str) -> list[Path]:
-    """The files that importing module `name` runs, if it is the project's; else none."""
-    parts = name.split(".")
-    if parts[0] != PACKAGE:
-        script = PROJECT_DIR / f"{name}.py"
-        return [script] if len(parts) == 1 and script.is_file() else []
-    files = []
-    folder = PROJECT_DIR
-    for part in parts:
-        folder = folder / part
-        if (folder / "__init__.py").is_file():
-            files.append(folder / "__init__.py")
-        elif folder.with_suffix(".py").is_file():
-            files.append(folder.with_suffix(".py"))
-            break
-        else:
-            break
-    return files
