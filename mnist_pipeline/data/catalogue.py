@@ -25,7 +25,6 @@ class IdxFile:
     name: str
     kind: str  # "images" or "labels"
     split: str  # "train" or "test"
-    count: int
     sha256: str | None
     gz_md5: str
 
@@ -55,22 +54,20 @@ class DatasetSpec:
 TRAINING_DEFAULTED = ("epochs", "label_smoothing")
 
 
-# The four canonical files, the same for every dataset: name, kind, split, item count.
+# The four canonical files, the same for every dataset: name, kind, split.
 CANONICAL_FILES = (
-    ("train-images-idx3-ubyte.gz", "images", "train", 60000),
-    ("train-labels-idx1-ubyte.gz", "labels", "train", 60000),
-    ("t10k-images-idx3-ubyte.gz", "images", "test", 10000),
-    ("t10k-labels-idx1-ubyte.gz", "labels", "test", 10000),
+    ("train-images-idx3-ubyte.gz", "images", "train"),
+    ("train-labels-idx1-ubyte.gz", "labels", "train"),
+    ("t10k-images-idx3-ubyte.gz", "images", "test"),
+    ("t10k-labels-idx1-ubyte.gz", "labels", "test"),
 )
 
 
 def _four_files(checksums: tuple[tuple[str | None, str], ...]) -> tuple[IdxFile, ...]:
     """The canonical files with their official (sha256, gz_md5), in CANONICAL_FILES' order."""
     return tuple(
-        IdxFile(name, kind, split, count, sha256, gz_md5)
-        for (name, kind, split, count), (sha256, gz_md5) in zip(
-            CANONICAL_FILES, checksums, strict=True
-        )
+        IdxFile(name, kind, split, sha256, gz_md5)
+        for (name, kind, split), (sha256, gz_md5) in zip(CANONICAL_FILES, checksums, strict=True)
     )
 
 
@@ -155,9 +152,6 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:
-    """Return the SHA-256 of a file's bytes, read a megabyte at a time."""
-    digest = hashlib.sha256()
+    """Return the SHA-256 of a file's bytes."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -177,7 +177,7 @@ def download(
     progress: Progress | None = None,
     retries: Retry = DEFAULT_RETRY,
 ) -> None:
-    """Download `url` to `target` through a temporary file, retrying transient errors.
+    """Download `url` to `target` (in a staging folder), retrying transient errors.
 
     Raises DownloadError with a one-line message.
     """
@@ -189,17 +189,15 @@ def download(
         reraise=True,
     )
     def attempt() -> None:
-        partial = target.with_name(target.name + ".part")
         request = urllib.request.Request(url, headers={"User-Agent": "mlflow-mnist-pipeline"})
         with urllib.request.urlopen(request, timeout=30) as response:
             total = response.headers.get("Content-Length")
             update = progress(target.name, int(total) if total else None) if progress else None
-            with open(partial, "wb") as handle:
+            with open(target, "wb") as handle:
                 while chunk := response.read(1 << 16):
                     handle.write(chunk)
                     if update:
                         update(len(chunk))
-        os.replace(partial, target)
 
     try:
         attempt()

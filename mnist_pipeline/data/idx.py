@@ -112,11 +112,8 @@ class Dataset:
     y_test: np.ndarray
 
 
-def load_folder(folder: str | os.PathLike, spec: DatasetSpec, expect_full: bool = False) -> Dataset:
-    """Read the four files of `spec` from `folder`, checking that they fit together.
-
-    With expect_full, the counts must be the canonical ones (60,000 and 10,000).
-    """
+def load_folder(folder: str | os.PathLike, spec: DatasetSpec) -> Dataset:
+    """Read the four files of `spec` from `folder`, checking that they fit together."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder of IDX files")
@@ -125,8 +122,6 @@ def load_folder(folder: str | os.PathLike, spec: DatasetSpec, expect_full: bool 
         path = _existing(folder / idx_file.name)
         array = read_idx(path)
         check_kind(array, idx_file, path.name)
-        if expect_full and array.shape[0] != idx_file.count:
-            raise UserError(f"{path.name}: {array.shape[0]:,} items, expected {idx_file.count:,}")
         arrays[(idx_file.split, idx_file.kind)] = array
     for split in ("train", "test"):
         images, labels = arrays[(split, "images")], arrays[(split, "labels")]

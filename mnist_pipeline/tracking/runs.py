@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
@@ -22,7 +22,6 @@ from sqlalchemy.exc import ArgumentError
 from mnist_pipeline.data.catalogue import dataset_spec
 from mnist_pipeline.data.idx import read_idx_sha256
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.tracking.code_version import PROJECT_DIR  # noqa: F401 (used by the search)
 
 STAGE_TAG = "stage"
 CODE_VERSION_TAG = "code_version"
@@ -89,12 +88,6 @@ def logged_model_at(path: str | Path):
     return None
 
 
-def experiment_ids() -> list[str]:
-    return [
-        e.experiment_id for e in MlflowClient().search_experiments(view_type=ViewType.ACTIVE_ONLY)
-    ]
-
-
 def finished_runs(
     stage: str,
     extra_filter: str = "",
@@ -112,7 +105,8 @@ def finished_runs(
     if extra_filter:
         query += f" and {extra_filter}"
     return mlflow.search_runs(
-        experiment_ids=experiment_ids_ or experiment_ids(),
+        experiment_ids=experiment_ids_,
+        search_all_experiments=True,  # when there are no experiment_ids_
         filter_string=query,
         order_by=[*order_by, "attributes.start_time DESC"],
         max_results=max_results,
@@ -135,7 +129,8 @@ def stopped_runs(
     if extra_filter:
         query += f" and {extra_filter}"
     found = mlflow.search_runs(
-        experiment_ids=experiment_ids_ or experiment_ids(),
+        experiment_ids=experiment_ids_,
+        search_all_experiments=True,
         filter_string=query,
         order_by=["attributes.start_time DESC"],
         output_format="list",
@@ -313,11 +308,10 @@ def check_tracking_server() -> None:
     try:
         MlflowClient().search_experiments(max_results=1)
     except MlflowException as error:
-        code = re.search(r"error code (\d+)", error.message)
-        if code and code.group(1) in ("401", "403"):
+        if (status := error.get_http_status_code()) in (401, 403):
             raise UserError(
                 f"{tracking_uri()} refused the credentials in MLFLOW_TRACKING_USERNAME and "
-                f"MLFLOW_TRACKING_PASSWORD ({code.group(1)})"
+                f"MLFLOW_TRACKING_PASSWORD ({status})"
             ) from None
         refused = re.search(r"\[Errno -?\d+\] ([^\"')]+)", error.message)
         reason = refused.group(1) if refused else re.sub(r"\s+", " ", error.message)[-160:]

@@ -43,19 +43,12 @@ def stale_runs(experiment_ids: list[str] | None = None) -> tuple[list, list]:
     process on another host; they may well be alive.
     """
     import mlflow
-    from mlflow.entities import ViewType
 
-    client = mlflow.MlflowClient()
-    if experiment_ids is None:
-        experiment_ids = [
-            e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
-        ]
-    if not experiment_ids:
-        return [], []
     running = mlflow.search_runs(
         experiment_ids=experiment_ids,
         filter_string="attributes.status = 'RUNNING'",
         output_format="list",
+        search_all_experiments=True,  # when experiment_ids is None
     )
     stale, unknown = [], []
     for run in running:

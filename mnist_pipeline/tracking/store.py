@@ -43,7 +43,6 @@ import functools
 import sqlite3
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,9 +114,9 @@ def registry_store(store_uri: str, tracking_uri: str | None = None):
 
 def database_path(store_uri: str) -> Path | None:
     """The file of a `sqlite:///` URI; None for an in-memory database."""
-    path = urllib.parse.unquote(urllib.parse.urlparse(store_uri).path)
-    # sqlite:///relative.db has the path "/relative.db"; sqlite:////abs.db has "//abs.db".
-    path = path[1:] if path.startswith("/") else path
+    from sqlalchemy.engine import make_url
+
+    path = make_url(store_uri).database
     if not path or path == ":memory:":
         return None
     return Path(path).absolute()
