@@ -147,16 +147,18 @@ def with_its_model(package_run, output_dir: str):
     the model cannot be downloaded: package then runs again."""
     from mlflow.exceptions import MlflowException
 
+    from mnist_pipeline.tracking import runs
+
     if package_model.saved_model_matches(output_dir, package_run):
         return package_run
     run_id = package_run.info.run_id
-    model_uri = f"models:/{package_run.data.tags.get('model_uuid')}"
     try:
+        model_uri = runs.logged_model_uri(package_run)
         package_model.replace_directory(model_uri, output_dir)
-    except MlflowException as error:
+    except (MlflowException, UserError) as error:
         print(
-            f"[main] package: run {run_id} finished, but its model {model_uri} cannot be "
-            f"downloaded ({error_line(error)}): packaging again",
+            f"[main] package: run {run_id} finished, but its model cannot be downloaded "
+            f"({error_line(error)}): packaging again",
             file=sys.stderr,
         )
         return None

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from mnist_pipeline import files
 from mnist_pipeline.cli import (
@@ -214,7 +213,6 @@ def package(
             pip_requirements=requirements.pinned(requirements.SERVED_MODEL_PACKAGES),
             tags={"train_run": train_run_id},
         )
-    mlflow.set_tag("model_uuid", model_info.model_uuid)
     if accuracy is not None:
         mlflow.log_metric("accuracy", accuracy)
     # Evaluated, registered and judged before it replaces the saved model: a model that
@@ -349,11 +347,12 @@ def replace_directory(model_uri: str, output_dir: str | Path) -> None:
 
 def saved_model_matches(output_dir: str | Path, package_run) -> bool:
     """True when `output_dir` holds the model that `package_run` saved."""
+    import mlflow
+
     mlmodel = Path(output_dir) / "MLmodel"
     if not mlmodel.exists():
         return False
-    saved = yaml.safe_load(mlmodel.read_text()).get("model_uuid")
-    return saved is not None and saved == package_run.data.tags.get("model_uuid")
+    return mlflow.models.Model.load(mlmodel).run_id == package_run.info.run_id
 
 
 if __name__ == "__main__":
