@@ -233,18 +233,14 @@ def package(
         f"served accuracy {served['served_accuracy']:.4f}"
     )
     if register:
-        version = mlflow.register_model(model_info.model_uri, spec.dataset).version
+        # The version says what it is: its train run, test accuracy and served figures.
+        tags = {"train_run": train_run_id} | {k: f"{v:.4f}" for k, v in served.items()}
+        if accuracy is not None:
+            tags["accuracy"] = f"{accuracy:.4f}"
+        version = mlflow.register_model(model_info.model_uri, spec.dataset, tags=tags).version
         try:
-            summary += describe_and_judge(
-                spec.dataset,
-                version,
-                train_run,
-                train_run_id,
-                accuracy,
-                served,
-                champion,
-                request_sets,
-                margin,
+            summary += choose_champion(
+                spec.dataset, version, train_run, accuracy, served, champion, request_sets, margin
             )
         except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM) before the verdict
             mlflow.MlflowClient().delete_model_version(spec.dataset, version)
@@ -253,39 +249,31 @@ def package(
     return summary
 
 
-def describe_and_judge(
+def choose_champion(
     name: str,
     version: str,
     train_run: str,
-    train_run_id: str,
     accuracy: float | None,
     served: dict[str, float],
     champion: str,
     request_sets: list[evaluation.RequestSet],
     margin: float,
 ) -> str:
-    """Tag the registered `version` with what it is; move `@champion` to it when
-    `champion` says so (through the gate, for "auto"). Return the summary's end."""
-    import mlflow
-
-    from mnist_pipeline.tracking import runs
-
-    reason = ""
-    if champion == "true" and train_run == "best":
-        reason = f"highest test accuracy ({accuracy:.4f}) of the train runs compared"
-    elif champion == "true":
-        reason = "champion=true: moved without comparing"
-    runs.describe_version(name, version, train_run_id, accuracy, reason)
-    client = mlflow.MlflowClient()
-    for metric, figure in served.items():
-        client.set_model_version_tag(name, version, metric, f"{figure:.4f}")
+    """Move `@champion` to the registered `version` when `champion` says so: "true" at once,
+    "auto" through the gate. Return the summary's end."""
     summary = f"; registered {name} version {version}"
     if champion == "auto":
         verdict = promotion.gate(name, version, served, request_sets, margin)
         print(verdict.line())
         if not verdict.promoted:  # ./model holds this version, which the gate kept behind
             return summary + f"; models:/{name}@{CHAMPION} stays on version {verdict.champion}"
-    elif champion != "true":
+    elif champion == "true":
+        if train_run == "best":
+            reason = f"highest test accuracy ({accuracy:.4f}) of the train runs compared"
+        else:
+            reason = "champion=true: moved without comparing"
+        promotion.crown(name, version, reason)
+    else:
         return summary
     return summary + f" as models:/{name}@{CHAMPION}"
 

@@ -55,7 +55,7 @@ def test_a_checkpoint_packaged_by_its_path_does_not_take_the_final_models_accura
     pipeline, monkeypatch, tmp_path
 ):
     """The train run's `accuracy` is its final model's: a checkpoint's package run must not
-    carry it, nor its version, which describe_version tags from the same value. (Its served
+    carry it, nor its version, which package tags from the same value. (Its served
     accuracy is measured as for any model.)"""
     import urllib.parse
 

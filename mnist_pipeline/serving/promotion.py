@@ -181,8 +181,16 @@ def record(name: str, verdict: Verdict) -> None:
         )
         client.set_model_version_tag(name, verdict.champion, "gate_reason", verdict.reason)
     if verdict.promoted:
-        client.set_model_version_tag(name, verdict.version, "champion_reason", verdict.reason)
-        client.set_registered_model_alias(name, CHAMPION, verdict.version)
+        crown(name, verdict.version, verdict.reason)
+
+
+def crown(name: str, version: str, reason: str) -> None:
+    """Move `@champion` to `version`, and tag the version with why."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, version, "champion_reason", reason)
+    client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def evaluate_in_own_process(

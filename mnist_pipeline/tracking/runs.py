@@ -280,20 +280,6 @@ def _experiment_id(experiment: str) -> str:
         raise UserError(f"experiment {experiment!r} does not exist (by name or ID)") from None
 
 
-def describe_version(
-    name: str, version: str, train_run: str, accuracy: float | None, champion_reason: str = ""
-) -> None:
-    """Record on a registered model version why it exists; with a `champion_reason`, move
-    `champion` to it and say why."""
-    client = MlflowClient()
-    client.set_model_version_tag(name, version, "train_run", train_run)
-    if accuracy is not None:
-        client.set_model_version_tag(name, version, "accuracy", f"{accuracy:.4f}")
-    if champion_reason:
-        client.set_model_version_tag(name, version, "champion_reason", champion_reason)
-        client.set_registered_model_alias(name, "champion", version)
-
-
 def check_tracking_server() -> None:
     """Raise UserError, in one line, if a tracking server cannot be reached or refuses us.
 
