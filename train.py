@@ -40,7 +40,7 @@ from mnist_pipeline.data.transform import (
 )
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.training.hyperparameters import HYPERPARAMETERS
-from mnist_pipeline.training.model import Augmentation, confusion_counts
+from mnist_pipeline.training.model import Augmentation
 
 VALIDATION_FRACTION = 0.1
 
@@ -328,8 +328,8 @@ def train(
     accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
     loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y_test, probabilities)))
 
-    counts = confusion_counts(y_test, probabilities.argmax(axis=1), len(spec.class_names))
-    mlflow.log_figure(plots.confusion_matrix(counts, spec.class_names), "confusion_matrix.png")
+    matrix = plots.confusion_matrix(y_test, probabilities.argmax(axis=1), spec.class_names)
+    mlflow.log_figure(matrix, "confusion_matrix.png")
     example = x_test[:1]
     logged = mlflow.tensorflow.log_model(
         model,

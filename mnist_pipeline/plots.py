@@ -75,31 +75,26 @@ def pixel_histogram(images: np.ndarray, mean: float, std: float):
     return figure
 
 
-def confusion_matrix(matrix: np.ndarray, class_names, title: str = "Confusion matrix (test set)"):
-    """Return a heat map of `matrix[true, predicted]` with the counts written in."""
+def confusion_matrix(y_true: np.ndarray, y_predicted: np.ndarray, class_names):
+    """Return scikit-learn's heat map of the counts of (true, predicted) classes, on a log
+    scale so that a handful of mistakes shows."""
+    from matplotlib.colors import SymLogNorm
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     figure = _figure(figsize=(7, 6))
     axis = figure.subplots()
-    shown = axis.imshow(np.log1p(matrix), cmap="Blues")
-    positions = np.arange(len(class_names))
-    axis.set_xticks(positions, class_names, rotation=45, ha="right")
-    axis.set_yticks(positions, class_names)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    threshold = np.log1p(matrix).max() / 2
-    for true in positions:
-        for predicted in positions:
-            value = matrix[true, predicted]
-            axis.text(
-                predicted,
-                true,
-                str(value),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if np.log1p(value) > threshold else "black",
-            )
-    axis.set_title(title)
-    figure.colorbar(shown, ax=axis, label="log(1 + count)")
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        y_predicted,
+        labels=range(len(class_names)),
+        display_labels=class_names,
+        ax=axis,
+        cmap="Blues",
+        xticks_rotation=45,
+        im_kw={"norm": SymLogNorm(linthresh=1)},
+        text_kw={"fontsize": 7},
+    )
+    axis.set_title("Confusion matrix (test set)")
     figure.tight_layout()
     return figure
 

@@ -261,10 +261,3 @@ def epoch_logger(validation: bool = True):
             pass  # validation metrics already arrive with on_epoch_end
 
     return EpochLogger()
-
-
-def confusion_counts(y_true: np.ndarray, y_predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Return int64 (num_classes, num_classes): counts[true, predicted]."""
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (y_true.astype(np.int64), y_predicted.astype(np.int64)), 1)
-    return counts
