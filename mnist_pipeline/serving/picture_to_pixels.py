@@ -186,12 +186,12 @@ def _reduction(width: int, height: int) -> int:
     return reduction
 
 
-def _shrunk(gray: np.ndarray) -> np.ndarray:
-    """Return `gray` averaged down to at most WORK_SIDE pixels on its longer side."""
-    height, width = gray.shape
-    if max(height, width) <= WORK_SIDE:
+def _shrunk(gray: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
+    """Return `gray` averaged down to at most `side` pixels on its longer side."""
+    height, width = gray.shape[:2]
+    if max(height, width) <= side:
         return gray
-    scale = WORK_SIDE / max(height, width)
+    scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
@@ -403,7 +403,7 @@ def _backdrop(gray: np.ndarray) -> np.ndarray | float:
     edges is within FLAT_LEVELS of it (Fashion-MNIST's black, a studio's white), else a
     quadratic surface fitted to the band without the object, if it spans more than
     BACKDROP_LEVELS grey levels."""
-    coarse = _coarse(gray)
+    coarse = _shrunk(gray, PAPER_GRID)
     in_band = _border_band(coarse.shape)
     around = coarse[in_band]
     if np.mean(np.abs(around - np.median(around)) <= FLAT_LEVELS) >= 0.5:
@@ -551,7 +551,7 @@ def _paper_surface(gray: np.ndarray) -> np.ndarray:
     so that ink of any width (a pencil line or a brush) leaves it unchanged.
     """
     height, width = gray.shape
-    coarse = _coarse(gray)
+    coarse = _shrunk(gray, PAPER_GRID)
     terms = _quadratic_terms(*coarse.shape)
     values = coarse.reshape(-1, 1).astype(np.float64)
     threshold, _ = cv2.threshold(
@@ -575,14 +575,6 @@ def _paper_surface(gray: np.ndarray) -> np.ndarray:
     if surface.shape == gray.shape:
         return surface
     return cv2.resize(surface, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _coarse(gray: np.ndarray) -> np.ndarray:
-    """Return `gray` shrunk (by area) to at most PAPER_GRID pixels on its longer side."""
-    height, width = gray.shape
-    factor = min(1.0, PAPER_GRID / max(height, width))
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
 def _fit_round(
@@ -633,9 +625,7 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
     height, width = ink.shape
     if max(height, width) <= 2 * IMAGE_SHAPE[0]:
         return ink
-    factor = min(1.0, ANALYSIS_SIDE / max(height, width))
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    small = cv2.resize(ink, size, interpolation=cv2.INTER_AREA) if factor < 1 else ink
+    small = _shrunk(ink, ANALYSIS_SIDE)
     inked = (small > 0).astype(np.uint8)
     lines = _ruled_lines(inked)
     if lines.any():
@@ -647,7 +637,7 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
     # digit drawn in dots or dashes further apart than that is joined at twice, then four
     # times the gap, until its parts hold most of the ink away from the edges.
     # (Not if that joins it to the picture's edges: the dots of dotted paper are not ink.)
-    gap = max(3, round(max(size) * PART_GAP))
+    gap = max(3, round(max(small.shape) * PART_GAP))
     labels, share, _ = _digit_parts(small, inked, gap)
     for _ in range(2):
         if share >= DIGIT_INK_SHARE:
@@ -656,7 +646,7 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
         wider, wider_share, at_edge = _digit_parts(small, inked, gap)
         if wider_share > share and not at_edge:
             labels, share = wider, wider_share
-    if factor == 1:
+    if small is ink:
         return np.where(labels > 0, ink, np.float32(0))
     keep = cv2.resize(
         (labels > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
