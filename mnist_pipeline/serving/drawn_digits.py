@@ -22,8 +22,6 @@ evaluation only: nothing trains on it.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 from collections import Counter
@@ -435,11 +433,8 @@ def wrote(digits: list[DrawnDigit], folder: str | os.PathLike) -> str:
 
 def labels_csv(digits: list[DrawnDigit]) -> str:
     """Return labels.csv's text: a header `file,label,kind`, then one row per digit."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows((digit.file, digit.label, digit.kind) for digit in digits)
-    return text.getvalue()
+    rows = [(digit.file, digit.label, digit.kind) for digit in digits]
+    return pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False, lineterminator="\n")
 
 
 def read_drawn_set(folder: str | os.PathLike = DRAWN_DIGITS) -> pd.DataFrame:
