@@ -48,15 +48,9 @@ def explore(data_run: str = "", in_data: str = "", dataset: str = "mnist") -> tu
 
     from mnist_pipeline.tracking import runs
 
-    folder, data_run, dataset_name = runs.resolve_data(data_run, in_data, dataset)
-    spec = dataset_spec(dataset_name)
-    mlflow.set_tags(
-        {
-            "dataset": spec.name,
-            **({"data_run": data_run} if data_run else {}),
-            **({"in_data": in_data} if in_data else {}),
-        }
-    )
+    folder, tags = runs.resolve_data(data_run, in_data, dataset)
+    spec = dataset_spec(tags["dataset"])
+    mlflow.set_tags(tags)
     data = load_folder(folder, spec)
     mean, std = pixel_statistics(data.x_train)
     train_counts = np.bincount(data.y_train, minlength=len(spec.class_names))

@@ -83,17 +83,12 @@ def preprocess(
     if std is not None and not std > 0:
         raise UserError(f"std must be greater than 0, got {std}")
     started = time.perf_counter()
-    folder, data_run, dataset_name = runs.resolve_data(data_run, in_data, dataset)
-    catalogued = dataset_spec(dataset_name)
-    tags = {
-        "dataset": catalogued.name,
-        **({"data_run": data_run} if data_run else {}),
-        **({"in_data": in_data} if in_data else {}),
-    }
+    folder, tags = runs.resolve_data(data_run, in_data, dataset)
+    catalogued = dataset_spec(tags["dataset"])
     data = load_folder(folder, catalogued)
 
     if mean is None or std is None:
-        measured_mean, measured_std, source = _mean_and_std(explore_run, data_run, data)
+        measured_mean, measured_std, source = _mean_and_std(explore_run, tags.get("data_run"), data)
         mean = measured_mean if mean is None else mean
         std = measured_std if std is None else std
         tags["mean_std_from"] = source

@@ -192,8 +192,9 @@ def _downloaded(run_id: str, artifact_path: str) -> Path:
     )
 
 
-def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, str | None, str]:
-    """Return (folder of the four IDX files, get_data run ID or None, dataset name).
+def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, dict[str, str]]:
+    """Return the folder of the four IDX files, and the tags that say where they came from:
+    `dataset`, `data_run` (the get_data run, when there is one) and `in_data`.
 
     `data_run` names a get_data run; `in_data` a folder of IDX files (the workshop's
     way), traced back to the get_data run that wrote it when there is one; with
@@ -209,16 +210,18 @@ def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, str |
         found = finished_runs(
             "get_data", f"tags.`sha256.train-images-idx3-ubyte` = '{digest}'", max_results=1
         )
-        if found:
-            return folder, found[0].info.run_id, found[0].data.tags.get("dataset", dataset)
-        dataset_spec(dataset)
-        return folder, None, dataset
+        if not found:
+            return folder, {"dataset": dataset_spec(dataset).name, "in_data": in_data}
+        written = found[0]
+        dataset = written.data.tags.get("dataset", dataset)
+        return folder, {"dataset": dataset, "data_run": written.info.run_id, "in_data": in_data}
     run = (
         get_run(data_run, "get_data")
         if data_run
         else latest_run("get_data", dataset_spec(dataset).name)
     )
-    return artifact_dir(run.info.run_id, "data"), run.info.run_id, run.data.tags["dataset"]
+    tags = {"dataset": run.data.tags["dataset"], "data_run": run.info.run_id}
+    return artifact_dir(run.info.run_id, "data"), tags
 
 
 def logged_model_uri(run: Run, name: str = "model") -> str:
