@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import mlflow
 import optuna
 from mlflow.exceptions import MlflowException
-from mlflow.tracking.context.registry import resolve_tags
 from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -170,11 +169,10 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
     The process that started a shared search then waits for the other machines' trials."""
     chosen = space.parse_space(search.hyperparameters)
     client = mlflow.MlflowClient()
-    # With the user, source and commit that mlflow.start_run would tag a run with.
-    tags = resolve_tags(
-        {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
-    )
-    this_run = mlflow.active_run().info.run_id
+    # Trials carry the user, source and git commit that mlflow.start_run gave this run.
+    this_run, run_tags = mlflow.active_run().info.run_id, mlflow.active_run().data.tags
+    tags = {k: v for k, v in run_tags.items() if k.startswith(("mlflow.user", "mlflow.source."))}
+    tags |= {"mlflow.parentRunId": search.parent_run_id, "host": HOST, "worker": WORKER}
     joined = this_run != search.parent_run_id
     if joined:
         mlflow.set_tags({"joined": search.parent_run_id, "host": HOST, "worker": WORKER})
