@@ -14,12 +14,14 @@ a run nested under the package run.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from mnist_pipeline.cli import boolean
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.serving import evaluation
 from mnist_pipeline.tracking import signals
@@ -32,16 +34,12 @@ PACKAGE = "mnist_pipeline"
 
 def champion_mode(value: str | bool) -> str:
     """Return "true", "false" or "auto" from MLproject's text (yes/no/1/0 too) or a bool."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "yes", "1"):
-        return "true"
-    if lowered in ("false", "no", "0", ""):
-        return "false"
-    if lowered == "auto":
+    if str(value).strip().lower() == "auto":
         return "auto"
-    raise UserError(f"champion: expected true, false or auto, got {value!r}")
+    try:
+        return "true" if boolean(value) else "false"
+    except argparse.ArgumentTypeError:
+        raise UserError(f"champion: expected true, false or auto, got {value!r}") from None
 
 
 @dataclass(frozen=True)
