@@ -31,10 +31,6 @@ stopped_by: int | None = None
 # Called in the main thread when the first signal arrives, before Stopped is raised:
 # for what other threads wait on, such as trial processes (see search/study.py).
 _on_stop: list[Callable[[], None]] = []
-# How many `uninterrupted()` bodies the main thread is in, and whether a signal came
-# during one of them.
-_uninterruptible = 0
-_pending = False
 
 
 class Stopped(KeyboardInterrupt):
@@ -75,41 +71,14 @@ def on_stop(callback: Callable[[], None]) -> None:
 
 
 def _stop(signum: int, frame) -> None:
-    global stopped_by, _pending
+    global stopped_by
     if stopped_by is not None:
         # Already stopping: let the clean-up finish (SIGKILL still ends it at once).
         return
     stopped_by = signum
     for callback in _on_stop:
         callback()
-    if _uninterruptible:
-        _pending = True  # raised when the write under way is done (see uninterrupted)
-        return
     raise Stopped(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Let a SIGINT or SIGTERM that arrives during the body stop the process when it ends.
-
-    For the tracking store's database sessions (see store.py). A signal raised in the
-    middle of a SQLite write leaves that write's connection, and its lock on the database,
-    to the garbage collector; ending the run KILLED then waits for the lock (MLflow's busy
-    timeout, 20 s, twice) and fails. Only the main thread gets signals; elsewhere the body
-    just runs.
-    """
-    global _uninterruptible, _pending
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _uninterruptible += 1
-    try:
-        yield
-    finally:
-        _uninterruptible -= 1
-        if not _uninterruptible and _pending:
-            _pending = False
-            raise Stopped(signal.Signals(stopped_by).name)
 
 
 def _one_line_when_stopped(kind, value, traceback) -> None:
@@ -137,8 +106,11 @@ def killed_when_stopped() -> Iterator[None]:
 def deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back until the body is done, then act on them.
 
-    For the few seconds of work that must not be cut in half, such as creating the
-    tracking store. Only the main thread can do this; elsewhere the body just runs.
+    For work that must not be cut in half: creating the tracking store, or one of its
+    database sessions (see store.py). A signal raised in the middle of a SQLite write
+    leaves that write's connection, and its lock on the database, to the garbage collector;
+    ending the run KILLED then waits for the lock (MLflow's busy timeout, 20 s, twice) and
+    fails. Only the main thread gets signals; elsewhere the body just runs.
     """
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -20,7 +20,7 @@ built:
   does one that `mlflow run` ends FAILED because the stage's own process was killed (by
   SIGTERM, or SIGKILL as the OOM killer sends it);
 - so that SIGINT and SIGTERM stop the process between database sessions, never in the
-  middle of one (which would leave the database locked; see signals.uninterrupted).
+  middle of one (which would leave the database locked; see signals.deferred).
 - with every experiment's artifacts in `mlruns/` beside the database, not in `./mlruns` of
   the working directory.
 
@@ -289,7 +289,7 @@ def _sessions_uninterrupted(store) -> None:
 
     @contextlib.contextmanager
     def session_uninterrupted(*args, **kwargs):
-        with signals.uninterrupted(), sessions(*args, **kwargs) as session:
+        with signals.deferred(), sessions(*args, **kwargs) as session:
             yield session
 
     store.ManagedSessionMaker = session_uninterrupted
