@@ -357,6 +357,32 @@ def test_a_whiteboard_photo_with_a_glare_beside_the_digit_reads_the_digit(x, y, 
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
 
 
+def stained_two(x: int, y: int, darkness: float) -> np.ndarray:
+    """The 2 with a coffee stain beside it, centred at (x, y): a soft blot that darkens the
+    paper by `darkness` (0.2: a quarter as much as the ink stands out of it)."""
+    stain = cv2.ellipse(np.zeros((300, 400), np.float32), (x, y), (40, 28), 30, 0, 360, 1.0, -1)
+    return the_two_on(235, 30) * (1 - darkness * cv2.GaussianBlur(stain, (0, 0), 6))
+
+
+@pytest.mark.parametrize(("x", "y"), [(320, 60), (110, 240), (300, 250)])
+@pytest.mark.parametrize("darkness", [0.15, 0.2])
+def test_a_stain_beside_the_digit_is_not_the_digit(x, y, darkness):
+    pixels = image_to_pixels(as_jpeg(stained_two(x, y, darkness)))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
+def test_a_faint_stroke_of_the_digit_apart_from_the_rest_is_kept():
+    """A 5 whose bar, drawn apart from its body, is a third as dark, as a pencil pressed
+    lightly leaves it: the digit's, not a stain."""
+    bar = [np.array([[0.25, 0.0], [0.85, 0.0]])]
+    body = [np.array([[0.25, 0.1], [0.2, 0.45], [0.5, 0.38], [0.75, 0.5], [0.8, 0.75]])]
+    body[0] = np.vstack([body[0], [[0.6, 0.95], [0.3, 0.95], [0.15, 0.85]]])
+    ink = draw(np.zeros((300, 300), np.uint8), body, 90, 60, 180, 200, 6).astype(float)
+    ink = np.maximum(ink, draw(np.zeros((300, 300), np.uint8), bar, 90, 60, 180, 70, 6))
+    pixels = image_to_pixels(png(np.clip(240 - ink, 0, 255).astype(np.uint8)))
+    assert (pixels[:8] > 60).sum() >= 20  # the bar, at the top of the 20x20 box
+
+
 def test_a_photo_of_the_sheet_on_a_dark_table_reads_the_ink_on_the_sheet():
     """The table is most of the picture's border, the sheet most of the picture."""
     photo = np.full((300, 400), 60, np.uint8)

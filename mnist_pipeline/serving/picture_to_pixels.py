@@ -122,8 +122,11 @@ SHADOW_INK_LEVEL = 0.85
 SHADOW_AREA = 0.01
 SHADOW_STROKES_KEPT = 0.9
 SHADOW_STROKE_LEVEL = 0.6
-# A part near the digit with less than this share of the digit's ink is a speck.
+# A part near the digit with less than this share of the digit's ink is a speck; one whose
+# ink is fainter than this share of the digit's strokes (their 90th percentile) is a stain
+# or a shadow.
 SPECK_SHARE = 0.03
+FAINT_SHARE = 0.3
 # A part that touches one edge is the digit if it is this many times as heavy as the
 # heaviest part away from the edges (a dot or a line beside a digit cut by the edge).
 EDGE_DIGIT_WEIGHT = 2.0
@@ -693,6 +696,11 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
     # pencil beside it. (A blob near it may be its own: the round end of a stroke.)
     own = ~frames & (mass >= SPECK_SHARE * mass[digit])
     own[0] = False
+    # ...nor a stain or a shadow beside it, far fainter than its strokes: the same pen
+    # leaves its strokes about as dark.
+    strokes = np.percentile(small[labels == digit], 90)
+    for part in np.flatnonzero(own):
+        own[part] = np.percentile(small[labels == part], 90) >= FAINT_SHARE * strokes
 
     def near(kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The parts of the digit near the `kept` ones, and the lines under them."""
