@@ -123,10 +123,11 @@ SHADOW_AREA = 0.01
 SHADOW_STROKES_KEPT = 0.9
 SHADOW_STROKE_LEVEL = 0.6
 # A part near the digit with less than this share of the digit's ink is a speck; one whose
-# ink is fainter than this share of the digit's strokes (their 90th percentile) is a stain
-# or a shadow.
+# ink is fainter than this share of the digit's strokes (their 90th percentile), with
+# strokes at least this many times as wide, is a stain or a shadow.
 SPECK_SHARE = 0.03
 FAINT_SHARE = 0.3
+BLOT_WIDTHS = 1.5
 # A part that touches one edge is the digit if it is this many times as heavy as the
 # heaviest part away from the edges (a dot or a line beside a digit cut by the edge).
 EDGE_DIGIT_WEIGHT = 2.0
@@ -696,11 +697,12 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
     # pencil beside it. (A blob near it may be its own: the round end of a stroke.)
     own = ~frames & (mass >= SPECK_SHARE * mass[digit])
     own[0] = False
-    # ...nor a stain or a shadow beside it, far fainter than its strokes: the same pen
-    # leaves its strokes about as dark.
-    strokes = np.percentile(small[labels == digit], 90)
+    # ...nor a stain or a shadow beside it: a blot far fainter than its strokes, and wider
+    # (a stroke of its own that a pencil pressed lightly drew is faint too, but as thin).
+    level, width = _level_and_width(small, labels == digit)
     for part in np.flatnonzero(own):
-        own[part] = np.percentile(small[labels == part], 90) >= FAINT_SHARE * strokes
+        part_level, part_width = _level_and_width(small, labels == part)
+        own[part] = part_level >= FAINT_SHARE * level or part_width < BLOT_WIDTHS * width
 
     def near(kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The parts of the digit near the `kept` ones, and the lines under them."""
@@ -738,10 +740,8 @@ def _stains_and_frames(
     frames = np.zeros(len(stats), dtype=bool)
     for part in heavy:
         left, top, w, h = stats[part, :4]
-        alone = (labels[top : top + h, left : left + w] == part).astype(np.uint8)
-        contours, _ = cv2.findContours(alone, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        outline = sum(cv2.arcLength(contour, True) for contour in contours)
-        if 2.0 * alone.sum() / max(outline, 1.0) > BLOB_WIDTH * max(w, h):
+        alone = labels[top : top + h, left : left + w] == part
+        if _width(alone) > BLOB_WIDTH * max(w, h):
             stains[part] = True
             continue
         rows, cols = np.nonzero(alone)
@@ -758,6 +758,17 @@ def _stains_and_frames(
                 frames[part] = _along_its_hull(rows, cols, max(w, h))
                 break
     return stains, frames
+
+
+def _width(part: np.ndarray) -> float:
+    """The mean width of the strokes of `part` (booleans): twice its area over its outline."""
+    contours, _ = cv2.findContours(part.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return 2.0 * part.sum() / max(sum(cv2.arcLength(contour, True) for contour in contours), 1.0)
+
+
+def _level_and_width(ink: np.ndarray, part: np.ndarray) -> tuple[float, float]:
+    """The level of the strokes of `part` in `ink` (their 90th percentile), and their width."""
+    return float(np.percentile(ink[part], 90)), _width(part)
 
 
 def _along_its_hull(rows: np.ndarray, cols: np.ndarray, size: int) -> bool:
