@@ -278,6 +278,12 @@ def around_the_two(mark: str) -> np.ndarray:
         cv2.rectangle(picture, (125, 65), (290, 225), 20, 3)
     elif mark == "circle":
         cv2.ellipse(picture, (202, 145), (110, 100), 0, 20, 350, 20, 3, cv2.LINE_AA)
+    elif mark == "close box":  # as wide as the digit's strokes, a few pixels from them
+        cv2.rectangle(picture, (138, 80), (267, 212), 20, 6)
+    elif mark == "close thin box":
+        cv2.rectangle(picture, (141, 83), (264, 209), 20, 2)
+    elif mark == "close circle":  # nearest to the digit's corners
+        cv2.ellipse(picture, (202, 146), (86, 88), 0, 0, 360, 20, 6, cv2.LINE_AA)
     elif mark == "underline":
         cv2.line(picture, (140, 220), (280, 222), 20, 4)
     elif mark == "frame":  # a canvas exported with a border: on the picture's outermost pixels
@@ -285,7 +291,10 @@ def around_the_two(mark: str) -> np.ndarray:
     return picture
 
 
-@pytest.mark.parametrize("mark", ["box", "circle", "underline", "frame"])
+@pytest.mark.parametrize(
+    "mark",
+    ["box", "circle", "close box", "close thin box", "close circle", "underline", "frame"],
+)
 def test_a_box_a_circle_a_line_under_the_digit_or_a_frame_are_not_the_digit(mark):
     pixels = image_to_pixels(png(around_the_two(mark)))
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12

@@ -637,6 +637,9 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
         unlined = np.where(lines, 0, inked).astype(np.uint8)
         closed = cv2.morphologyEx(unlined, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
         inked = np.where(lines, closed, unlined).astype(np.uint8)
+    # A box or a circle drawn close around the digit is a part of its own only as drawn,
+    # before the strokes close to each other are joined: it is left out here.
+    inked = np.where(_frames(inked), 0, inked).astype(np.uint8)
     # Strokes a few pixels apart (a pencil's broken line, a 4 in two strokes) are one part. A
     # digit drawn in dots or dashes further apart than that is joined at twice, then four
     # times the gap, until its parts hold most of the ink away from the edges.
@@ -725,6 +728,20 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
     away[parts] = ~(at_edge | marks | underline)[parts]
     share = float(mass[kept].sum() / mass[kept | away].sum())
     return np.where(kept[labels], labels, 0), share, bool(at_edge[kept].any())
+
+
+def _frames(inked: np.ndarray) -> np.ndarray:
+    """Where in the uint8 mask `inked` a box or a circle is drawn around another part."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(inked)
+    area = stats[:, cv2.CC_STAT_AREA]
+    heavy = 1 + np.flatnonzero(area[1:] >= MIN_DIGIT_SHARE * area[1:].sum())
+    left, top = stats[heavy, 0], stats[heavy, 1]
+    right, bottom = left + stats[heavy, 2], top + stats[heavy, 3]
+    within = (left[:, None] <= left) & (top[:, None] <= top)
+    within &= (right <= right[:, None]) & (bottom <= bottom[:, None])
+    if np.count_nonzero(within) == heavy.size:  # no part lies within another's box
+        return np.zeros(inked.shape, dtype=bool)
+    return _stains_and_frames(labels, stats, heavy)[1][labels]
 
 
 def _stains_and_frames(
