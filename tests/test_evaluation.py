@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -232,6 +233,26 @@ def test_evaluate_served_with_a_drawn_folder_of_its_own(served, tmp_path, capsys
         figures = evaluate_served(model_uri, None, sets(fashion_like, drawn))
     assert set(figures) == {"served_accuracy", "served_png_accuracy"}
     assert "drawn" not in capsys.readouterr().err
+
+
+def test_a_small_set_that_lacks_some_classes_is_evaluated_without_warnings(served, tmp_path):
+    """The feedback's evaluation part may lack some digits, which then have no precision or
+    recall: the report gives them 0, and scikit-learn's warnings about it are held back."""
+    import mlflow
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    drawn = tmp_path / "drawn"
+    write_drawn_folder(drawn, count=3)  # a 0, a 1 and a 2
+    request_set = evaluation.picture_files(drawn, served["spec"], "drawn", "drawn digits")
+    experiment = served["client"].create_experiment(
+        "three-digits",
+        artifact_location=(served["store"].root / "mlruns" / "three-digits").as_uri(),
+    )
+    with warnings.catch_warnings(record=True) as caught, mlflow.start_run(experiment_id=experiment):
+        warnings.simplefilter("always")
+        result = evaluation.evaluate(served["model"], request_set)
+    assert 0 <= result.accuracy <= 1
+    assert not [w for w in caught if issubclass(w.category, UndefinedMetricWarning)]
 
 
 def test_package_stopped_during_the_evaluation_ends_killed_and_keeps_the_old_model(served):

@@ -332,7 +332,11 @@ def _base64_png(image: np.ndarray) -> str:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Hold back MLflow's INFO lines and its hint about integer columns for the `with` block."""
+    """Hold back MLflow's INFO lines and its hint about integer columns for the `with` block,
+    and scikit-learn's warnings about a class that a small set (the feedback's) lacks: it
+    has no precision or recall, which the per-class report gives as 0."""
+    from sklearn.exceptions import UndefinedMetricWarning
+
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -341,6 +345,7 @@ def quiet() -> Iterator[None]:
         with warnings.catch_warnings():
             for message in QUIET_WARNINGS:
                 warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
