@@ -174,7 +174,13 @@ def test_stage_by_stage_block_as_written(tmp_path, tiny_mirror):
         listed_ids = {run["info"]["run_id"] for run in listed}
         for stage in ("get_data", "explore_data", "preprocess", "train", "package"):
             assert newest(project, stage) in listed_ids, stage
-    # The store, its lock, the data, the runs' artifacts and the model are all ignored.
+    # Chapter 3 then asks for a picture of a digit: `cp drawn_digits/... my_digit.png`.
+    chapter_3 = (REPO / "docs" / "3-serving-and-drawing.md").read_text()
+    copy = re.search(r"`(cp drawn_digits/\S+ my_digit\.png)`", chapter_3).group(1)
+    store.run(["bash", "-c", copy], cwd=project)
+    assert (project / "my_digit.png").exists()
+    # The store, its lock, the data, the runs' artifacts, the model and the picture are all
+    # ignored.
     assert untracked_or_changed(project) == ""
 
 
