@@ -71,8 +71,11 @@ def _say_why_refused(run_id: str, prog: str, message: str) -> None:
 
         client = MlflowClient()
         client.set_tag(run_id, naming.ERROR_TAG, message)
-        if naming.may_rename(client.get_run(run_id)):
-            client.set_tag(run_id, naming.RUN_NAME_TAG, f"{prog.removesuffix('.py')} (refused)")
+        run = client.get_run(run_id)
+        if naming.may_rename(run):
+            # Named after the MLproject entry point, as the stages' runs are (get_data).
+            entry_point = run.data.tags.get("mlflow.project.entryPoint", prog.removesuffix(".py"))
+            client.set_tag(run_id, naming.RUN_NAME_TAG, f"{entry_point} (refused)")
 
 
 def boolean(text: str) -> bool:

@@ -147,12 +147,14 @@ def test_a_refused_command_names_and_tags_the_run_that_mlflow_run_made(store, mo
     tags = client.get_run(trial).data.tags
     assert tags["error"].startswith("argument --batch_size: ")
     assert tags["mlflow.runName"] == "trial 3/4"
-    # Refused after parsing too: a join on a run that does not exist.
+    # Refused after parsing too: a join on a run that does not exist. `mlflow run . -e
+    # train_batch` tags its run with the entry point, which names the refused run.
     import batch_train
 
-    made = client.create_run("0", run_name="wistful-conch-49").info.run_id
+    entry_point = {"mlflow.project.entryPoint": "train_batch"}
+    made = client.create_run("0", run_name="wistful-conch-49", tags=entry_point).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", made)
     assert batch_train.main(["--join", MISSING_RUN]) == 1
     tags = client.get_run(made).data.tags
     assert tags["error"].startswith(f"run '{MISSING_RUN}' does not exist in ")
-    assert tags["mlflow.runName"] == "batch_train (refused)"
+    assert tags["mlflow.runName"] == "train_batch (refused)"
