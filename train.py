@@ -77,11 +77,20 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    run = None
     try:
         with stage_run("train", parser, args, __file__, system_metrics=True) as run:
             accuracy, seconds = train(**arguments_for(train, args))
     except USER_ERRORS as error:
         return fail(parser.prog, error)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run ended KILLED
+        if run is not None and resumable(run.info.run_id):
+            print(
+                f"train run {run.info.run_id} ended KILLED; go on from its last checkpoint "
+                f"with the same parameters and -P resume={run.info.run_id}",
+                file=sys.stderr,
+            )
+        raise
     if accuracy is None:
         print(f"train run {run.info.run_id}: pruned by its search after {seconds:.1f} s")
         return 0
@@ -89,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         f"train run {run.info.run_id}: test accuracy {accuracy:.4f} after {seconds:.1f} s of training"
     )
     return 0
+
+
+def resumable(run_id: str) -> bool:
+    """Whether the stopped run `run_id` has a whole checkpoint to go on from."""
+    from mnist_pipeline.training import checkpoints
+
+    try:
+        return checkpoints.latest(run_id) is not None
+    except Exception:  # the store itself may be what stopped it
+        return False
 
 
 def resolve_preprocess_run(preprocess_run: str = "", input_dir: str = "", dataset: str = "") -> str:

@@ -375,6 +375,8 @@ def test_checkpoint_block_as_written(tmp_path, tiny_mirror):
     stopped = stopped_after_first_checkpoint(train, project, store.env, tmp_path / "train.log")
     client = in_project(project)
     assert client.get_run(stopped).info.status == "KILLED", (tmp_path / "train.log").read_text()
+    # It says how to go on.
+    assert f"-P resume={stopped}" in (tmp_path / "train.log").read_text()
     folder = project / "mlruns" / experiment
     done = sorted(
         int(path.parent.name[6:])
