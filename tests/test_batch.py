@@ -61,6 +61,10 @@ def test_every_trial_is_a_nested_child_with_its_metrics(batch):
         assert run.data.tags["stage"] == "train"
         assert {"accuracy", "loss", "train_loss", "val_accuracy"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
+    # Each trial says when it starts, with its run, as well as how it ended.
+    for run in children:
+        started = f"{run.info.run_name} on {run.data.tags['host']}: started, run {run.info.run_id}"
+        assert started in batch["output"].stderr
 
 
 def test_a_failed_trial_ends_failed_and_the_batch_carries_on(batch):

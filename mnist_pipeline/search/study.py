@@ -208,6 +208,7 @@ def optimize(study: optuna.Study, search: Search, workers: int) -> int:
             arguments += [f"--{name}={value}" for name, value in params.items()]
             if repeated and checkpoints.latest(repeated):  # goes on from its last checkpoint
                 arguments += ["--resume", repeated]
+            print(f"[train_batch] {title} on {HOST}: started, run {run_id}", file=sys.stderr)
             started, killed = time.perf_counter(), False
             if not hasattr(local, "pool"):  # the thread's first trial, or its process was killed
                 local.pool = pools.enter_context(
