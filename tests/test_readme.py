@@ -375,8 +375,9 @@ def test_checkpoint_block_as_written(tmp_path, tiny_mirror):
     stopped = stopped_after_first_checkpoint(train, project, store.env, tmp_path / "train.log")
     client = in_project(project)
     assert client.get_run(stopped).info.status == "KILLED", (tmp_path / "train.log").read_text()
-    # It says how to go on.
+    # It says how to go on, and its description that it stopped.
     assert f"-P resume={stopped}" in (tmp_path / "train.log").read_text()
+    assert "**Stopped**" in tags_of(project, stopped)["mlflow.note.content"]
     folder = project / "mlruns" / experiment
     done = sorted(
         int(path.parent.name[6:])

@@ -19,6 +19,7 @@ import re
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mnist_pipeline.tracking import signals
 from mnist_pipeline.tracking.signals import PROCESS_TAG
 from mnist_pipeline.training.hyperparameters import NAMES as HYPERPARAMETERS
 
@@ -80,6 +81,8 @@ def name_and_text(run, client: MlflowClient) -> tuple[str, str]:
     name, text = builder(run, client)
     if error := run.data.tags.get(ERROR_TAG):
         text += f"\n\n**Failed:** {error}"
+    elif signals.stopping():  # described as this process stops: the run ends KILLED
+        text += "\n\n**Stopped** (Ctrl-C or SIGTERM) before it finished."
     return name, text
 
 
