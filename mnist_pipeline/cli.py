@@ -74,7 +74,7 @@ def _say_why_refused(run_id: str, prog: str, message: str) -> None:
         run = client.get_run(run_id)
         if naming.may_rename(run):
             # Named after the MLproject entry point, as the stages' runs are (get_data).
-            entry_point = run.data.tags.get("mlflow.project.entryPoint", prog.removesuffix(".py"))
+            entry_point = run.data.tags.get(naming.ENTRY_POINT_TAG, prog.removesuffix(".py"))
             client.set_tag(run_id, naming.RUN_NAME_TAG, f"{entry_point} (refused)")
 
 

@@ -19,14 +19,14 @@ import re
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_pipeline.tracking import signals
-from mnist_pipeline.tracking.signals import PROCESS_TAG
+from mnist_pipeline.tracking.signals import PROCESS_TAG, stopping
 from mnist_pipeline.training.hyperparameters import NAMES as HYPERPARAMETERS
 
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run . -e <entry point>`
 ERROR_TAG = "error"  # why a run FAILED: its error's first line
 # How MLflow names a run that nobody named: adjective-animal-number.
 _RANDOM_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
@@ -81,7 +81,7 @@ def name_and_text(run, client: MlflowClient) -> tuple[str, str]:
     name, text = builder(run, client)
     if error := run.data.tags.get(ERROR_TAG):
         text += f"\n\n**Failed:** {error}"
-    elif signals.stopping():  # described as this process stops: the run ends KILLED
+    elif stopping():  # described as this process stops: the run ends KILLED
         text += "\n\n**Stopped** (Ctrl-C or SIGTERM) before it finished."
     return name, text
 
