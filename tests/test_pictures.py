@@ -216,6 +216,26 @@ def test_the_lines_of_ruled_and_squared_paper_are_not_the_digit(squared):
     assert np.abs(pixels.astype(int) - clean).mean() < 12
 
 
+@pytest.mark.parametrize(
+    ("line", "spacing"),
+    [((225, 200, 170), 22), ((215, 215, 215), 28), ((190, 220, 190), 28)],
+    ids=["blue", "grey", "green"],
+)
+def test_the_faint_grid_of_a_blurred_jpeg_of_squared_paper_is_not_the_digit(line, spacing):
+    """A phone's photo of a school notebook: one-pixel lines a few levels darker than the
+    paper, which blur and JPEG's blocks break into dashes once the ink is thresholded."""
+    paper = np.full((300, 400, 3), 245, dtype=np.uint8)
+    for at in range(10, 400, spacing):
+        cv2.line(paper, (0, at), (399, at), line, 1)
+        cv2.line(paper, (at, 0), (at, 299), line, 1)
+    draw(paper, TWO, 150, 90, 110, (120, 40, 30), 6)
+    photo = cv2.GaussianBlur(paper, (0, 0), 0.7)
+    jpeg = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 60])[1].tobytes()
+    pixels, clean = image_to_pixels(jpeg), clean_two()
+    assert abs(ink_box(pixels, 64)[0] - ink_box(clean, 64)[0]) <= 1
+    assert np.abs(pixels.astype(int) - clean).mean() < 8
+
+
 def test_a_blank_page_of_ruled_paper_is_refused_in_one_line():
     paper = np.full((300, 400), 250, dtype=np.uint8)
     for y in range(14, 300, 28):

@@ -71,6 +71,12 @@ RULED_LINE_LENGTH = 0.85
 RULED_LINE_WIDTH = 0.01
 RULED_LINE_PIXELS = 6.0
 FULL_SPAN = 0.95
+# In the thresholded ink, a line's dashes (a blurred JPEG of a faint grid) closer than this
+# fraction of the picture are one line.
+RULED_LINE_GAP = 0.015
+# Where a line is found before the ink is thresholded, its level across the picture is the
+# median of this many samples or more.
+RULED_LINE_SAMPLES = 128
 # Such lines within this fraction of the picture of three or four of its edges are a frame
 # around it (a canvas exported with a border), even where they touch the digit.
 FRAME_BAND = 0.03
@@ -145,6 +151,9 @@ CHECK_RUNS = 4
 CHECK_RUN_RATIO = 1.5
 
 
+ONLY_LINES = "image holds only the lines of ruled or squared paper: no digit"
+
+
 def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     """Return uint8 (28, 28), white on black, from the bytes of a PNG or JPEG file.
 
@@ -172,12 +181,14 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
         # A broad, soft stroke (a thick grey bar scanned at low resolution) is smooth enough
         # for the fitted paper surface to take it in: the paper is then the border's level.
         ink = _stretched(gray - _border_level(gray), _border_noise(gray), keep_edges=True)
+    if ink.max() == 0 and style == "digit" and _digit_ink(gray, without_lines=False).max() > 0:
+        raise UserError(ONLY_LINES)
     if ink.max() == 0:
         raise UserError("image is a single flat colour: there is nothing to classify")
     if style == "digit":
         ink = _digit_alone(ink)
         if ink.max() == 0:
-            raise UserError("image holds only the lines of ruled or squared paper: no digit")
+            raise UserError(ONLY_LINES)
         return _fit_like_mnist(ink)
     return _fit_like_fashion(ink)
 
@@ -427,15 +438,18 @@ def _backdrop(gray: np.ndarray) -> np.ndarray | float:
     return cv2.resize(surface, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _digit_ink(gray: np.ndarray) -> np.ndarray:
+def _digit_ink(gray: np.ndarray, without_lines: bool = True) -> np.ndarray:
     """Return float32 (h, w): 0 where the paper is, up to 255 where the ink is strongest.
 
     The paper is a smooth surface fitted to the pixels that are not ink, so that the light
     falling across a photographed sheet is not taken for ink; and, under a shadow cast
-    across it, the shadow's level (see _under_shadows).
+    across it, the shadow's level (see _under_shadows). With `without_lines`, the lines of
+    ruled or squared paper are taken away too, at their own level (see _without_lines).
     """
     paper = _paper_surface(gray)
     above_paper = cv2.subtract(gray, paper)
+    if without_lines and max(gray.shape) > 2 * IMAGE_SHAPE[0]:
+        above_paper = _without_lines(above_paper, _paper_noise(above_paper))
     ink = _stretched(above_paper, noise=_paper_noise(above_paper), keep_edges=True)
     if max(gray.shape) <= 2 * IMAGE_SHAPE[0]:
         return ink
@@ -443,6 +457,52 @@ def _digit_ink(gray: np.ndarray) -> np.ndarray:
     if above_shadows is None:
         return ink
     return _stretched(above_shadows, noise=_paper_noise(above_shadows), keep_edges=True)
+
+
+def _without_lines(above_paper: np.ndarray, noise: float) -> np.ndarray:
+    """Return `above_paper` less the lines of ruled or squared paper, each at its level.
+
+    A printed line runs across the picture, so its level is the median of its row (or
+    column), which the strokes of a digit that crosses it do not move. Found before the ink
+    is thresholded, a faint line that a blurred JPEG breaks into dashes is still whole.
+    """
+    for transposed in (False, True):  # the rows, then the columns
+        image = above_paper.T if transposed else above_paper
+        levels = _lines_across(image, noise)
+        if levels.any():
+            # Ink twice as dark as the line, where the digit crosses it, is left whole.
+            line = levels[:, None]
+            on_line = (line > 0) & (image <= 2 * line)
+            image = np.where(on_line, np.maximum(image - line, 0), image)
+            above_paper = image.T if transposed else image
+    return above_paper
+
+
+def _lines_across(image: np.ndarray, noise: float) -> np.ndarray:
+    """Return, for each row of `image`, the level of the printed line along it, or 0.
+
+    The lines are as _ruled_lines finds them: MIN_RULED_LINES or more, each at a level that
+    it keeps across RULED_LINE_LENGTH of the picture, and no wider at half that level than
+    RULED_LINE_PIXELS or RULED_LINE_WIDTH of the picture. What is taken away is the row's
+    median, but no more than the lines' usual peak: where a bold stroke of the digit covers
+    most of a line, the median is the stroke's.
+    """
+    samples = image[:, :: max(1, image.shape[1] // RULED_LINE_SAMPLES)]
+    kept, level = np.percentile(samples, [100 * (1 - RULED_LINE_LENGTH), 50], axis=1)
+    count, labels = cv2.connectedComponents(
+        (kept > max(3.0 * noise, 2.0)).astype(np.uint8)[:, None]
+    )
+    labels = labels[:, 0]
+    thinnest = max(RULED_LINE_PIXELS, RULED_LINE_WIDTH * max(image.shape))
+    lines = []
+    for line in range(1, count):
+        at = kept[labels == line]
+        if np.count_nonzero(at >= 0.5 * at.max()) <= thinnest:
+            lines.append(line)
+    if len(lines) < MIN_RULED_LINES:
+        return np.zeros(len(image), np.float32)
+    peak = np.median([level[labels == line].max() for line in lines])
+    return np.where(np.isin(labels, lines), np.minimum(level, peak), 0).astype(np.float32)
 
 
 def _under_shadows(
@@ -812,8 +872,12 @@ def _ruled_lines(inked: np.ndarray) -> np.ndarray:
     for horizontal in (True, False):
         span = width if horizontal else height
         length = max(3, round(RULED_LINE_LENGTH * span))
+        gap = max(1, round(RULED_LINE_GAP * span))
+        bridged = cv2.morphologyEx(
+            inked, cv2.MORPH_CLOSE, np.ones((1, gap) if horizontal else (gap, 1), np.uint8)
+        )
         runs = cv2.morphologyEx(
-            inked, cv2.MORPH_OPEN, np.ones((1, length) if horizontal else (length, 1), np.uint8)
+            bridged, cv2.MORPH_OPEN, np.ones((1, length) if horizontal else (length, 1), np.uint8)
         )
         _, labels, stats, _ = cv2.connectedComponentsWithStats(runs)
         extent = stats[:, cv2.CC_STAT_WIDTH if horizontal else cv2.CC_STAT_HEIGHT]
