@@ -236,6 +236,28 @@ def test_the_faint_grid_of_a_blurred_jpeg_of_squared_paper_is_not_the_digit(line
     assert np.abs(pixels.astype(int) - clean).mean() < 8
 
 
+def turned_sheet(turn: float, lines: bool) -> bytes:
+    """The 2 on ruled paper (light grey lines 34 px apart, or none), photographed turned by
+    `turn` degrees: blurred, as JPEG."""
+    paper = np.full((500, 600), 245, dtype=np.uint8)
+    for at in range(0, 500, 34) if lines else ():
+        cv2.line(paper, (0, at), (599, at), 200, 2, cv2.LINE_AA)
+    draw(paper, TWO, 250, 190, 110, 60, 6)
+    turned = cv2.warpAffine(paper, cv2.getRotationMatrix2D((300, 250), turn, 1.0), (600, 500))
+    photo = cv2.GaussianBlur(turned[100:400, 100:500], (0, 0), 1.0)
+    return cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()
+
+
+@pytest.mark.parametrize("turn", [0.0, 1.0, 2.0])
+def test_the_lines_of_a_sheet_photographed_a_little_turned_are_not_the_digit(turn):
+    """Turned, a line climbs across rows; every strip of the picture still holds it."""
+    pixels, without = (
+        image_to_pixels(turned_sheet(turn, True)),
+        image_to_pixels(turned_sheet(turn, False)),
+    )
+    assert np.abs(pixels.astype(int) - without).mean() < 12
+
+
 def test_a_blank_page_of_ruled_paper_is_refused_in_one_line():
     paper = np.full((300, 400), 250, dtype=np.uint8)
     for y in range(14, 300, 28):

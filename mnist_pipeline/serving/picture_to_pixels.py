@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 
 import cv2
 import numpy as np
@@ -77,6 +78,9 @@ RULED_LINE_GAP = 0.015
 # Where a line is found before the ink is thresholded, its level across the picture is the
 # median of this many samples or more.
 RULED_LINE_SAMPLES = 128
+# A sheet photographed a little turned: its lines are looked for in strips this many pixels
+# wide across the picture, and are its lines if every strip holds them.
+RULED_LINE_STRIP = 12
 # Such lines within this fraction of the picture of three or four of its edges are a frame
 # around it (a canvas exported with a border), even where they touch the digit.
 FRAME_BAND = 0.03
@@ -468,14 +472,31 @@ def _without_lines(above_paper: np.ndarray, noise: float) -> np.ndarray:
     """
     for transposed in (False, True):  # the rows, then the columns
         image = above_paper.T if transposed else above_paper
-        levels = _lines_across(image, noise)
-        if levels.any():
+        line = _lines_along(image, noise)
+        if line is not None:
             # Ink twice as dark as the line, where the digit crosses it, is left whole.
-            line = levels[:, None]
             on_line = (line > 0) & (image <= 2 * line)
             image = np.where(on_line, np.maximum(image - line, 0), image)
             above_paper = image.T if transposed else image
     return above_paper
+
+
+def _lines_along(image: np.ndarray, noise: float) -> np.ndarray | None:
+    """Return the level of the printed lines along the rows of `image`, (h, 1) or, on a
+    turned sheet, (h, w), where each strip RULED_LINE_STRIP wide has its own; or None."""
+    levels = _lines_across(image, noise)
+    if levels.any():
+        return levels[:, None]
+    # A line turned by a degree or two is thin and straight still within a strip.
+    line = np.empty(image.shape, np.float32)
+    strips = max(1, image.shape[1] // RULED_LINE_STRIP)
+    bounds = np.linspace(0, image.shape[1], strips + 1).astype(int)
+    for start, end in itertools.pairwise(bounds):
+        levels = _lines_across(image[:, start:end], noise)
+        if not levels.any():
+            return None
+        line[:, start:end] = levels[:, None]
+    return line
 
 
 def _lines_across(image: np.ndarray, noise: float) -> np.ndarray:
