@@ -333,6 +333,22 @@ def around_the_two(mark: str) -> np.ndarray:
     return picture
 
 
+@pytest.mark.parametrize("closed", [False, True], ids=["open-cells", "closed-cells"])
+def test_a_digit_written_in_a_row_of_printed_cells_is_read_without_them(closed):
+    """A form: three cells 110 px wide, printed as one part of straight lines, the 2 in the
+    middle one, much smaller than the row, and apart from its lines."""
+    paper = np.full((300, 400), 250, dtype=np.uint8)
+    form = paper.copy()
+    for at in range(35, 400, 110):
+        cv2.line(form, (at, 80), (at, 190), 100, 2)
+    cv2.line(form, (35, 190), (365, 190), 100, 2)
+    if closed:
+        cv2.line(form, (35, 80), (365, 80), 100, 2)
+    two = [draw(sheet, TWO, 170, 100, 70, 20, 5) for sheet in (form, paper)]
+    pixels, alone = (image_to_pixels(png(sheet)) for sheet in two)
+    assert np.abs(pixels.astype(int) - alone).mean() < 8
+
+
 @pytest.mark.parametrize(
     "mark",
     ["box", "circle", "close box", "close thin box", "close circle", "underline", "frame"],

@@ -120,6 +120,10 @@ SURROUNDED_SIZE = 0.4
 INSIDE_HULL_SHARE = 0.1
 INSIDE_HULL_DEPTH = 0.1
 FLAT = 0.25
+# Printed lines around the digit (a row of a form's cells) are no wider than this fraction
+# of their part, and hold at least this share of its ink.
+PRINTED_WIDTH = 0.05
+PRINTED_SHARE = 0.9
 # A shadow cast across the sheet has an edge sharper than a fitted surface follows. What is
 # wider than this many times the strokes' width, reaches the border and lies between these
 # two fractions of the ink's level (on average) is background too, where it covers at least
@@ -832,7 +836,9 @@ def _stains_and_frames(
     frames, a box or a circle drawn around another of the parts.
 
     A stain is a filled blob, whose strokes are half as wide as it is large. A frame's ink
-    lies in most directions from the other part's centre, and along its own convex hull.
+    lies in most directions from the other part's centre, and along its own convex hull; or
+    it is printed: straight lines along the sides, each longer than the other part (a row
+    of a form's cells, however small the digit in one of them).
     """
     stains = np.zeros(len(stats), dtype=bool)
     frames = np.zeros(len(stats), dtype=bool)
@@ -847,15 +853,33 @@ def _stains_and_frames(
             o_left, o_top, o_w, o_h = stats[other, :4]
             inside = left <= o_left and o_left + o_w <= left + w
             inside = inside and top <= o_top and o_top + o_h <= top + h
+            if other == part or not inside:
+                continue
+            printed = _printed_lines(alone, max(o_w, o_h))
             # ...and not a piece of a digit whose other strokes curl around it (a 3's middle).
-            if other == part or not inside or max(o_w, o_h) < SURROUNDED_SIZE * max(w, h):
+            if max(o_w, o_h) < SURROUNDED_SIZE * max(w, h) and not printed:
                 continue
             angles = np.arctan2(rows + top - (o_top + o_h / 2), cols + left - (o_left + o_w / 2))
             directions = np.unique(((angles + np.pi) / (2 * np.pi) * 16).astype(int) % 16)
             if directions.size >= SURROUNDING_DIRECTIONS:
-                frames[part] = _along_its_hull(rows, cols, max(w, h))
+                frames[part] = printed or _along_its_hull(rows, cols, max(w, h))
                 break
     return stains, frames
+
+
+def _printed_lines(part: np.ndarray, inner: int) -> bool:
+    """Whether boolean `part` is printed around another part `inner` pixels large: thin
+    straight lines parallel to the sides, each longer than that part and than half the
+    narrower side of `part`, which hold nearly all its ink (not a bold digit's straight
+    sides around a dot of its own, as a dotted 0's)."""
+    height, width = part.shape
+    if _width(part) > PRINTED_WIDTH * max(height, width):
+        return False
+    length = max(inner, min(height, width) // 2)
+    ink = part.astype(np.uint8)
+    along = [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8)]
+    lines = np.maximum(*(cv2.morphologyEx(ink, cv2.MORPH_OPEN, line) for line in along))
+    return np.count_nonzero(lines) >= PRINTED_SHARE * np.count_nonzero(ink)
 
 
 def _width(part: np.ndarray) -> float:
