@@ -456,10 +456,14 @@ def _digit_ink(gray: np.ndarray, without_lines: bool = True) -> np.ndarray:
     """
     paper = _paper_surface(gray)
     above_paper = cv2.subtract(gray, paper)
-    if without_lines and max(gray.shape) > 2 * IMAGE_SHAPE[0]:
-        above_paper = _without_lines(above_paper, _paper_noise(above_paper))
-    ink = _stretched(above_paper, noise=_paper_noise(above_paper), keep_edges=True)
-    if max(gray.shape) <= 2 * IMAGE_SHAPE[0]:
+    noise = _paper_noise(above_paper)
+    mnist_sized = max(gray.shape) <= 2 * IMAGE_SHAPE[0]
+    if without_lines and not mnist_sized:
+        unlined = _without_lines(above_paper, noise)
+        if unlined is not above_paper:  # lines were taken away: measure the paper again
+            above_paper, noise = unlined, _paper_noise(unlined)
+    ink = _stretched(above_paper, noise=noise, keep_edges=True)
+    if mnist_sized:
         return ink
     above_shadows = _under_shadows(gray, paper, above_paper, ink)
     if above_shadows is None:
@@ -468,7 +472,8 @@ def _digit_ink(gray: np.ndarray, without_lines: bool = True) -> np.ndarray:
 
 
 def _without_lines(above_paper: np.ndarray, noise: float) -> np.ndarray:
-    """Return `above_paper` less the lines of ruled or squared paper, each at its level.
+    """Return `above_paper` less the lines of ruled or squared paper, each at its level (the
+    same array, where it has none).
 
     A printed line runs across the picture, so its level is the median of its row (or
     column), which the strokes of a digit that crosses it do not move. Found before the ink
