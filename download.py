@@ -72,6 +72,8 @@ def fetch_and_log(
     """
     import mlflow
 
+    from mnist_pipeline.tracking.runs import log_input
+
     spec = dataset_spec(dataset)
     outdir = Path(outdir or f"data/{spec.name}")
     mlflow.set_tag("dataset", spec.name)
@@ -125,7 +127,7 @@ def fetch_and_log(
             dataset_input = mlflow.data.from_numpy(
                 images, targets=labels, source=origin, name=f"{spec.name}-{split}"
             )
-        mlflow.log_input(dataset_input, context=split)
+        log_input(dataset_input, context=split)
     return fetched
 
 

@@ -215,12 +215,12 @@ def train(
     validation_size = max(1, int(len(y_all) * VALIDATION_FRACTION))
     x_train, y_train = x_all[:-validation_size], y_all[:-validation_size]
     x_val, y_val = x_all[-validation_size:], y_all[-validation_size:]
-    mlflow.log_input(
+    runs.log_input(
         mlflow.data.from_numpy(x_train, targets=y_train, name=f"{spec.dataset}-train"),
         context="training",
     )
     validation = mlflow.data.from_numpy(x_val, targets=y_val, name=f"{spec.dataset}-validation")
-    mlflow.log_input(validation, context="validation")
+    runs.log_input(validation, context="validation")
     if feedback:  # read first: a name that holds no drawing fails before the slow part
         from mnist_pipeline.feedback import sha256_of, training_part
 
@@ -245,7 +245,7 @@ def train(
 
         print(f"Making {added:,} synthetic digits...", flush=True)
         x_synthetic, y_synthetic = supplement(added, seed)
-        mlflow.log_input(
+        runs.log_input(
             mlflow.data.from_numpy(x_synthetic, targets=y_synthetic, name="synthetic digits"),
             context="training",
         )
@@ -260,10 +260,10 @@ def train(
         mlflow.log_param("feedback_images", len(y_feedback))
         name = f"feedback {feedback} (training part)"
         dataset = mlflow.data.from_numpy(x_feedback, targets=y_feedback, name=name)
-        mlflow.log_input(dataset, context="training")
+        runs.log_input(dataset, context="training")
         x_train = np.concatenate([x_train, normalize(x_feedback, spec)])
         y_train = np.concatenate([y_train, y_feedback])
-    mlflow.log_input(
+    runs.log_input(
         mlflow.data.from_numpy(x_test, targets=y_test, name=f"{spec.dataset}-test"),
         context="evaluation",
     )

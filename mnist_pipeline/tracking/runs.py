@@ -224,6 +224,22 @@ def resolve_data(data_run: str, in_data: str, dataset: str) -> tuple[Path, dict[
     return artifact_dir(run.info.run_id, "data"), tags
 
 
+def log_input(dataset, context: str) -> None:
+    """`mlflow.log_input(dataset, context)`, again once if another run logged the same dataset
+    at the same moment.
+
+    MLflow's SQL store (3.17) looks the dataset up in the experiment and inserts it if it is
+    missing, so two trials of a search that start together both insert it, and one fails on
+    the table's unique key (SQLite and PostgreSQL alike). Its second try finds the row.
+    """
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as error:
+        if "unique constraint" not in str(error).lower():
+            raise
+        mlflow.log_input(dataset, context=context)
+
+
 def logged_model_uri(run: Run, name: str = "model") -> str:
     """Return `models:/<model id>` of the model named `name` that `run` logged."""
     found = mlflow.search_logged_models(
