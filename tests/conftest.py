@@ -86,7 +86,9 @@ def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object
 # The longest tests and groups, longest first, from `pytest --durations=30`: the test on
 # the real MNIST (marked slow, which starts it first anyway), the team's server and its
 # searches (about five minutes on one worker), the batch chapter's block (12 trials in a pool
-# of processes), the guide's other blocks, the stopping tests (a pipeline and a batch each).
+# of processes), the guide's other blocks, the stopping tests (a pipeline and a batch each),
+# the batch's module and the promotion gate's (two trainings and three packages, over two
+# minutes: begun last, it ended the suite a minute after the other worker).
 LONGEST_FIRST = (
     "test_real_pipeline.py",
     "test_team.py",
@@ -94,6 +96,7 @@ LONGEST_FIRST = (
     "test_readme.py",
     "test_stopping.py",
     "test_batch.py",
+    "test_promotion.py",
 )
 
 
