@@ -655,3 +655,24 @@ def test_a_digit_drawn_in_dots_or_broken_dashes_is_kept_whole(style, spacing):
     # The pieces fall on the solid digit's strokes, and cover the whole of it.
     assert near[read].mean() > 0.9
     assert (cv2.dilate(np.uint8(read), np.ones((5, 5), np.uint8)) > 0)[whole].mean() > 0.9
+
+
+def test_the_search_for_ruled_lines_skips_only_openings_that_would_keep_nothing():
+    """_ruled_lines opens the ink with a row of pixels most of the picture long, and skips
+    that opening where no row holds enough ink. OpenCV takes the picture to go on beyond its
+    edges, so a run from the first pixel or to the last may be shorter and kept all the same."""
+    from mnist_pipeline.serving.picture_to_pixels import _may_hold_a_run
+
+    rng = np.random.default_rng(0)
+    skipped = 0
+    for _ in range(5000):
+        width = int(rng.integers(3, 40))
+        length = int(rng.integers(3, width + 3))
+        mask = (rng.random((int(rng.integers(1, 6)), width)) < rng.uniform(0.3, 0.97)).astype(
+            np.uint8
+        )
+        opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((1, length), np.uint8))
+        if not _may_hold_a_run(mask, length):
+            skipped += 1
+            assert not opened.any(), (mask, length)
+    assert skipped > 1000  # the shortcut is taken

@@ -518,7 +518,7 @@ def _lines_across(image: np.ndarray, noise: float) -> np.ndarray:
     most of a line, the median is the stroke's.
     """
     samples = image[:, :: max(1, image.shape[1] // RULED_LINE_SAMPLES)]
-    kept, level = np.percentile(samples, [100 * (1 - RULED_LINE_LENGTH), 50], axis=1)
+    kept = np.percentile(samples, 100 * (1 - RULED_LINE_LENGTH), axis=1)
     count, labels = cv2.connectedComponents(
         (kept > max(3.0 * noise, 2.0)).astype(np.uint8)[:, None]
     )
@@ -531,6 +531,7 @@ def _lines_across(image: np.ndarray, noise: float) -> np.ndarray:
             lines.append(line)
     if len(lines) < MIN_RULED_LINES:
         return np.zeros(len(image), np.float32)
+    level = np.percentile(samples, 50, axis=1)
     peak = np.median([level[labels == line].max() for line in lines])
     return np.where(np.isin(labels, lines), np.minimum(level, peak), 0).astype(np.float32)
 
@@ -549,17 +550,21 @@ def _under_shadows(
     digit's own ink is that wide (a bold loop filled in, a frame or a box read as
     strokes), the opening would hollow the strokes out.
     """
+    peak = above_paper.max()
+    in_band = _border_band(gray.shape)
+    # Most pictures: nothing wide at the border. The opening lies nowhere above the picture,
+    # so where the picture does not stand out of the paper at the border, it does not either.
+    if np.mean((cv2.subtract(gray, paper) > SHADOW_LEVEL * peak)[in_band]) < SHADOW_AREA:
+        return None
     stroke = ink > SHADOW_STROKE_LEVEL * 255.0
     side = 2 * round(SHADOW_WIDTHS * _stroke_width(stroke * np.float32(255.0)) / 2) + 1
     if not stroke.any() or side >= min(gray.shape) // 2:
         return None
     square = np.ones((side, side), np.uint8)
     shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, square)
-    peak = above_paper.max()
     level = cv2.subtract(shadows, paper)
     wide = level > SHADOW_LEVEL * peak
-    in_band = _border_band(gray.shape)
-    if np.mean(wide[in_band]) < SHADOW_AREA:  # most pictures: nothing wide at the border
+    if np.mean(wide[in_band]) < SHADOW_AREA:
         return None
     # A shadow is cast from outside the picture: it reaches the border. It is lighter than
     # the ink: a wide part at the ink's level is ink (a bold digit cut by the border).
@@ -926,6 +931,8 @@ def _ruled_lines(inked: np.ndarray) -> np.ndarray:
         bridged = cv2.morphologyEx(
             inked, cv2.MORPH_CLOSE, np.ones((1, gap) if horizontal else (gap, 1), np.uint8)
         )
+        if not _may_hold_a_run(bridged if horizontal else bridged.T, length):
+            continue  # most pictures: the opening below would leave nothing
         runs = cv2.morphologyEx(
             bridged, cv2.MORPH_OPEN, np.ones((1, length) if horizontal else (length, 1), np.uint8)
         )
@@ -949,6 +956,17 @@ def _ruled_lines(inked: np.ndarray) -> np.ndarray:
     if len(sides) >= 3:  # a frame around the picture, even where the digit touches it
         lines |= frame
     return cv2.dilate(lines.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+
+
+def _may_hold_a_run(mask: np.ndarray, length: int) -> bool:
+    """Whether an opening of the uint8 `mask` by a row of `length` pixels can keep anything:
+    a row holds `length` inked pixels, or a run from its first pixel or to its last that
+    OpenCV's opening keeps (it takes the picture to go on beyond its edges)."""
+    if np.count_nonzero(mask, axis=1).max() >= length:
+        return True
+    return bool(mask[:, : length - length // 2].all(axis=1).any()) or bool(
+        mask[:, max(0, mask.shape[1] - (length // 2 + 1)) :].all(axis=1).any()
+    )
 
 
 def _apart(line: np.ndarray, inked: np.ndarray) -> bool:
