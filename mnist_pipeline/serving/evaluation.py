@@ -228,6 +228,8 @@ def evaluate(model, request_set: RequestSet, model_id: str | None = None) -> Eva
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from mnist_pipeline.tracking import runs
+
     answers = []
 
     def predict(requests: pd.DataFrame) -> pd.Series:
@@ -247,6 +249,10 @@ def evaluate(model, request_set: RequestSet, model_id: str | None = None) -> Eva
     try:
         with quiet():
             data = _dataset(request_set)
+            # Two packages that evaluate on the same set at once would both insert it into
+            # the experiment's datasets, and one would fail (see runs.log_input). Logged
+            # here first, with the retry, evaluate finds it logged and links the model to it.
+            runs.log_input(data, context=prefix)
             result = mlflow.models.evaluate(
                 predict,
                 data,
