@@ -391,6 +391,40 @@ def signal_handlers_kept() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def another_run_logs_each_dataset_first(store: Store) -> Iterator[list[str]]:
+    """Have another run log each dataset, and commit it, just before this process's MLflow
+    inserts it: what a run that logs the same dataset at the same moment does between the
+    store's lookup and its insert. Yields the digests of the datasets it logged so.
+
+    MLflow's SQL store (3.17) looks a dataset up in the experiment and inserts it if it is
+    missing; a real race hits that moment now and then, this every time. SQLAlchemy's public
+    event on every engine of this process sees the insert before it is sent.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    logged = []
+
+    def before_the_insert(connection, cursor, statement, parameters, *_) -> None:
+        if not statement.startswith("INSERT INTO datasets"):
+            return
+        uuid, experiment_id, name, digest, *columns = parameters
+        if digest not in logged:
+            with contextlib.closing(sqlite3.connect(store.root / "mlflow.db")) as other, other:
+                other.execute(
+                    "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (f"other-{uuid}", experiment_id, name, digest, *columns),
+                )
+            logged.append(digest)
+
+    event.listen(Engine, "before_cursor_execute", before_the_insert)
+    try:
+        yield logged
+    finally:
+        event.remove(Engine, "before_cursor_execute", before_the_insert)
+
+
+@contextlib.contextmanager
 def running(
     command: list[str],
     ready_url: str,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import another_run_logs_each_dataset_first
+
 
 @pytest.fixture(scope="module")
 def batch(pipeline):
@@ -391,37 +393,17 @@ def test_a_retry_of_a_trial_that_finished_after_all_takes_its_run(pipeline):
 
 def test_trials_that_start_together_log_the_same_dataset_without_failing(store):
     """Every trial of a search logs the same training data as its input at about the same
-    moment. MLflow's store looks the dataset up, finds none, and each inserts it; the
-    dataset's table then refuses all but one (UNIQUE constraint failed), which failed a
-    trial of the batch chapter's block now and then."""
-    import threading
-
+    moment; the store refused all inserts of it but the first (UNIQUE constraint failed),
+    which failed a trial of the batch chapter's block now and then."""
     import mlflow
     import numpy as np
 
     from mnist_pipeline.tracking.runs import log_input
 
-    def trial(run_id: str, dataset, barrier: threading.Barrier) -> None:
-        with mlflow.start_run(run_id=run_id):
-            barrier.wait()
-            try:
-                log_input(dataset, context="training")
-            except Exception as error:  # noqa: BLE001 (collected for the assertion)
-                errors.append(error)
-
     client = store.client()
-    experiment = client.create_experiment("together")
-    at_once, errors = 4, []
-    for n in range(3):
-        dataset = mlflow.data.from_numpy(np.full((3, 2), n), name="mnist-train")
-        run_ids = [client.create_run(experiment).info.run_id for _ in range(at_once)]
-        barrier = threading.Barrier(at_once)
-        threads = [threading.Thread(target=trial, args=(i, dataset, barrier)) for i in run_ids]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
-        for run_id in run_ids:
-            (logged,) = client.get_run(run_id).inputs.dataset_inputs
-            assert logged.dataset.digest == dataset.digest
+    dataset = mlflow.data.from_numpy(np.full((3, 2), 7), name="mnist-train")
+    with another_run_logs_each_dataset_first(store) as by_the_other, mlflow.start_run() as run:
+        log_input(dataset, context="training")
+    assert by_the_other == [dataset.digest]
+    (logged,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.digest == dataset.digest

@@ -8,12 +8,10 @@ requests. The drawn-digits set is a small folder written by the test.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import os
 import shutil
 import signal
-import sqlite3
 import sys
 import warnings
 
@@ -28,7 +26,7 @@ from mnist_pipeline.serving import evaluation
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS, read_drawn_set
 from mnist_pipeline.serving.font_digits import FONT_DIGITS
 from mnist_pipeline.serving.request_formats import IMAGE_COLUMN
-from tests.helpers import started_reading_stderr
+from tests.helpers import another_run_logs_each_dataset_first, started_reading_stderr
 
 FIGURES = ("served_accuracy", "served_png_accuracy", "drawn_accuracy", "fonts_accuracy")
 
@@ -259,25 +257,11 @@ def test_a_small_set_that_lacks_some_classes_is_evaluated_without_warnings(serve
 
 def test_a_set_that_another_package_logs_at_the_same_moment_is_evaluated(store, tmp_path):
     """Two people who package at the same moment on a team's server evaluate on the same
-    drawn set. MLflow's store looks the set up in the experiment and inserts it if it is
-    missing; when the other run inserted it in between, the insert failed (UNIQUE constraint
-    failed), and so did that package. Here the other run's insert is made, and committed,
-    just before this run's own, every time."""
+    drawn set; the store refused the second insert of the set (UNIQUE constraint failed),
+    and that package failed."""
     import mlflow
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
-    def another_run_inserts_it_first(connection, cursor, statement, parameters, *_) -> None:
-        if statement.startswith("INSERT INTO datasets") and not others:
-            uuid, *columns = parameters
-            with contextlib.closing(sqlite3.connect(store.root / "mlflow.db")) as other, other:
-                other.execute(
-                    "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (f"other-{uuid}", *columns),
-                )
-            others.append(uuid)
-
-    client, others = store.client(), []
+    client = store.client()
     write_drawn_folder(drawn := tmp_path / "drawn", count=3)
     spec = TransformSpec("mnist", mean=33.0, std=78.0, class_names=tuple("0123456789"))
     request_set = evaluation.picture_files(drawn, spec, "drawn", "drawn digits")
@@ -286,15 +270,12 @@ def test_a_set_that_another_package_logs_at_the_same_moment_is_evaluated(store, 
         def predict(self, requests: pd.DataFrame) -> pd.DataFrame:
             return pd.DataFrame({"class_name": ["0"] * len(requests)})
 
-    event.listen(Engine, "before_cursor_execute", another_run_inserts_it_first)
-    try:
-        with mlflow.start_run() as run:
-            result = evaluation.evaluate(AnswersZero(), request_set)
-    finally:
-        event.remove(Engine, "before_cursor_execute", another_run_inserts_it_first)
-    assert len(others) == 1
+    with another_run_logs_each_dataset_first(store) as by_the_other, mlflow.start_run() as run:
+        result = evaluation.evaluate(AnswersZero(), request_set)
+    assert len(by_the_other) == 1
     assert result.accuracy == pytest.approx(1 / 3)  # the 0 of the 0, 1 and 2
     (logged,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.digest == by_the_other[0]
     assert logged.dataset.name == request_set.dataset_name
     assert {tag.key: tag.value for tag in logged.tags} == {"mlflow.data.context": "drawn_"}
 
