@@ -229,8 +229,9 @@ def log_input(dataset, context: str) -> None:
     at the same moment.
 
     MLflow's SQL store (3.17) looks the dataset up in the experiment and inserts it if it is
-    missing, so two trials of a search that start together both insert it, and one fails on
-    the table's unique key (SQLite and PostgreSQL alike). Its second try finds the row.
+    missing, so two runs that log it at once (the trials of a search, two packages evaluating
+    on the same set) both insert it, and one fails on the table's unique key (SQLite and
+    PostgreSQL alike). Its second try finds the row.
     """
     try:
         mlflow.log_input(dataset, context=context)
