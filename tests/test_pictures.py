@@ -61,6 +61,14 @@ def ink_box(pixels: np.ndarray, level: int = 0) -> tuple[int, int]:
     return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
 
 
+def same_strokes(read: np.ndarray, whole: np.ndarray) -> bool:
+    """Whether the ink of boolean `read` falls on the strokes of boolean `whole`, within a
+    pixel, and covers nearly the whole of them."""
+    near = cv2.dilate(np.uint8(whole), np.ones((3, 3), np.uint8)) > 0
+    covered = cv2.dilate(np.uint8(read), np.ones((5, 5), np.uint8)) > 0
+    return near[read].mean() > 0.9 and covered[whole].mean() > 0.9
+
+
 @pytest.mark.parametrize("height", [120, 400, 1500])
 def test_a_one_pixel_pencil_line_comes_out_as_wide_as_mnist_strokes_at_full_brightness(height):
     canvas = np.full((height + 200, height + 300), 255, dtype=np.uint8)
@@ -358,6 +366,25 @@ def test_a_box_a_circle_a_line_under_the_digit_or_a_frame_are_not_the_digit(mark
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
 
 
+@pytest.mark.parametrize("mark", ["circle", "box"])
+def test_a_box_or_a_circle_that_touches_the_digit_is_not_the_digit(mark):
+    """Drawn so close that it touches the 2, the mark is one part with it as drawn."""
+    picture = the_two_on(245, 20)
+    if mark == "circle":  # through the 2's lower corners
+        cv2.ellipse(picture, (203, 146), (80, 82), 0, 0, 360, 20, 6, cv2.LINE_AA)
+    else:  # its right side on the 2's curve
+        cv2.rectangle(picture, (140, 80), (258, 214), 20, 6)
+    assert same_strokes(image_to_pixels(png(picture)) > 64, clean_two() > 64)
+
+
+def test_a_zero_with_a_slash_through_it_keeps_its_loop():
+    """The slash lies inside the 0's loop, but is not a 1 that a circle was drawn around."""
+    zero = cv2.ellipse(np.full((300, 300), 255, np.uint8), (150, 150), (60, 95), 0, 0, 360, 0, 8)
+    slashed = cv2.line(zero.copy(), (95, 235), (205, 65), 0, 8, cv2.LINE_AA)
+    read, loop = (image_to_pixels(png(picture)) > 64 for picture in (slashed, zero))
+    assert (cv2.dilate(np.uint8(read), np.ones((5, 5), np.uint8)) > 0)[loop].mean() > 0.9
+
+
 # A "6": a stroke from the top right down the left side, into a loop at the bottom.
 SIX = [
     np.array([[0.62 - 0.4 * np.sin(a), 0.75 - 0.7 * np.cos(a)] for a in np.linspace(0, 1.6, 20)]),
@@ -650,11 +677,8 @@ def test_a_digit_drawn_in_dots_or_broken_dashes_is_kept_whole(style, spacing):
         elif np.linalg.norm(end - start) < spacing + 1:  # a dash, then a gap as long
             middle = tuple(map(int, (start + end) // 2))
             cv2.line(broken, tuple(map(int, start)), middle, 0, 3, cv2.LINE_AA)
-    read, whole = image_to_pixels(png(broken)) > 64, image_to_pixels(png(solid)) > 64
-    near = cv2.dilate(np.uint8(whole), np.ones((3, 3), np.uint8)) > 0
     # The pieces fall on the solid digit's strokes, and cover the whole of it.
-    assert near[read].mean() > 0.9
-    assert (cv2.dilate(np.uint8(read), np.ones((5, 5), np.uint8)) > 0)[whole].mean() > 0.9
+    assert same_strokes(image_to_pixels(png(broken)) > 64, image_to_pixels(png(solid)) > 64)
 
 
 def test_the_search_for_ruled_lines_skips_only_openings_that_would_keep_nothing():

@@ -120,6 +120,18 @@ SURROUNDED_SIZE = 0.4
 INSIDE_HULL_SHARE = 0.1
 INSIDE_HULL_DEPTH = 0.1
 FLAT = 0.25
+# A part that touches the box or the circle around it is one with it: the box or the circle
+# is its ink within INSIDE_HULL_DEPTH of its convex hull's edge, if the part fills this share
+# of its hull and that ink is a loop closed around a drawing of its own, one that holds this
+# share of the part's ink, lies this much inside the loop, no more than this share of it
+# within this many stroke widths of the loop, and is not a straight stroke this many stroke
+# widths wide (the slash of a 0).
+LOOP_SOLIDITY = 0.9
+LOOP_SHARE = 0.2
+LOOP_INSIDE = 0.9
+LOOP_NEAR = 0.4
+LOOP_REACH = 0.5
+SLASH_WIDTHS = 2.0
 # Printed lines around the digit (a row of a form's cells) are no wider than this fraction
 # of their part, and hold at least this share of its ink.
 PRINTED_WIDTH = 0.05
@@ -733,7 +745,8 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
         closed = cv2.morphologyEx(unlined, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
         inked = np.where(lines, closed, unlined).astype(np.uint8)
     # A box or a circle drawn close around the digit is a part of its own only as drawn,
-    # before the strokes close to each other are joined: it is left out here.
+    # before the strokes close to each other are joined: it is left out here, and so is
+    # one that touches the digit, the loop along their part's convex hull.
     inked = np.where(_frames(inked), 0, inked).astype(np.uint8)
     # Strokes a few pixels apart (a pencil's broken line, a 4 in two strokes) are one part. A
     # digit drawn in dots or dashes further apart than that is joined at twice, then four
@@ -826,7 +839,8 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
 
 
 def _frames(inked: np.ndarray) -> np.ndarray:
-    """Where in the uint8 mask `inked` a box or a circle is drawn around another part."""
+    """Where in the uint8 mask `inked` a box or a circle is drawn around another part, or
+    around the digit that it touches."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(inked)
     area = stats[:, cv2.CC_STAT_AREA]
     heavy = 1 + np.flatnonzero(area[1:] >= MIN_DIGIT_SHARE * area[1:].sum())
@@ -835,8 +849,62 @@ def _frames(inked: np.ndarray) -> np.ndarray:
     within = (left[:, None] <= left) & (top[:, None] <= top)
     within &= (right <= right[:, None]) & (bottom <= bottom[:, None])
     if np.count_nonzero(within) == heavy.size:  # no part lies within another's box
-        return np.zeros(inked.shape, dtype=bool)
-    return _stains_and_frames(labels, stats, heavy)[1][labels]
+        frames = np.zeros(inked.shape, dtype=bool)
+    else:
+        frames = _stains_and_frames(labels, stats, heavy)[1][labels]
+    for part in heavy:
+        left, top, w, h = stats[part, :4]
+        box = slice(top, top + h), slice(left, left + w)
+        alone = labels[box] == part
+        if not frames[box][alone].any() and (loop := _loop_around(alone)) is not None:
+            frames[box] |= loop
+    return frames
+
+
+def _loop_around(part: np.ndarray) -> np.ndarray | None:
+    """Return the ink of boolean `part` that is a loop along its convex hull, closed around
+    a drawing of its own that touches it (a box or a circle drawn close around the digit);
+    None if there is none.
+
+    Such a part fills its hull, as a 0 or a blob does and a 2 or a 7 does not. A 0 has
+    nothing inside its loop, and an 8's waist breaks its loop. The drawing inside holds a
+    share of the ink, and most of it lies away from the loop: not the inner edge of a
+    grainy pencil 0, nor the dot of a typed one. Nor is it one straight stroke: a 0 with a
+    slash through it is likelier than a 1 circled.
+    """
+    ink = part.astype(np.uint8)
+    contours, _ = cv2.findContours(ink, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline = max(contours, key=cv2.contourArea)
+    hull = cv2.convexHull(outline)
+    if cv2.contourArea(outline) < LOOP_SOLIDITY * cv2.contourArea(hull):
+        return None
+    size = max(part.shape)
+    inside_hull = np.zeros((part.shape[0] + 2, part.shape[1] + 2), np.uint8)
+    cv2.fillConvexPoly(inside_hull, hull + 1, 1)
+    depth = cv2.distanceTransform(inside_hull, cv2.DIST_L2, 3)[1:-1, 1:-1]
+    loop = part & (depth <= INSIDE_HULL_DEPTH * size)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(ink & ~loop)
+    if count == 1:
+        return None
+    inner = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    extent = max(stats[inner, cv2.CC_STAT_WIDTH], stats[inner, cv2.CC_STAT_HEIGHT])
+    if extent < SURROUNDED_SIZE * size or stats[inner, cv2.CC_STAT_AREA] < LOOP_SHARE * ink.sum():
+        return None
+    drawing = labels == inner
+    contours, _ = cv2.findContours(
+        loop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    enclosed = cv2.drawContours(np.zeros_like(ink), contours, -1, 1, cv2.FILLED)
+    if np.mean(enclosed[drawing]) < LOOP_INSIDE:  # the loop is open: a C, a 6's tail
+        return None
+    stroke = _width(part)
+    away = drawing & (
+        cv2.distanceTransform((~loop).astype(np.uint8), cv2.DIST_L2, 3) > LOOP_REACH * stroke
+    )
+    if np.count_nonzero(away) < (1 - LOOP_NEAR) * np.count_nonzero(drawing):
+        return None
+    points = np.column_stack(np.nonzero(away)).astype(np.float32)
+    return None if min(cv2.minAreaRect(points)[1]) <= SLASH_WIDTHS * stroke else loop
 
 
 def _stains_and_frames(
