@@ -876,7 +876,7 @@ def _loop_around(part: np.ndarray) -> np.ndarray | None:
     contours, _ = cv2.findContours(ink, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     outline = max(contours, key=cv2.contourArea)
     hull = cv2.convexHull(outline)
-    if cv2.contourArea(outline) < LOOP_SOLIDITY * cv2.contourArea(hull):
+    if cv2.contourArea(outline) <= LOOP_SOLIDITY * cv2.contourArea(hull):  # or a line
         return None
     size = max(part.shape)
     inside_hull = np.zeros((part.shape[0] + 2, part.shape[1] + 2), np.uint8)
