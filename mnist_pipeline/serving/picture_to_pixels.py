@@ -879,10 +879,7 @@ def _loop_around(part: np.ndarray) -> np.ndarray | None:
     if cv2.contourArea(outline) <= LOOP_SOLIDITY * cv2.contourArea(hull):  # or a line
         return None
     size = max(part.shape)
-    inside_hull = np.zeros((part.shape[0] + 2, part.shape[1] + 2), np.uint8)
-    cv2.fillConvexPoly(inside_hull, hull + 1, 1)
-    depth = cv2.distanceTransform(inside_hull, cv2.DIST_L2, 3)[1:-1, 1:-1]
-    loop = part & (depth <= INSIDE_HULL_DEPTH * size)
+    loop = part & (_depth_inside(hull, part.shape) <= INSIDE_HULL_DEPTH * size)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink & ~loop)
     if count == 1:
         return None
@@ -974,11 +971,16 @@ def _level_and_width(ink: np.ndarray, part: np.ndarray) -> tuple[float, float]:
 def _along_its_hull(rows: np.ndarray, cols: np.ndarray, size: int) -> bool:
     """Whether nearly all the ink at `rows`, `cols` lies near the edge of its convex hull, as a
     box's or a circle's does, and a hollow digit's outline does not."""
-    hull = np.zeros((rows.max() + 3, cols.max() + 3), np.uint8)
-    points = np.column_stack([cols, rows]).astype(np.int32)
-    cv2.fillConvexPoly(hull, cv2.convexHull(points) + 1, 1)
-    depth = cv2.distanceTransform(hull, cv2.DIST_L2, 3)[rows + 1, cols + 1]
+    hull = cv2.convexHull(np.column_stack([cols, rows]).astype(np.int32))
+    depth = _depth_inside(hull, (rows.max() + 1, cols.max() + 1))[rows, cols]
     return (depth > INSIDE_HULL_DEPTH * size).mean() <= INSIDE_HULL_SHARE
+
+
+def _depth_inside(hull: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Return float32 `shape`: how far each pixel lies inside the convex polygon `hull`."""
+    inside = np.zeros((shape[0] + 2, shape[1] + 2), np.uint8)  # the hull's edge lies inside
+    cv2.fillConvexPoly(inside, hull + 1, 1)
+    return cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1]
 
 
 def _ruled_lines(inked: np.ndarray) -> np.ndarray:
