@@ -357,6 +357,30 @@ def test_a_digit_written_in_a_row_of_printed_cells_is_read_without_them(closed):
     assert np.abs(pixels.astype(int) - alone).mean() < 8
 
 
+@pytest.mark.parametrize("closed", [False, True], ids=["open-cells", "closed-cells"])
+def test_a_digit_that_touches_the_lines_of_its_printed_cell_is_read_without_them(closed):
+    """The 2 fills the middle cell: it stands on the row's line and touches its right wall,
+    so that the lines and the digit are one part."""
+    paper = np.full((300, 400), 250, dtype=np.uint8)
+    form = paper.copy()
+    for at in range(35, 400, 110):
+        cv2.line(form, (at, 80), (at, 190), 100, 2)
+    cv2.line(form, (35, 190), (365, 190), 100, 2)
+    if closed:
+        cv2.line(form, (35, 80), (365, 80), 100, 2)
+    two = [draw(sheet, TWO, 162, 88, 100, 20, 8) for sheet in (form, paper)]
+    read, alone = (image_to_pixels(png(sheet)) > 64 for sheet in two)
+    assert same_strokes(read, alone)
+
+
+def test_a_thin_straight_stroke_of_the_digit_is_not_a_printed_line():
+    """A 9 whose loop a marker drew bold, and whose tail it drew straight and thin."""
+    nine = cv2.circle(np.full((300, 300), 250, np.uint8), (150, 90), 45, 20, 18, cv2.LINE_AA)
+    cv2.line(nine, (192, 100), (192, 260), 20, 4, cv2.LINE_AA)
+    height, width = ink_box(image_to_pixels(png(nine)), 64)
+    assert height == 20 and width < 15  # the loop alone is about as wide as it is high
+
+
 @pytest.mark.parametrize(
     "mark",
     ["box", "circle", "close box", "close thin box", "close circle", "underline", "frame"],

@@ -136,6 +136,18 @@ SLASH_WIDTHS = 2.0
 # of their part, and hold at least this share of its ink.
 PRINTED_WIDTH = 0.05
 PRINTED_SHARE = 0.9
+# ...and, where the digit touches them, they are the ink narrower than this fraction of the
+# digit's widest strokes, in shapes that hold this share of their ink in straight runs
+# across or down at least this fraction of the strokes' size long; that are at least this
+# many of those widths wide and high (a comb, a corner: not a 9's thin tail); and that lie
+# along the strokes for no more than this share of their ink (not a bold stroke's edge).
+# Only if the strokes away from the picture's edges hold this share of the ink left.
+FORM_LINE_WIDTH = 0.6
+FORM_LINE_SHARE = 0.75
+FORM_LINE_LENGTH = 0.5
+FORM_SHAPE_WIDTHS = 2.0
+FORM_ALONG_STROKES = 0.5
+FORM_DIGIT_SHARE = 0.8
 # A shadow cast across the sheet has an edge sharper than a fitted surface follows. What is
 # wider than this many times the strokes' width, reaches the border and lies between these
 # two fractions of the ink's level (on average) is background too, where it covers at least
@@ -748,6 +760,8 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
     # before the strokes close to each other are joined: it is left out here, and so is
     # one that touches the digit, the loop along their part's convex hull.
     inked = np.where(_frames(inked), 0, inked).astype(np.uint8)
+    # The printed lines of a form that the digit touches (a row of cells it stands in).
+    inked = np.where(_form_lines(inked), 0, inked).astype(np.uint8)
     # Strokes a few pixels apart (a pencil's broken line, a 4 in two strokes) are one part. A
     # digit drawn in dots or dashes further apart than that is joined at twice, then four
     # times the gap, until its parts hold most of the ink away from the edges.
@@ -955,6 +969,55 @@ def _printed_lines(part: np.ndarray, inner: int) -> bool:
     along = [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8)]
     lines = np.maximum(*(cv2.morphologyEx(ink, cv2.MORPH_OPEN, line) for line in along))
     return np.count_nonzero(lines) >= PRINTED_SHARE * np.count_nonzero(ink)
+
+
+def _form_lines(inked: np.ndarray) -> np.ndarray:
+    """Return where in the uint8 mask `inked` the thin straight lines of a printed form are
+    (a row of cells, a box), where the digit touches them too.
+
+    The digit's strokes are what an opening by a disk FORM_LINE_WIDTH times as wide as they
+    are keeps; the lines are in what it leaves. A line that passes under the strokes is cut
+    there, and its pieces go. Nothing goes unless the strokes away from the picture's edges
+    (not a shadow, nor a table's edge) are most of the ink left.
+    """
+    lines = np.zeros(inked.shape, dtype=bool)
+    # The ink's box and a pixel around it: OpenCV takes what lies beyond an edge for ink.
+    left, top, width, height = cv2.boundingRect(inked)
+    left, top = max(0, left - 1), max(0, top - 1)
+    box = slice(top, top + height + 2), slice(left, left + width + 2)
+    ink = inked[box] > 0
+    if not ink.any():
+        return lines
+    depth = cv2.distanceTransform(ink.view(np.uint8), cv2.DIST_L2, 3)
+    side = round(FORM_LINE_WIDTH * 2 * float(np.percentile(depth[ink], 95)))
+    if side < 3:  # strokes as thin as the lines
+        return lines
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    strokes = cv2.morphologyEx(ink.view(np.uint8), cv2.MORPH_OPEN, disk)
+    thin = (ink & (strokes == 0)).view(np.uint8)
+    length = max(3, round(FORM_LINE_LENGTH * max(cv2.boundingRect(strokes)[2:])))
+    if not (_may_hold_a_run(thin, length) or _may_hold_a_run(thin.T, length)):  # most pictures
+        return lines
+    along = [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8)]
+    straight = np.maximum(*(cv2.morphologyEx(thin, cv2.MORPH_OPEN, line) for line in along))
+    beside = cv2.dilate(strokes, np.ones((3, 3), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(thin)
+    area = stats[:, cv2.CC_STAT_AREA]
+    shapes = np.bincount(labels[straight > 0], minlength=count) >= FORM_LINE_SHARE * area
+    narrower = np.minimum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    shapes &= narrower >= FORM_SHAPE_WIDTHS * side
+    shapes &= np.bincount(labels[beside > 0], minlength=count) <= FORM_ALONG_STROKES * area
+    shapes[0] = False
+    lines[box] = shapes[labels]
+    if not lines.any():
+        return lines
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(strokes)
+    start, end = stats[:, :2] + (left, top), stats[:, :2] + stats[:, 2:4] + (left, top)
+    away = (start > 0).all(axis=1) & (end < inked.shape[::-1]).all(axis=1)
+    away[0] = False
+    if np.count_nonzero(away[labels]) < FORM_DIGIT_SHARE * np.count_nonzero(ink & ~lines[box]):
+        lines[:] = False
+    return lines
 
 
 def _width(part: np.ndarray) -> float:
