@@ -341,10 +341,8 @@ def around_the_two(mark: str) -> np.ndarray:
     return picture
 
 
-@pytest.mark.parametrize("closed", [False, True], ids=["open-cells", "closed-cells"])
-def test_a_digit_written_in_a_row_of_printed_cells_is_read_without_them(closed):
-    """A form: three cells 110 px wide, printed as one part of straight lines, the 2 in the
-    middle one, much smaller than the row, and apart from its lines."""
+def a_form_and_blank_paper(closed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A row of three printed cells 110 px wide, open or closed at the top, and the paper."""
     paper = np.full((300, 400), 250, dtype=np.uint8)
     form = paper.copy()
     for at in range(35, 400, 110):
@@ -352,7 +350,14 @@ def test_a_digit_written_in_a_row_of_printed_cells_is_read_without_them(closed):
     cv2.line(form, (35, 190), (365, 190), 100, 2)
     if closed:
         cv2.line(form, (35, 80), (365, 80), 100, 2)
-    two = [draw(sheet, TWO, 170, 100, 70, 20, 5) for sheet in (form, paper)]
+    return form, paper
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["open-cells", "closed-cells"])
+def test_a_digit_written_in_a_row_of_printed_cells_is_read_without_them(closed):
+    """A form, printed as one part of straight lines, the 2 in the middle cell, much smaller
+    than the row, and apart from its lines."""
+    two = [draw(sheet, TWO, 170, 100, 70, 20, 5) for sheet in a_form_and_blank_paper(closed)]
     pixels, alone = (image_to_pixels(png(sheet)) for sheet in two)
     assert np.abs(pixels.astype(int) - alone).mean() < 8
 
@@ -361,14 +366,7 @@ def test_a_digit_written_in_a_row_of_printed_cells_is_read_without_them(closed):
 def test_a_digit_that_touches_the_lines_of_its_printed_cell_is_read_without_them(closed):
     """The 2 fills the middle cell: it stands on the row's line and touches its right wall,
     so that the lines and the digit are one part."""
-    paper = np.full((300, 400), 250, dtype=np.uint8)
-    form = paper.copy()
-    for at in range(35, 400, 110):
-        cv2.line(form, (at, 80), (at, 190), 100, 2)
-    cv2.line(form, (35, 190), (365, 190), 100, 2)
-    if closed:
-        cv2.line(form, (35, 80), (365, 80), 100, 2)
-    two = [draw(sheet, TWO, 162, 88, 100, 20, 8) for sheet in (form, paper)]
+    two = [draw(sheet, TWO, 162, 88, 100, 20, 8) for sheet in a_form_and_blank_paper(closed)]
     read, alone = (image_to_pixels(png(sheet)) > 64 for sheet in two)
     assert same_strokes(read, alone)
 
