@@ -371,6 +371,25 @@ def test_a_digit_that_touches_the_lines_of_its_printed_cell_is_read_without_them
     assert same_strokes(read, alone)
 
 
+def test_a_digit_standing_on_a_line_to_write_on_is_read_without_it():
+    """A form's single line across the picture, which the 2's foot stands on."""
+    paper = np.full((300, 400), 250, dtype=np.uint8)
+    lined = cv2.line(paper.copy(), (20, 190), (380, 190), 100, 2)
+    two = [draw(sheet, TWO, 162, 88, 100, 20, 8) for sheet in (lined, paper)]
+    read, alone = (image_to_pixels(png(sheet)) > 64 for sheet in two)
+    assert same_strokes(read, alone)
+
+
+def test_a_thin_bar_of_the_digit_is_not_a_line_to_write_on():
+    """A 7 whose bar a marker drew thin and long, and whose stem bold: the bar ends where
+    the stem begins, so it does not run across the stem from one side to the other."""
+    seven = np.full((300, 300), 250, np.uint8)
+    cv2.line(seven, (60, 60), (225, 60), 20, 4, cv2.LINE_AA)
+    cv2.line(seven, (218, 66), (150, 250), 20, 16, cv2.LINE_AA)
+    height, width = ink_box(image_to_pixels(png(seven)), 64)
+    assert height == 20 and width > 14  # the stem alone is about 12 wide
+
+
 def test_a_thin_straight_stroke_of_the_digit_is_not_a_printed_line():
     """A 9 whose loop a marker drew bold, and whose tail it drew straight and thin."""
     nine = cv2.circle(np.full((300, 300), 250, np.uint8), (150, 90), 45, 20, 18, cv2.LINE_AA)

@@ -139,8 +139,10 @@ PRINTED_SHARE = 0.9
 # ...and, where the digit touches them, they are the ink narrower than this fraction of the
 # digit's widest strokes, in shapes that hold this share of their ink in straight runs
 # across or down at least this fraction of the strokes' size long; that are at least this
-# many of those widths wide and high (a comb, a corner: not a 9's thin tail); and that lie
-# along the strokes for no more than this share of their ink (not a bold stroke's edge).
+# many of those widths wide and high (a comb, a corner: not a 9's thin tail), or that hold
+# that share in one line across, from beyond the strokes' left to beyond their right (a line
+# to write on); and that lie along the strokes for no more than this share of their ink (not
+# a bold stroke's edge).
 # Only if the strokes away from the picture's edges hold this share of the ink left.
 FORM_LINE_WIDTH = 0.6
 FORM_LINE_SHARE = 0.75
@@ -973,7 +975,7 @@ def _printed_lines(part: np.ndarray, inner: int) -> bool:
 
 def _form_lines(inked: np.ndarray) -> np.ndarray:
     """Return where in the uint8 mask `inked` the thin straight lines of a printed form are
-    (a row of cells, a box), where the digit touches them too.
+    (a row of cells, a box, a line to write on), where the digit touches them too.
 
     The digit's strokes are what an opening by a disk FORM_LINE_WIDTH times as wide as they
     are keeps; the lines are in what it leaves. A line that passes under the strokes is cut
@@ -1000,12 +1002,26 @@ def _form_lines(inked: np.ndarray) -> np.ndarray:
         return lines
     along = [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8)]
     straight = np.maximum(*(cv2.morphologyEx(thin, cv2.MORPH_OPEN, line) for line in along))
-    beside = cv2.dilate(strokes, np.ones((3, 3), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(thin)
     area = stats[:, cv2.CC_STAT_AREA]
+    # Pieces of a comb, a U or a corner: straight, and wider and higher than one line...
     shapes = np.bincount(labels[straight > 0], minlength=count) >= FORM_LINE_SHARE * area
     narrower = np.minimum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     shapes &= narrower >= FORM_SHAPE_WIDTHS * side
+    # ...or of one line to write on, which runs under (or over) the strokes from a disk
+    # beyond their left to a disk beyond their right: a digit's own strokes end in its box.
+    first, _, wide, _ = cv2.boundingRect(strokes)
+    row = np.ones((1, wide + 2 * side), np.uint8)
+    _, runs, run_stats, _ = cv2.connectedComponentsWithStats(
+        cv2.morphologyEx(ink.view(np.uint8), cv2.MORPH_OPEN, row)
+    )
+    run_end = run_stats[:, cv2.CC_STAT_LEFT] + run_stats[:, cv2.CC_STAT_WIDTH]
+    crossing = (run_stats[:, cv2.CC_STAT_LEFT] <= first - side) & (run_end >= first + wide + side)
+    crossing[0] = False
+    under = np.bincount(labels[crossing[runs] & (thin > 0)], minlength=count)
+    shapes |= under >= FORM_LINE_SHARE * area
+    # ...and not the edge of a bold stroke, which the disks leave along its straight sides.
+    beside = cv2.dilate(strokes, np.ones((3, 3), np.uint8))
     shapes &= np.bincount(labels[beside > 0], minlength=count) <= FORM_ALONG_STROKES * area
     shapes[0] = False
     lines[box] = shapes[labels]
