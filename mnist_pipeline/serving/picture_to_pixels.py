@@ -995,7 +995,12 @@ def _form_lines(inked: np.ndarray) -> np.ndarray:
     if side < 3:  # strokes as thin as the lines
         return lines
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
-    strokes = cv2.morphologyEx(ink.view(np.uint8), cv2.MORPH_OPEN, disk)
+    opened = cv2.morphologyEx(ink.view(np.uint8), cv2.MORPH_OPEN, disk)
+    # ...not the specks smaller than two disks that it keeps where two lines meet.
+    _, parts, part_stats, _ = cv2.connectedComponentsWithStats(opened)
+    large = part_stats[:, cv2.CC_STAT_AREA] >= 2 * np.count_nonzero(disk)
+    large[0] = False
+    strokes = large[parts].view(np.uint8)
     thin = (ink & (strokes == 0)).view(np.uint8)
     length = max(3, round(FORM_LINE_LENGTH * max(cv2.boundingRect(strokes)[2:])))
     if not (_may_hold_a_run(thin, length) or _may_hold_a_run(thin.T, length)):  # most pictures
@@ -1027,11 +1032,10 @@ def _form_lines(inked: np.ndarray) -> np.ndarray:
     lines[box] = shapes[labels]
     if not lines.any():
         return lines
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(strokes)
-    start, end = stats[:, :2] + (left, top), stats[:, :2] + stats[:, 2:4] + (left, top)
-    away = (start > 0).all(axis=1) & (end < inked.shape[::-1]).all(axis=1)
-    away[0] = False
-    if np.count_nonzero(away[labels]) < FORM_DIGIT_SHARE * np.count_nonzero(ink & ~lines[box]):
+    start = part_stats[:, :2] + (left, top)
+    end = start + part_stats[:, 2:4]
+    away = large & (start > 0).all(axis=1) & (end < inked.shape[::-1]).all(axis=1)
+    if np.count_nonzero(away[parts]) < FORM_DIGIT_SHARE * np.count_nonzero(ink & ~lines[box]):
         lines[:] = False
     return lines
 
