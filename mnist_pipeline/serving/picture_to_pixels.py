@@ -1001,8 +1001,11 @@ def _form_lines(inked: np.ndarray) -> np.ndarray:
     large = part_stats[:, cv2.CC_STAT_AREA] >= 2 * np.count_nonzero(disk)
     large[0] = False
     strokes = large[parts].view(np.uint8)
+    if not strokes.any():  # no strokes wider than the lines
+        return lines
     thin = (ink & (strokes == 0)).view(np.uint8)
-    length = max(3, round(FORM_LINE_LENGTH * max(cv2.boundingRect(strokes)[2:])))
+    first, _, wide, high = cv2.boundingRect(strokes)
+    length = max(3, round(FORM_LINE_LENGTH * max(wide, high)))
     if not (_may_hold_a_run(thin, length) or _may_hold_a_run(thin.T, length)):  # most pictures
         return lines
     along = [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8)]
@@ -1015,7 +1018,6 @@ def _form_lines(inked: np.ndarray) -> np.ndarray:
     shapes &= narrower >= FORM_SHAPE_WIDTHS * side
     # ...or of one line to write on, which runs under (or over) the strokes from a disk
     # beyond their left to a disk beyond their right: a digit's own strokes end in its box.
-    first, _, wide, _ = cv2.boundingRect(strokes)
     row = np.ones((1, wide + 2 * side), np.uint8)
     _, runs, run_stats, _ = cv2.connectedComponentsWithStats(
         cv2.morphologyEx(ink.view(np.uint8), cv2.MORPH_OPEN, row)
