@@ -968,9 +968,13 @@ def _printed_lines(part: np.ndarray, inner: int) -> bool:
         return False
     length = max(inner, min(height, width) // 2)
     ink = part.astype(np.uint8)
+    return np.count_nonzero(_straight_runs(ink, length)) >= PRINTED_SHARE * np.count_nonzero(ink)
+
+
+def _straight_runs(mask: np.ndarray, length: int) -> np.ndarray:
+    """Return where the uint8 `mask` lies in straight runs across or down, `length` long."""
     along = [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8)]
-    lines = np.maximum(*(cv2.morphologyEx(ink, cv2.MORPH_OPEN, line) for line in along))
-    return np.count_nonzero(lines) >= PRINTED_SHARE * np.count_nonzero(ink)
+    return np.maximum(*(cv2.morphologyEx(mask, cv2.MORPH_OPEN, line) for line in along)) > 0
 
 
 def _form_lines(inked: np.ndarray) -> np.ndarray:
@@ -1008,12 +1012,11 @@ def _form_lines(inked: np.ndarray) -> np.ndarray:
     length = max(3, round(FORM_LINE_LENGTH * max(wide, high)))
     if not (_may_hold_a_run(thin, length) or _may_hold_a_run(thin.T, length)):  # most pictures
         return lines
-    along = [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8)]
-    straight = np.maximum(*(cv2.morphologyEx(thin, cv2.MORPH_OPEN, line) for line in along))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(thin)
     area = stats[:, cv2.CC_STAT_AREA]
     # Pieces of a comb, a U or a corner: straight, and wider and higher than one line...
-    shapes = np.bincount(labels[straight > 0], minlength=count) >= FORM_LINE_SHARE * area
+    straight = _straight_runs(thin, length)
+    shapes = np.bincount(labels[straight], minlength=count) >= FORM_LINE_SHARE * area
     narrower = np.minimum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     shapes &= narrower >= FORM_SHAPE_WIDTHS * side
     # ...or of one line to write on, which runs under (or over) the strokes from a disk
