@@ -526,6 +526,61 @@ def test_a_photo_of_the_sheet_on_a_dark_table_reads_the_ink_on_the_sheet():
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
 
 
+def a_note_on_a_desk(turn: float, desk: float, grain: float) -> tuple[bytes, np.ndarray]:
+    """A photo of a square note turned by `turn` degrees on a desk of level `desk` with a
+    wood grain of `grain` levels, the 2 written on it; and the same 2 on white paper."""
+    rows, cols = np.mgrid[0:480, 0:640]
+    photo = desk + grain * np.sin(cols / 7.0 + 3 * np.sin(rows / 40.0))
+    corners = cv2.boxPoints(((300, 250), (230, 230), turn)).astype(np.int32)
+    note = cv2.fillPoly(np.zeros((480, 640), np.uint8), [corners], 1)
+    photo[note == 1] = 215.0
+    ink = draw(np.zeros((480, 640), np.uint8), TWO, 255, 180, 130, 255, 9) / 255.0
+    photo = photo * (1 - ink) + 35.0 * ink + np.random.default_rng(3).normal(0, 3, photo.shape)
+    return as_jpeg(photo), image_to_pixels(png(np.uint8(255 - 255 * ink)))
+
+
+@pytest.mark.parametrize(
+    ("turn", "desk", "grain"), [(0.0, 40.0, 0.0), (15.0, 40.0, 5.0), (-10.0, 120.0, 12.0)]
+)
+def test_a_note_photographed_on_a_desk_is_read_without_the_desk(turn, desk, grain):
+    """The note covers less than half the picture: the desk is most of it, and its border."""
+    photo, alone = a_note_on_a_desk(turn, desk, grain)
+    assert same_strokes(image_to_pixels(photo) > 64, alone > 64)
+
+
+def test_a_light_zero_on_a_dark_canvas_keeps_its_hole():
+    """A bold light ring is solid, with dark inside it, on a darker ground: not a sheet."""
+    canvas = np.full((300, 300), 30, np.uint8)
+    ring = cv2.ellipse(np.zeros((300, 300), np.uint8), (150, 150), (70, 100), 20, 0, 360, 255, 45)
+    canvas[ring > 0] = 230
+    read, alone = image_to_pixels(png(canvas)), image_to_pixels(png(255 - ring))
+    assert same_strokes(read > 64, alone > 64)
+
+
+def a_four_of_two_strokes(foot: int) -> np.ndarray:
+    """A 4 whose stem, from y 80 to `foot`, does not touch the rest, on white paper."""
+    four = np.full((300, 400), 245.0)
+    cv2.polylines(four, [np.array([[160, 60], [150, 170], [205, 170]])], False, 20, 8)
+    return cv2.line(four, (220, 80), (220, foot), 20, 8)
+
+
+@pytest.mark.parametrize("foot", [290, 299], ids=["apart", "at-the-edge"])
+def test_a_stroke_that_runs_to_the_pictures_edge_is_not_a_table(foot):
+    """The paper's outline goes round a stem that reaches the picture's edge: the stem is
+    not the table around a sheet, and the 4 stays tall and narrow."""
+    read = image_to_pixels(png(a_four_of_two_strokes(foot).astype(np.uint8))) > 64
+    assert ink_box(read)[1] <= 9
+
+
+def test_a_stroke_that_runs_into_a_shadow_is_not_a_table():
+    """A sharp shadow over the bottom of the sheet, where the 4's stem runs: the lit paper
+    is solid, sharp and lighter, but the stem is darker than the shadow's paper."""
+    photo = a_four_of_two_strokes(250)
+    photo[200:] *= 0.55
+    read = image_to_pixels(as_jpeg(photo)) > 64
+    assert ink_box(read)[1] <= 9
+
+
 def test_specks_around_the_digit_are_left_out():
     """Dust or pencil dots a few pixels around the 2 (which spans x 150-255, y 90-200)."""
     picture = the_two_on(245, 20)
@@ -596,6 +651,15 @@ def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
     through_the_digit = (cols - 210) * np.cos(angle) + (rows - 150) * np.sin(angle) > 0
     shadow = cv2.GaussianBlur(through_the_digit.astype(np.float32), (5, 5), 0)
     assert off_the_clean_two_under(shadow, darkness) < 12
+
+
+@pytest.mark.parametrize("softness", [6.0, 12.0])
+def test_a_soft_shadow_beside_the_digit_is_not_a_table(softness):
+    """A shadow over the right of the sheet, its edge blurred over tens of pixels, apart
+    from the 2: the lit part is solid and lighter, but its edge is not a sheet's."""
+    rows, cols = np.mgrid[0:300, 0:400]
+    beside = ((cols - 320) + 0.2 * (rows - 150) > 0).astype(np.float32)
+    assert off_the_clean_two_under(cv2.GaussianBlur(beside, (0, 0), softness), 0.45) < 12
 
 
 @pytest.mark.parametrize(

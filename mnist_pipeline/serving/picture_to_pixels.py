@@ -5,7 +5,8 @@ image_to_pixels, so a drawing converted on a participant's machine and the same 
 the server give the same pixels. A file's declared size is read from its header before any
 pixel is decoded.
 
-A digit is made to look like MNIST's: the ink is the side, dark or light, that stands out of
+A digit is made to look like MNIST's: a sheet or a note photographed on a table is cut out
+of it (the table becomes the sheet's level), the ink is the side, dark or light, that stands out of
 the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a dark
 table), an image editor's checkerboard behind a transparent layer is made one level, the
 paper's level is fitted as a smooth surface (so that uneven light is not ink) and raised
@@ -108,6 +109,16 @@ BACKGROUND_SHARE = 0.15
 # sheet is the background.
 SHEET_CONTRAST = 40.0
 SHEET_SOLIDITY = 0.9
+# A sheet or a note on a table that holds most of the picture (_on_its_sheet), looked for at
+# SHEET_SIDE pixels: the table covers this share of the picture's edges at least, the ink
+# this share of the sheet, the table holds fewer pixels than this darker than itself by half
+# the contrast (a stroke), and the sheet's outline, straightened to within this share of its
+# length, has four corners at most inside the picture.
+SHEET_SIDE = 256
+SHEET_BORDER = 0.15
+SHEET_INK = 0.002
+SHEET_DARK_TABLE = 4
+SHEET_STRAIGHT = 0.02
 # A part whose strokes are wider than this fraction of its size is a stain, not a digit. One
 # with ink in this many of 16 directions around another part at least this fraction of its
 # size is a box or a circle around it, if no more than this share of its ink lies deeper
@@ -209,6 +220,8 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     if decoded is None:
         raise UserError("image data is damaged and cannot be decoded")
     gray = _checkerboard_flattened(_shrunk(_to_gray(decoded)))
+    if style == "digit":
+        gray = _on_its_sheet(gray)
     gray = _light_on_dark(gray, style == "digit")
     ink = _digit_ink(gray) if style == "digit" else _object_ink(gray)
     if ink.max() == 0 and style == "digit" and _stands_out_of_its_border(gray):
@@ -436,6 +449,50 @@ def _is_a_sheet(light: np.ndarray) -> bool:
         return False
     outline = max(contours, key=cv2.contourArea)
     return cv2.contourArea(outline) >= SHEET_SOLIDITY * cv2.contourArea(cv2.convexHull(outline))
+
+
+def _on_its_sheet(gray: np.ndarray) -> np.ndarray:
+    """Return `gray` with the table around a sheet of paper (or a note) made the sheet's level.
+
+    The sheet is the largest part lighter than Otsu's threshold, filled where the digit is
+    written. It is one only if it is solid, with four corners where the picture's edges do
+    not cut it (a light 0 on a dark canvas has more), SHEET_CONTRAST lighter than the table,
+    which runs along the picture's edges (a stroke that reaches an edge does not), and with
+    dark ink inside it and none on the table (a stroke that runs on into a shadow). A sheet
+    that fills most of the picture is found again by _light_on_dark, where this finds no ink.
+    """
+    if max(gray.shape) <= 2 * IMAGE_SHAPE[0]:
+        return gray
+    small = _shrunk(gray, SHEET_SIDE).astype(np.uint8)
+    _, light = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    light = cv2.morphologyEx(light, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(light, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return gray
+    outline = max(contours, key=cv2.contourArea)
+    within = cv2.drawContours(np.zeros_like(light), [outline], -1, 1, cv2.FILLED)
+    inside = cv2.erode(within, np.ones((5, 5), np.uint8))
+    table = within == 0
+    if np.mean(np.concatenate(_edges(table))) < SHEET_BORDER or not _is_a_sheet(light):
+        return gray
+    level = float(np.median(small[(within == 1) & (light == 1)]))
+    contrast = level - float(np.median(small[table]))
+    ink = (inside == 1) & (small < level - contrast / 2)
+    if contrast < SHEET_CONTRAST or ink.sum() < SHEET_INK * within.sum():
+        return gray
+    if np.count_nonzero(table & (small < level - 1.5 * contrast)) >= SHEET_DARK_TABLE:
+        return gray
+    height, width = small.shape
+    polygon = cv2.approxPolyDP(outline, SHEET_STRAIGHT * cv2.arcLength(outline, True), True)
+    x, y = polygon[:, 0, 0], polygon[:, 0, 1]
+    if np.count_nonzero((x > 2) & (x < width - 3) & (y > 2) & (y < height - 3)) > 4:
+        return gray
+    # The table becomes the sheet's level at its nearest edge: light falls unevenly.
+    local = cv2.inpaint(small, 1 - inside, 3, cv2.INPAINT_TELEA).astype(np.float32)
+    size = gray.shape[::-1]
+    inside = cv2.resize(inside, size, interpolation=cv2.INTER_NEAREST)
+    local = cv2.resize(local, size, interpolation=cv2.INTER_LINEAR)
+    return np.where(inside == 1, gray, local)
 
 
 def _object_ink(gray: np.ndarray) -> np.ndarray:
