@@ -526,6 +526,22 @@ def test_a_photo_of_the_sheet_on_a_dark_table_reads_the_ink_on_the_sheet():
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
 
 
+def test_pencil_on_grainy_kraft_paper_is_the_dark_side():
+    """Brown paper, mid-grey in grey levels, with light fibres that reach from it about as
+    far as the pencil does, and soft blotches: neither side reaches twice as far, nor is
+    broad. The pencil is dark."""
+    rng = np.random.default_rng(4)
+    blotches = cv2.GaussianBlur(rng.normal(0, 1, (480, 640)), (0, 0), 40)
+    paper = 120.0 + 10.0 * blotches / blotches.std()
+    fibres = cv2.dilate((rng.random((480, 640)) > 0.997).astype(np.uint8), np.ones((2, 6)))
+    photo = paper + 45.0 * fibres
+    pencil = draw(np.zeros((480, 640), np.uint8), TWO, 250, 130, 220, 255, 7) / 255.0
+    photo -= 60.0 * pencil * (rng.random(photo.shape) > 0.3)
+    photo = cv2.blur(photo + rng.normal(0, 4, photo.shape), (2, 2))
+    alone = image_to_pixels(png(np.uint8(255 - 255 * pencil)))
+    assert same_strokes(image_to_pixels(as_jpeg(photo)) > 64, alone > 64)
+
+
 def a_note_on_a_desk(turn: float, desk: float, grain: float) -> tuple[bytes, np.ndarray]:
     """A photo of a square note turned by `turn` degrees on a desk of level `desk` with a
     wood grain of `grain` levels, the 2 written on it; and the same 2 on white paper."""

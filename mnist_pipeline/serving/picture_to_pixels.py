@@ -104,6 +104,9 @@ INK_SIDE_RATIO = 2.0
 # the other side's, if the other's cover at least this share of the picture.
 THIN_SIDE_RATIO = 3.0
 BACKGROUND_SHARE = 0.15
+# ...or, where neither is, dark ink unless the background is darker than this: kraft paper
+# and dim photos of white paper lie at 100-130, a chalkboard or a dark canvas far below.
+DARK_BACKGROUND = 80.0
 # A picture whose middle is this many levels lighter than that band, and whose light part is
 # this solid (its area over its convex hull's), is a sheet of paper on a darker table: the
 # sheet is the background.
@@ -391,8 +394,8 @@ def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
     picture is too thin to be it), or, `on_paper`, the sheet of paper on a darker table
     that fills most of a photo (a garment, solid and light, is not a sheet). The ink is on
     the side, darker or lighter, that reaches twice as far from it: dark ink on a dim photo
-    of white paper, light ink on coloured paper. Where neither does, a light background has
-    dark ink.
+    of white paper, light ink on coloured paper. Where neither does, a background that is
+    not dark has dark ink.
     """
     # Medians from about 256x256 of the picture's pixels: of a band along its edges, and of all.
     step = max(1, max(gray.shape) // 256)
@@ -410,7 +413,7 @@ def _light_on_dark(gray: np.ndarray, on_paper: bool = True) -> np.ndarray:
     else:
         dark_ink = _strokes_on_the_dark_side(smooth, level - darker / 2, level + lighter / 2)
         if dark_ink is None:
-            dark_ink = level > 127
+            dark_ink = level > DARK_BACKGROUND
     return 255.0 - gray if dark_ink else gray
 
 
