@@ -672,7 +672,8 @@ def test_a_shadow_cast_across_the_sheet_is_not_the_digit(angle, darkness):
 @pytest.mark.parametrize("softness", [6.0, 12.0])
 def test_a_soft_shadow_beside_the_digit_is_not_a_table(softness):
     """A shadow over the right of the sheet, its edge blurred over tens of pixels, apart
-    from the 2: the lit part is solid and lighter, but its edge is not a sheet's."""
+    from the 2: the lit part is taken for a sheet and the shadow for its table, which is
+    filled from the sheet's edge without a step that would be read as a stroke."""
     rows, cols = np.mgrid[0:300, 0:400]
     beside = ((cols - 320) + 0.2 * (rows - 150) > 0).astype(np.float32)
     assert off_the_clean_two_under(cv2.GaussianBlur(beside, (0, 0), softness), 0.45) < 12

@@ -6,17 +6,17 @@ the server give the same pixels. A file's declared size is read from its header 
 pixel is decoded.
 
 A digit is made to look like MNIST's: a sheet or a note photographed on a table is cut out
-of it (the table becomes the sheet's level), the ink is the side, dark or light, that stands out of
-the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a dark
-table), an image editor's checkerboard behind a transparent layer is made one level, the
-paper's level is fitted as a smooth surface (so that uneven light is not ink) and raised
+of it (the table becomes the sheet's level), the ink is the side, dark or light, that stands
+out of the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a
+dark table), an image editor's checkerboard behind a transparent layer is made one level,
+the paper's level is fitted as a smooth surface (so that uneven light is not ink) and raised
 under a shadow cast across the sheet, ink is what stands out of the paper's noise, what is
 not the digit is left out (the lines of ruled or squared paper, a frame around the picture;
 a sheet's edge, the table or a shadow apart from the digit; a box, a circle, a stain or a
-line under it), a digit drawn in dots or broken dashes is kept whole, the digit is
-cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
-brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
-was, to within one grey level.
+line under it), a digit drawn in dots or broken dashes is kept whole, the digit is cropped,
+thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full brightness
+and centred by its centre of mass. An MNIST image sent as a PNG comes back as it was, to
+within one grey level.
 """
 
 from __future__ import annotations
