@@ -469,7 +469,7 @@ def _on_its_sheet(gray: np.ndarray) -> np.ndarray:
     small = _shrunk(gray, SHEET_SIDE).astype(np.uint8)
     _, light = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     light = cv2.morphologyEx(light, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    contours, _ = cv2.findContours(light, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(light, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return gray
     outline = max(contours, key=cv2.contourArea)
