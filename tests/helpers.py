@@ -268,6 +268,28 @@ def copy_of_the_working_tree(destination: Path) -> Path:
     return destination
 
 
+def a_sample_of(picture_set: Path, destination: Path) -> Path:
+    """Write to `destination` the first picture of each digit and kind in `picture_set`
+    (drawn_digits/, font_digits/), with its labels.csv and the set's other files.
+
+    For tests that package a model where what the sets measure is not the point: package
+    evaluates about 150 pictures rather than 1,080, some 6 CPU-seconds less each time.
+    """
+    import pandas as pd
+
+    from mnist_pipeline.serving.drawn_digits import LABELS_FILE
+
+    labels = pd.read_csv(picture_set / LABELS_FILE, dtype=str)
+    sample = labels.groupby(["label", "kind"], sort=False).head(1)
+    left_out = set(labels.file) - set(sample.file)
+    destination.mkdir(parents=True)
+    for path in picture_set.iterdir():
+        if path.name not in left_out:
+            shutil.copy2(path, destination / path.name)
+    sample.to_csv(destination / LABELS_FILE, index=False, lineterminator="\n")
+    return destination
+
+
 def store_environment(root: Path) -> dict:
     """The environment of a command that uses the store in `root`, and nothing inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -26,9 +27,11 @@ from conftest import REPO, free_port, make_store, once_per_session, running, wri
 
 from mnist_pipeline.data.catalogue import DATASETS
 from mnist_pipeline.data.idx import read_idx_sha256
+from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS
+from mnist_pipeline.serving.font_digits import FONT_DIGITS
 from mnist_pipeline.tracking import runs
 from mnist_pipeline.tracking.signals import PROCESS_TAG
-from tests.helpers import ONE_UI_PROCESS, copy_of_the_working_tree
+from tests.helpers import ONE_UI_PROCESS, a_sample_of, copy_of_the_working_tree
 
 # The guide: the README, then its chapters in the order a participant reads them.
 GUIDE = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -81,9 +84,13 @@ def copy_of_the_project(tmp_path: Path, mirror: Path):
     `../shared` is the tiny `mirror`. Its MNIST files are not the official ones, so the
     copy's catalogue pins their checksums instead: get_data verifies them as it would the
     real files, and the guide's commands need no `allow_unverified` that they do not show.
-    The store is MLflow's default, ./mlflow.db in the project, as for a user.
+    The drawn and the font digits are a sample, as tiny as the data. The store is MLflow's
+    default, ./mlflow.db in the project, as for a user.
     """
     project = copy_of_the_working_tree(tmp_path / "project")
+    for picture_set in (DRAWN_DIGITS, FONT_DIGITS):
+        shutil.rmtree(project / picture_set.name)
+        a_sample_of(picture_set, project / picture_set.name)
     (tmp_path / "shared").symlink_to(mirror)
     catalogue = project / "mnist_pipeline" / "data" / "catalogue.py"
     text = catalogue.read_text()
