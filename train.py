@@ -243,7 +243,7 @@ def train(
     if added:
         from mnist_pipeline.training.synthetic import supplement
 
-        print(f"Making {added:,} synthetic digits...", flush=True)
+        print(f"Synthetic digits: {added:,} (made once per process and seed)...", flush=True)
         x_synthetic, y_synthetic = supplement(added, seed)
         runs.log_input(
             mlflow.data.from_numpy(x_synthetic, targets=y_synthetic, name="synthetic digits"),

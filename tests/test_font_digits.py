@@ -48,8 +48,10 @@ def test_the_checked_in_glyphs_are_what_the_supplement_fonts_render(tmp_path):
 
 def test_the_supplement_is_seeded_digits_as_mnist_draws_them():
     images, labels = synthetic.supplement(50, seed=3)
+    synthetic.supplement.cache_clear()  # made again, rather than the same arrays handed back
     again, same_labels = synthetic.supplement(50, seed=3)
     other, _ = synthetic.supplement(50, seed=4)
+    assert again is not images
     assert images.shape == (50, 28, 28) and images.dtype == np.uint8
     assert np.array_equal(images, again) and np.array_equal(labels, same_labels)
     assert not np.array_equal(images, other)
@@ -57,6 +59,19 @@ def test_the_supplement_is_seeded_digits_as_mnist_draws_them():
     # White on black, inside MNIST's 20x20 box with a border of blank pixels.
     assert (images.max(axis=(1, 2)) > 100).all()
     assert images[:, :2, :].max() == 0 and images[:, :, -2:].max() == 0
+
+
+def test_a_workers_next_trial_gets_the_supplement_made_for_the_last_one():
+    """A search's worker runs trial after trial with one count and seed: the digits are
+    made once, and handed out read-only, so that no trial changes another's."""
+    synthetic.supplement.cache_clear()
+    images, labels = synthetic.supplement(20, seed=7)
+    again, same_labels = synthetic.supplement(20, seed=7)
+    assert again is images and same_labels is labels
+    assert not images.flags.writeable and not labels.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        images[0, 0, 0] = 1
+    assert synthetic.supplement(20, seed=8)[0] is not images
 
 
 def test_the_supplement_writes_ones_with_a_long_flag_and_crossed_sevens():
