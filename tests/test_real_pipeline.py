@@ -26,7 +26,9 @@ def children_of(store, parent_run_id: str) -> dict[str, object]:
 def test_main_nests_the_stages_reuses_them_and_learns(store, tiny_data, capsys):
     params = {"data_dir": store.root / "data", "output_dir": store.root / "model"}
     if ON_THE_MIRROR:
-        params.update(source=MIRROR / "mnist", epochs="1")
+        # One epoch, and a tenth of the synthetic digits (540: making the default 5,400
+        # takes 25 CPU-s, and tests/test_font_digits.py checks what they are).
+        params.update(source=MIRROR / "mnist", epochs="1", synthetic="0.01")
         lr = "0.006"  # the default
     else:
         params.update(source=tiny_data, allow_unverified="true", **TINY_TRAINING)
