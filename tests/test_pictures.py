@@ -107,6 +107,37 @@ def clean_two() -> np.ndarray:
     return image_to_pixels(png(255 - ink))
 
 
+def test_a_png_saved_from_an_array_of_another_scale_is_read_at_its_own():
+    """A mask of 0s and 1s, and 0-255 levels in a 16-bit PNG (`array.astype(np.uint16)`), give
+    the pixels of the same drawing at full scale: at the file's own scale they are a blank,
+    or strokes too faint to tell from the paper."""
+    ink = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6)
+    mask = (ink > 127).astype(np.uint8)
+    np.testing.assert_array_equal(image_to_pixels(png(mask)), image_to_pixels(png(mask * 255)))
+    on_paper = 255 - ink
+    np.testing.assert_array_equal(
+        image_to_pixels(png(on_paper.astype(np.uint16))), image_to_pixels(png(on_paper))
+    )
+    # A 16-bit PNG at its full scale is read as before.
+    np.testing.assert_array_equal(
+        image_to_pixels(png(on_paper.astype(np.uint16) * 257)), image_to_pixels(png(on_paper))
+    )
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (7, 5)])
+def test_a_picture_too_small_to_hold_a_digit_is_refused(size):
+    tiny = np.full(size, 255, np.uint8)
+    tiny[0, 0] = 0
+    with pytest.raises(UserError, match=r"too small to hold a digit \(at least 8 on its longer"):
+        image_to_pixels(png(tiny))
+
+
+def test_a_digit_cropped_to_a_thin_one_is_not_too_small():
+    one = np.full((40, 3), 255, np.uint8)
+    one[:, 1] = 0
+    assert image_to_pixels(png(one)).max() == 255
+
+
 @pytest.mark.parametrize("direction", [0.0, 2.0, 4.0])
 def test_a_photo_in_uneven_light_fills_the_20x20_box_with_the_digit(direction):
     pixels, clean = image_to_pixels(photo_of_a_two(direction)), clean_two()

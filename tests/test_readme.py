@@ -26,7 +26,7 @@ import pytest
 from conftest import REPO, free_port, make_store, once_per_session, running, write_tiny_dataset
 
 from mnist_pipeline.data.catalogue import DATASETS
-from mnist_pipeline.data.idx import read_idx_sha256
+from mnist_pipeline.data.idx import read_idx, read_idx_sha256
 from mnist_pipeline.serving.drawn_digits import DRAWN_DIGITS
 from mnist_pipeline.serving.font_digits import FONT_DIGITS
 from mnist_pipeline.tracking import runs
@@ -296,10 +296,11 @@ def test_batch_block_as_written(tmp_path, tiny_mirror):
 
     port = free_port()
     command = ["bash", "-c", f"{serve} -p {port}"]
+    first_test_image = read_idx(digits / "t10k-images-idx3-ubyte.gz")[0]
     with running(command, f"http://127.0.0.1:{port}/ping", cwd=project, env=store.env):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": [[0] * 784]}).encode(),
+            data=json.dumps({"inputs": [first_test_image.tolist()]}).encode(),
             headers={"Content-Type": "application/json"},
         )
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())

@@ -418,6 +418,12 @@ BAD_INPUTS = [
         id="two-named-tensors",
     ),
     pytest.param(
+        lambda: {"inputs": {f"x{number}": [0] for number in range(100)}},
+        "expected one tensor or an 'image' input, got ['x0', 'x1', 'x10', 'x11', 'x12', "
+        "'... (100 in all)']",
+        id="a-hundred-named-tensors",
+    ),
+    pytest.param(
         lambda: {"instances": [{"image": b64(glyph_png(3)), "note": "hi"}]},
         "expected one tensor or an 'image' input, got ['image', 'note']",
         id="image-input-with-another",
@@ -454,20 +460,30 @@ BAD_INPUTS = [
     ),
     pytest.param(
         lambda: frame_split(bad_pixels(None)[None]),
-        "pixels must be finite numbers from 0 to 255 (got NaN or infinity)",
+        "pixels must be finite numbers from 0 to 255 (got NaN or infinity",
         id="frame-of-nulls",
     ),
     pytest.param(
         lambda: json.dumps(
             {"inputs": np.full((28, 28), np.nan).tolist()}
         ),  # NaN, as Python writes it
-        "pixels must be finite numbers from 0 to 255 (got NaN or infinity)",
+        "pixels must be finite numbers from 0 to 255 (got NaN or infinity",
         id="tensor-of-NaN",
     ),
     pytest.param(
         lambda: '{"inputs": [[' + ", ".join(["1e400"] * 784) + "]]}",  # overflows to infinity
-        "pixels must be finite numbers from 0 to 255 (got NaN or infinity)",
+        "pixels must be finite numbers from 0 to 255 (got NaN or infinity",
         id="tensor-of-infinity",
+    ),
+    pytest.param(
+        lambda: {
+            "dataframe_records": [
+                *wide_records(glyph_pixels([3]))["dataframe_records"],
+                {str(pixel): 0 for pixel in range(783)},  # the last pixel left out
+            ]
+        },
+        "(got NaN or infinity, or a row with a pixel missing)",
+        id="records-with-a-pixel-missing",
     ),
     pytest.param(
         lambda: frame_split(np.full((1, 28, 28), 300)),
@@ -489,6 +505,22 @@ BAD_INPUTS = [
         lambda: {"inputs": np.concatenate([glyph_pixels([3]), glyph_pixels([5]) / 255.0]).tolist()},
         "image 2: pixels must be from 0 to 255, and these reach only 1",
         id="one-image-from-0-to-1",
+    ),
+    # a blank, as pixels: the model would answer it, as it answers any image
+    pytest.param(
+        lambda: {"inputs": np.zeros((1, 784)).tolist()},
+        "image 1: a single flat colour (pixels from 0 to 0): there is nothing to classify",
+        id="blank-pixels",
+    ),
+    pytest.param(
+        lambda: {"inputs": np.concatenate([glyph_pixels([3]), np.full((1, 28, 28), 2)]).tolist()},
+        "image 2: a single flat colour (pixels from 2 to 2)",
+        id="one-blank-of-a-batch",
+    ),
+    pytest.param(
+        lambda: {"dataframe_records": [{"pixels": b64(bytes(784))}]},
+        "image 1: a single flat colour (pixels from 0 to 0)",
+        id="blank-raw-pixels",
     ),
     # dark ink on light paper, as pixels: the model would answer it, wrongly
     pytest.param(
@@ -543,6 +575,11 @@ BAD_INPUTS = [
         lambda: image_records(halved(encoded(drawing(3)))),
         "image 1: image data is damaged and cannot be decoded",
         id="truncated-png",
+    ),
+    pytest.param(
+        lambda: image_records(encoded(np.array([[0, 255], [255, 255]], np.uint8))),
+        "image 1: image is 2x2 pixels: too small to hold a digit (at least 8 on its longer side)",
+        id="png-2x2",
     ),
     pytest.param(
         lambda: image_records(encoded(np.full((300, 400), 255, np.uint8))),
@@ -655,9 +692,57 @@ def test_a_decompression_bomb_is_refused_without_decoding(monkeypatch):
 def test_pixel_image_limit_is_exact():
     """In process (no model): MAX_IMAGES_PER_REQUEST images pass, one more is refused."""
     limit = serving.MAX_IMAGES_PER_REQUEST
-    assert len(serving.pixels_from_request(np.zeros((limit, 784)), None)) == limit
+    three = glyph_pixels([3])
+    assert len(serving.pixels_from_request(np.repeat(three, limit, axis=0), None)) == limit
     with pytest.raises(UserError, match="at most"):
-        serving.pixels_from_request(np.zeros((limit + 1, 28, 28)), None)
+        serving.pixels_from_request(np.repeat(three, limit + 1, axis=0), None)
+
+
+def named_pixel_rows(images: np.ndarray, names: list[str]) -> list[dict]:
+    """Each image as a JSON object of its pixels under `names`, the keys sorted as text (as
+    `json.dumps(sort_keys=True)`, Go's maps and serde_json write them)."""
+    rows = images.reshape(len(images), -1).astype(int).tolist()
+    return [dict(sorted(zip(names, row, strict=True))) for row in rows]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(
+            lambda im: {"dataframe_records": named_pixel_rows(im, WIDE_COLUMNS)},
+            id="records-784-keys-sorted-as-text",
+        ),
+        pytest.param(
+            lambda im: {"dataframe_records": named_pixel_rows(im.reshape(-1, 28), COLUMNS)},
+            id="records-28-keys-sorted-as-text",
+        ),
+        pytest.param(
+            lambda im: {
+                "dataframe_records": named_pixel_rows(im, [f"pixel{n}" for n in range(784)])
+            },
+            id="records-pixel0-to-pixel783",
+        ),
+        pytest.param(
+            lambda im: {
+                "dataframe_records": [
+                    dict(reversed(row.items()))
+                    for row in named_pixel_rows(im, [str(n) for n in range(1, 785)])
+                ]
+            },
+            id="records-1-to-784-reversed",
+        ),
+        pytest.param(
+            lambda im: {"instances": named_pixel_rows(im, WIDE_COLUMNS)},
+            id="instances-of-784-named-pixels",
+        ),
+    ],
+)
+def test_named_pixels_are_read_in_the_order_their_names_number_them(build):
+    """In process: a JSON object's keys have no order, so a row's pixels are taken by name."""
+    images = glyph_pixels(DIGITS)
+    body = build(images)
+    read = serving.pixels_from_request(as_the_server_parses(body), SPEC)
+    np.testing.assert_array_equal(read, images)
 
 
 def test_a_request_without_json_is_refused_without_internals(server):

@@ -37,6 +37,9 @@ from mnist_pipeline.errors import UserError
 MAX_IMAGE_PIXELS = 25_000_000
 # MPO is how Pillow names a camera's JPEG that carries a preview picture.
 ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG", "MPO")
+# A smaller picture (on its longer side) holds no digit that can be read: one dark pixel of
+# a 2x2 picture would be fitted into MNIST's box as a 20x20 square.
+MIN_IMAGE_SIDE = 8
 # A larger picture is averaged down to this many pixels on its longer side before its ink is
 # found: enough for a 20x20 digit with room to spare, and what keeps a phone's photo fast.
 WORK_SIDE = 1024
@@ -222,7 +225,7 @@ def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if decoded is None:
         raise UserError("image data is damaged and cannot be decoded")
-    gray = _checkerboard_flattened(_shrunk(_to_gray(decoded)))
+    gray = _checkerboard_flattened(_shrunk(_to_gray(decoded, lossless=image_format == "PNG")))
     if style == "digit":
         gray = _on_its_sheet(gray)
     gray = _light_on_dark(gray, style == "digit")
@@ -291,14 +294,32 @@ def _declared_format_and_size(data: bytes) -> tuple[str, tuple[int, int]]:
             f"image declares {size[0]}x{size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} "
             "accepted"
         )
+    if max(size) < MIN_IMAGE_SIDE:
+        raise UserError(
+            f"image is {size[0]}x{size[1]} pixels: too small to hold a digit (at least "
+            f"{MIN_IMAGE_SIDE} on its longer side)"
+        )
     return image_format, size
 
 
-def _to_gray(decoded: np.ndarray) -> np.ndarray:
-    """Return float32 grey levels 0-255 (h, w); transparent pixels become background."""
+def _to_gray(decoded: np.ndarray, lossless: bool = False) -> np.ndarray:
+    """Return float32 grey levels 0-255 (h, w); transparent pixels become background.
+
+    A PNG saved from an array of another scale is read at that scale: a mask of 0s and 1s
+    (`lossless`: in a JPEG, levels 0 and 1 are a black photo), or 0-255 levels in a 16-bit
+    file. At the file's own scale it would be a blank, or strokes too faint to tell from the
+    paper.
+    """
     image = decoded.astype(np.float32)
-    if decoded.dtype == np.uint16:
-        image /= 257.0
+    colour = image if image.ndim == 2 else image[:, :, :3]  # a view, without the alpha
+    top = float(colour.max())
+    if decoded.dtype == np.uint16:  # a PNG of 16 bits
+        if image.ndim == 3 and image.shape[2] == 4:
+            image[:, :, 3] /= 257.0
+        if top > 255.0:  # else 0-255 levels, saved as 16 bits
+            colour /= 257.0
+    if lossless and top == 1.0:  # a mask
+        colour *= 255.0
     if image.ndim == 2:
         return image
     channels = image.shape[2]

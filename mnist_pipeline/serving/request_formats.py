@@ -4,15 +4,15 @@ Accepted, in any of MLflow's request formats (dataframe_split, dataframe_records
 inputs, instances):
 
 1. a frame of 28 columns: every 28 rows are one image (the workshop's format);
-2. a frame of 784 columns: one image per row;
+2. a frame of 784 columns: one image per row (columns named by numbers in their order);
 3. tensors of shape (28, 28), (n, 28, 28), (n, 28, 28, 1) or (n, 784);
 4. a column `image` of base64-encoded PNG or JPEG files, one per row;
 5. a column `pixels` of base64-encoded raw pixels, 784 bytes (28 rows of 28) per row: the
    compact form for large batches, since MLflow parses JSON numbers slowly.
 
 Pixels are on the 0-255 scale (not 0-1), white ink on black as in MNIST (an image with light
-edges is refused: dark ink on paper, which the model would misread). Anything else raises
-UserError with a one-line message saying what was expected.
+edges is refused: dark ink on paper, which the model would misread; so is a blank). Anything
+else raises UserError with a one-line message saying what was expected.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,7 +28,7 @@ import pandas as pd
 
 from mnist_pipeline.data.transform import TransformSpec
 from mnist_pipeline.errors import UserError
-from mnist_pipeline.serving.picture_to_pixels import declared_pixels, image_to_pixels
+from mnist_pipeline.serving.picture_to_pixels import FLAT_LEVELS, declared_pixels, image_to_pixels
 
 MAX_IMAGES_PER_REQUEST = 10_000
 MAX_FILES_PER_REQUEST = 100
@@ -50,10 +51,18 @@ def pixels_from_request(model_input, spec: TransformSpec) -> np.ndarray:
     of named tensors, or an array. Raises UserError for anything it cannot take.
     """
     if isinstance(model_input, dict):  # named tensors: `inputs` or `instances`
+        if len(model_input) in (PIXELS, SIDE):  # rows of named pixels, as `instances` sends them
+            try:
+                model_input = pd.DataFrame(model_input)
+            except ValueError:
+                raise UserError(
+                    "named pixels must each be a list of numbers, all as long"
+                ) from None
+            return _pixels_from_table(model_input)
         if len(model_input) != 1:
-            raise UserError(
-                f"expected one tensor or an {IMAGE_COLUMN!r} input, got {sorted(model_input)}"
-            )
+            names = sorted(model_input)
+            listed = names if len(names) <= 5 else [*names[:5], f"... ({len(names)} in all)"]
+            raise UserError(f"expected one tensor or an {IMAGE_COLUMN!r} input, got {listed}")
         [(name, value)] = model_input.items()
         value = np.asarray(value)
         if name == IMAGE_COLUMN:
@@ -101,8 +110,23 @@ def _pixels_from_table(frame) -> np.ndarray:
             f"expected 28 columns with 28 rows per image, or 784 columns with one row per "
             f"image; got {rows} rows x {columns} columns"
         )
-    values = _as_numbers(frame.to_numpy())
+    values = _as_numbers(_in_pixel_order(frame).to_numpy())
     return _checked(values.reshape(rows // rows_per_image, SIDE, SIDE))
+
+
+def _in_pixel_order(frame):
+    """`frame` with its columns in the order that their names number them (`0`-`783`,
+    `1`-`784`, `pixel0`-`pixel783`, or the same for 28 columns): the keys of a JSON object,
+    which is how `dataframe_records` and `instances` send a row, have no order, and
+    `json.dumps(sort_keys=True)` sends `0, 1, 10, 100, ...`. Other names keep their order."""
+    found = [re.fullmatch(r"\D*(\d+)", str(column)) for column in frame.columns]
+    if not all(found):
+        return frame
+    numbers = [int(match.group(1)) for match in found]
+    first = min(numbers)
+    if first not in (0, 1) or sorted(numbers) != list(range(first, first + len(numbers))):
+        return frame
+    return frame.iloc[:, np.argsort(numbers)]
 
 
 def _pixels_from_tensor(tensor: np.ndarray) -> np.ndarray:
@@ -138,7 +162,10 @@ def _as_numbers(values: np.ndarray) -> np.ndarray:
 def _checked(images: np.ndarray) -> np.ndarray:
     _refuse_too_many(len(images))
     if not np.isfinite(images).all():
-        raise UserError("pixels must be finite numbers from 0 to 255 (got NaN or infinity)")
+        raise UserError(
+            "pixels must be finite numbers from 0 to 255 (got NaN or infinity, or a row with "
+            "a pixel missing)"
+        )
     if images.min() < 0 or images.max() > 255:
         raise UserError(
             f"pixels must be from 0 to 255; got values from {images.min():g} to {images.max():g}"
@@ -151,11 +178,20 @@ def _checked(images: np.ndarray) -> np.ndarray:
             f"image {scaled[0] + 1}: pixels must be from 0 to 255, and these reach only "
             f"{peaks[scaled[0]]:g}: multiply values from 0 to 1 by 255"
         )
-    return _refuse_light_edges(images)
+    return _refuse_blank_or_light(images)
 
 
-def _refuse_light_edges(images: np.ndarray) -> np.ndarray:
-    """`images`, unless one is dark ink on light paper: the model would answer it, wrongly."""
+def _refuse_blank_or_light(images: np.ndarray) -> np.ndarray:
+    """`images`, unless one is a single flat colour (the model would answer a blank, as it
+    does any image) or dark ink on light paper (it would answer that wrongly)."""
+    flat_images = images.reshape(len(images), -1)
+    lows, peaks = flat_images.min(axis=1), flat_images.max(axis=1)
+    if (flat := np.flatnonzero(peaks - lows < FLAT_LEVELS)).size:
+        number = flat[0]
+        raise UserError(
+            f"image {number + 1}: a single flat colour (pixels from {lows[number]:g} to "
+            f"{peaks[number]:g}): there is nothing to classify"
+        )
     edges = (images[:, 0], images[:, -1], images[:, 1:-1, 0], images[:, 1:-1, -1])
     levels = np.concatenate(edges, axis=1).mean(axis=1)
     if (light := np.flatnonzero(levels >= LIGHT_EDGES)).size:
@@ -176,7 +212,7 @@ def _decode_raw(encoded: list, spec: TransformSpec) -> np.ndarray:
         if len(data) != PIXELS:
             raise UserError(f"image {number}: {len(data)} raw bytes, expected 784 (28 x 28)")
         images[number - 1] = np.frombuffer(data, dtype=np.uint8)
-    return _refuse_light_edges(images.reshape(-1, SIDE, SIDE).astype(np.float32))
+    return _refuse_blank_or_light(images.reshape(-1, SIDE, SIDE).astype(np.float32))
 
 
 def _base64(item, number: int) -> bytes:
