@@ -198,7 +198,6 @@ def test_wrong_it_is_a_7_keeps_the_drawing_in_mlflow_with_its_label(page, page_u
     page.wait_for_function("document.getElementById('feedback-status').dataset.runId")
     status = page.locator("#feedback-status")
     assert status.inner_text() == f"Kept as 7 in the experiment '{FEEDBACK}'. Thank you!"
-    assert page.get_by_role("button", name="Right", exact=True).is_disabled()  # one per answer
     run_id = status.get_attribute("data-run-id")
 
     # Read back with the project's function: the picture the model answered, labelled 7.
@@ -216,6 +215,17 @@ def test_wrong_it_is_a_7_keeps_the_drawing_in_mlflow_with_its_label(page, page_u
     assert {tag.key: tag.value for tag in drawing.tags}["mlflow.data.context"] == "feedback"
     picture = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="picture.png")
     assert Path(picture).read_bytes() == kept.image
+
+    # A mis-tap is corrected with another button: the picture counts once, with its last label.
+    page.get_by_role("button", name="Wrong, it is a 1", exact=True).click()
+    page.wait_for_function(
+        f"document.getElementById('feedback-status').dataset.runId !== '{run_id}'"
+    )
+    assert status.inner_text() == f"Kept as 1 in the experiment '{FEEDBACK}'. Thank you!"
+    kept_now = feedback.read_feedback(FEEDBACK, "mnist")
+    [corrected] = kept_now[kept_now["sha256"] == kept.sha256].itertuples()
+    assert (corrected.label, corrected.run_id) == (1, status.get_attribute("data-run-id"))
+    run_id = corrected.run_id
 
     # "Right" keeps the next drawing with the model's own answer as its label.
     page.locator("#clear").click()
@@ -257,6 +267,51 @@ def test_a_new_stroke_holds_the_feedback_until_its_own_answer_is_on_screen(
     pipeline["store"].client()
     [kept] = feedback.read_feedback(run_id, "mnist").itertuples()
     np.testing.assert_array_equal(image_to_pixels(kept.image), seen_pixels(page))
+
+
+def pad_ink(page, x: float, y: float) -> bool:
+    """Whether the pad is dark at (x, y), given as fractions of its width and height."""
+    return page.evaluate(
+        """([x, y]) => { const pad = document.getElementById('pad');
+             const pixel = pad.getContext('2d').getImageData(
+               Math.round(x * pad.width), Math.round(y * pad.height), 1, 1).data;
+             return pixel[0] < 128; }""",
+        [x, y],
+    )
+
+
+@needs_chromium
+def test_a_tap_draws_a_dot_and_a_second_finger_draws_nothing(page, page_url):
+    """A click without a move leaves a dot (a line from a point to itself draws nothing),
+    and while one pointer draws, another one's moves (a second finger resting on a phone's
+    pad) are not joined to its stroke."""
+    open_ready(page, page_url)
+    box = page.locator("#pad").bounding_box()
+    page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
+    assert pad_ink(page, 0.5, 0.5)
+    wait_for_stroke_answer(page)
+    assert page.locator("#error").is_hidden()  # not "a single flat colour"
+
+    page.locator("#clear").click()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.15 * box["height"])
+    page.mouse.down()
+    page.evaluate(
+        """() => { const pad = document.getElementById('pad');
+             const box = pad.getBoundingClientRect();
+             const at = (x, y, type) => pad.dispatchEvent(new PointerEvent(type, {
+               pointerId: 99, pointerType: 'touch', isPrimary: false, bubbles: true,
+               clientX: box.left + x * box.width, clientY: box.top + y * box.height }));
+             at(0.1, 0.9, 'pointerdown');
+             at(0.15, 0.85, 'pointermove');
+             at(0.2, 0.8, 'pointermove');
+             at(0.2, 0.8, 'pointerup'); }"""
+    )
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.85 * box["height"], steps=6)
+    page.mouse.up()
+    assert pad_ink(page, 0.5, 0.5)  # the stroke drawn
+    assert not pad_ink(page, 0.15, 0.85)  # nothing where the other pointer went
+    assert not pad_ink(page, 0.3, 0.5)  # nor between the two
+    wait_for_stroke_answer(page, strokes_before=1)
 
 
 @needs_chromium
@@ -324,13 +379,15 @@ def test_a_stopped_model_server_gives_a_readable_line(page, pipeline, tmp_path):
         page.goto(page_url)
         page.wait_for_function("document.getElementById('model-status').classList.contains('down')")
         with model_server as model_process:
+            # The line looks again by itself while the model is down: no stroke, no reload.
+            page.wait_for_function(
+                "!document.getElementById('model-status').classList.contains('down')",
+                timeout=30_000,
+            )
+            assert "is ready" in status.inner_text()
             draw_stroke(page, SEVEN)
             shown = wait_for_stroke_answer(page)
             assert page.locator("#error").is_hidden()
-            page.wait_for_function(
-                "!document.getElementById('model-status').classList.contains('down')"
-            )
-            assert "is ready" in status.inner_text()
 
             from conftest import stop
 
@@ -340,9 +397,10 @@ def test_a_stopped_model_server_gives_a_readable_line(page, pipeline, tmp_path):
             line = page.locator("#error").inner_text()
             assert f"The model at {model_url} is not answering" in line
             assert "mlflow models serve" in line
-            # The last answer stays, greyed, rather than a blank or a spinner.
+            # The last answer stays, greyed with its bars, rather than a blank or a spinner.
             assert int(page.locator("#answer").get_attribute("data-seq")) == shown
             assert "stale" in page.locator("#answer").get_attribute("class")
+            assert "stale" in page.locator("section.result").get_attribute("class")
             page.wait_for_function(
                 "document.getElementById('model-status').classList.contains('down')"
             )

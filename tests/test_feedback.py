@@ -119,7 +119,8 @@ def test_a_bad_label_a_picture_that_is_not_one_and_an_oversized_one_are_refused(
         "Label '11' is not one of the model's classes: send a number from 0 to 9.",
     )
     # Not ASCII digits: "²" and full-width "３" pass Python's str.isdigit.
-    for label in ("seven", "%C2%B2", "%EF%BC%93"):
+    # Nor is a label of 5,000 digits, which Python's int() refuses.
+    for label in ("seven", "%C2%B2", "%EF%BC%93", "9" * 5000):
         status, body = post(page_url, picture, f"label={label}", source)
         assert status == 400 and body["error"].startswith("Label '"), (label, body)
     # A page started for MNIST in front of a Fashion-MNIST model says which --dataset to use.

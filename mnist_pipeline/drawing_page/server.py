@@ -230,10 +230,12 @@ class Feedback:
     def label_of(self, text: str) -> int:
         """The class index that `text` names ("7"), or raise UserError."""
         count = len(self.class_names)
-        # ASCII digits only: "²" and "３" pass str.isdigit, and int("²") fails.
-        if not (text.isascii() and text.isdigit()) or int(text) >= count:
+        # ASCII digits only: "²" and "３" pass str.isdigit, and int("²") fails. Python's int
+        # refuses more than 4,300 digits.
+        if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) >= count:
+            shown = text if len(text) <= 12 else f"{text[:12]}..."
             raise UserError(
-                f"Label {text!r} is not one of the model's classes: send a number from 0 to "
+                f"Label {shown!r} is not one of the model's classes: send a number from 0 to "
                 f"{count - 1}."
             )
         return int(text)
@@ -333,6 +335,7 @@ def create_app(
     async def model(request: Request) -> JSONResponse:
         ready, message = await run_in_threadpool(client.status)
         status = {"url": client.base_url, "ready": ready, "message": message, "max_bytes": max_body}
+        status["timeout"] = client.timeout  # the page waits a little longer for /predict
         status["feedback"] = feedback is not None
         status["class_names"] = list(feedback.class_names) if feedback else []
         return JSONResponse(status, headers=SECURITY_HEADERS)

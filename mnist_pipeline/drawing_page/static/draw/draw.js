@@ -5,7 +5,9 @@
 
 const DEBOUNCE_MS = 15;          // after a stroke ends, wait this long for the next one
 const WHILE_DRAWING_MS = 250;    // while a stroke goes on, ask at most this often
-const CLIENT_TIMEOUT_MS = 20000; // the page's server gives up on the model before this
+const CLIENT_TIMEOUT_MS = 20000; // until /model says how long the page's server waits
+const KEEP_TIMEOUT_MS = 60000;   // keeping waits for a busy tracking store (SQLite: 20 s)
+const RECHECK_MS = 5000;         // while the model is down, the line at the top looks again
 
 const pad = document.getElementById("pad");
 const context = pad.getContext("2d");
@@ -27,9 +29,12 @@ const feedbackElement = document.getElementById("feedback");
 const rightButton = document.getElementById("right");
 const classesElement = document.getElementById("classes");
 const feedbackStatus = document.getElementById("feedback-status");
+const resultElement = document.querySelector(".result");
 
 let maxBytes = 8 * 1024 * 1024;
+let clientTimeoutMs = CLIENT_TIMEOUT_MS;
 let drawing = false;
+let activePointer = null;  // the mouse, pen or finger that draws: a second finger does not
 let last = null;
 let hasInk = false;
 let strokeStart = 0;
@@ -45,6 +50,8 @@ let fullCurl = "";
 let classNames = [];       // the model's classes, when draw.py keeps feedback (--feedback)
 let answered = null;       // { picture, className }: the picture whose answer is on screen
 let padVersion = 0;        // one more each time the pad changes: feedback is for what it shows
+let offeredVersion = -1;   // the pad version that the feedback buttons were offered for
+let recheckTimer = null;
 
 // For the tests and the benchmark: stroke-end-to-answer-on-screen times, in ms.
 window.drawPage = { timings: [] };
@@ -63,6 +70,14 @@ function padPoint(event) {
   };
 }
 
+// A tap or a click without a move: a dot (a line from a point to itself draws nothing).
+function dot(at) {
+  context.fillStyle = "#000";
+  context.beginPath();
+  context.arc(at.x, at.y, Number(penWidth.value) / 2, 0, 2 * Math.PI);
+  context.fill();
+}
+
 function line(from, to) {
   context.strokeStyle = "#000";
   context.lineWidth = Number(penWidth.value);
@@ -75,19 +90,20 @@ function line(from, to) {
 }
 
 pad.addEventListener("pointerdown", (event) => {
-  if (event.button !== 0) return;
+  if (event.button !== 0 || drawing) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
   drawing = true;
+  activePointer = event.pointerId;
   strokeStart = performance.now();
   last = padPoint(event);
-  line(last, last);
+  dot(last);
   hasInk = true;
   padChanged();
 });
 
 pad.addEventListener("pointermove", (event) => {
-  if (!drawing) return;
+  if (!drawing || event.pointerId !== activePointer) return;
   const points = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
   for (const point of points.length ? points : [event]) {
     const next = padPoint(point);
@@ -100,8 +116,8 @@ pad.addEventListener("pointermove", (event) => {
   if (quiet > WHILE_DRAWING_MS && !inFlight) askAboutPad(false);
 });
 
-function endStroke() {
-  if (!drawing) return;
+function endStroke(event) {
+  if (!drawing || event.pointerId !== activePointer) return;
   drawing = false;
   strokeEnd = performance.now();
   clearTimeout(debounceTimer);
@@ -202,7 +218,7 @@ function ask(picture, stroke, version) {
         shownSequence = number;
         if (result.ok) {
           showAnswer(result.answer, stroke);
-          if (version === padVersion) offerFeedback(picture, result.answer.class_name);
+          if (version === padVersion) offerFeedback(picture, result.answer.class_name, version);
         } else {
           showError(result.error);
           withdrawFeedback();
@@ -227,12 +243,12 @@ async function send(picture, dropped) {
       method: "POST",
       body: picture,
       headers: { "Content-Type": picture.type || "application/octet-stream" },
-      signal: AbortSignal.any([dropped, AbortSignal.timeout(CLIENT_TIMEOUT_MS)]),
+      signal: AbortSignal.any([dropped, AbortSignal.timeout(clientTimeoutMs)]),
     });
   } catch (error) {
     if (dropped.aborted) return { ok: false, aborted: true };
     if (error.name === "TimeoutError") {
-      return { ok: false, error: `No answer after ${CLIENT_TIMEOUT_MS / 1000} s from this page's server.` };
+      return { ok: false, error: `No answer after ${clientTimeoutMs / 1000} s from this page's server.` };
     }
     return { ok: false, error: "This page's server is not answering: is draw.py still running?" };
   }
@@ -252,6 +268,7 @@ function showAnswer(answer, stroke) {
   // The model answers: if the line at the top still says it is down, ask again.
   if (modelStatus.classList.contains("down")) checkModel({ statusOnly: true });
   errorElement.hidden = true;
+  resultElement.classList.remove("stale");
   answerElement.textContent = answer.class_name;
   answerElement.classList.toggle("long", answer.class_name.length > 3);
   answerElement.classList.remove("stale");
@@ -322,10 +339,12 @@ function showError(message) {
   errorElement.textContent = message;
   errorElement.hidden = false;
   answerElement.classList.add("stale");
+  resultElement.classList.add("stale"); // the answer below is about an earlier picture
 }
 
 function showNothing() {
   errorElement.hidden = true;
+  resultElement.classList.remove("stale");
   answerElement.textContent = "?";
   answerElement.classList.remove("long", "stale");
   probabilityElement.textContent = "Draw something to ask it.";
@@ -368,10 +387,12 @@ function setUpFeedback(names) {
   }));
 }
 
-function offerFeedback(picture, className) {
+function offerFeedback(picture, className, version) {
   if (!classNames.length) return;
   answered = { picture, className };
   feedbackElement.hidden = false;
+  if (version === offeredVersion) return; // the same drawing answered again: keep its line
+  offeredVersion = version;
   enableFeedback(true);
   feedbackStatus.textContent = "";
 }
@@ -396,23 +417,27 @@ async function sendFeedback(label) {
     return;
   }
   const { picture, className } = answered;
-  enableFeedback(false); // one answer per picture
+  const version = padVersion;
+  enableFeedback(false); // until this answer is kept
   feedbackStatus.textContent = "Keeping it…";
+  let said;
   try {
     const response = await fetch(`/feedback?label=${label}&answer=${encodeURIComponent(className)}`, {
       method: "POST",
       body: picture,
       headers: { "Content-Type": picture.type || "application/octet-stream" },
-      signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS),
+      signal: AbortSignal.timeout(KEEP_TIMEOUT_MS),
     });
     const body = await response.json().catch(() => null);
-    feedbackStatus.textContent = (body && (body.message || body.error)) || `HTTP ${response.status} from this page's server.`;
-    if (response.ok) feedbackStatus.dataset.runId = body.run_id;
-    else enableFeedback(answered !== null); // refused: it may be sent again
+    said = (body && (body.message || body.error)) || `HTTP ${response.status} from this page's server.`;
+    if (response.ok && version === padVersion) feedbackStatus.dataset.runId = body.run_id;
   } catch (error) {
-    feedbackStatus.textContent = "This page's server is not answering: is draw.py still running?";
-    enableFeedback(answered !== null);
+    said = "This page's server is not answering: is draw.py still running?";
   }
+  if (version !== padVersion) return; // the pad holds another drawing now: this is not its line
+  feedbackStatus.textContent = said;
+  // Again, or another label: the same picture counts once, with the label it was given last.
+  enableFeedback(answered !== null);
 }
 
 function percent(probability) {
@@ -432,6 +457,7 @@ async function checkModel({ statusOnly = false } = {}) {
     const status = await response.json();
     if (!statusOnly) {
       maxBytes = status.max_bytes || maxBytes;
+      if (status.timeout) clientTimeoutMs = (status.timeout + 10) * 1000;
       if (status.feedback) setUpFeedback(status.class_names);
     }
     modelStatus.textContent = status.message;
@@ -439,6 +465,10 @@ async function checkModel({ statusOnly = false } = {}) {
   } catch (error) {
     modelStatus.textContent = "This page's server is not answering: is draw.py still running?";
     modelStatus.classList.add("down");
+  }
+  clearTimeout(recheckTimer);
+  if (modelStatus.classList.contains("down")) {
+    recheckTimer = setTimeout(() => checkModel({ statusOnly: true }), RECHECK_MS);
   }
 }
 
