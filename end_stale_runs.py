@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import mlflow
 
-    from mnist_pipeline.tracking import stale_runs
+    from mnist_pipeline.tracking import runs, stale_runs
 
     try:
+        runs.check_tracking_server()
         stale, unknown = stale_runs.stale_runs()
     except USER_ERRORS as error:
         return fail(parser.prog, error)

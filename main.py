@@ -64,13 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from mlflow.exceptions import ExecutionException
 
-    from mnist_pipeline.tracking import naming
+    from mnist_pipeline.tracking import naming, runs
 
     try:
         dataset_spec(args.dataset)
+        package_model.check_output_dir(args.output_dir)  # before any stage runs
+        runs.check_tracking_server()
     except UserError as error:
         return fail(parser.prog, error)
     started = time.perf_counter()
+    parent = None
     try:
         with mlflow.start_run() as parent, signals.killed_when_stopped():
             mlflow.set_tags(
@@ -122,10 +125,39 @@ def main(argv: list[str] | None = None) -> int:
                 mlflow.log_metric("accuracy", accuracy)
             naming.describe(parent.info.run_id)
     except (ExecutionException, *USER_ERRORS) as error:
+        if parent is not None:
+            error = say_why_it_failed(parent.info.run_id, error)
         return fail(parser.prog, error)
     seconds = time.perf_counter() - started
     print(pipeline.report(parent.info.run_id, seconds, args.output_dir, args.dataset))
     return 0
+
+
+def say_why_it_failed(run_id: str, error: Exception) -> Exception:
+    """The error of main's FAILED run `run_id` as a UserError, set as the run's tag `error` and
+    the last line of its description, as a stage does. For a stage that failed, that is the
+    stage's own reason (its tag `error`), not MLflow's "Run (ID '...') failed"."""
+    import mlflow
+
+    from mnist_pipeline.tracking import naming
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if run.info.status != "FAILED":  # KILLED: stopped, which its description says already
+        return error
+    reason = error_line(error)
+    if isinstance(error, mlflow.exceptions.ExecutionException):
+        failed = client.search_runs(
+            [run.info.experiment_id],
+            f"tags.mlflow.parentRunId = '{run_id}' AND attributes.status = 'FAILED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if failed and (why := failed[0].data.tags.get(naming.ERROR_TAG)):
+            reason = f"{failed[0].data.tags.get('stage', 'a stage')}: {why}"
+    client.set_tag(run_id, naming.ERROR_TAG, reason)
+    naming.describe(run_id, client)
+    return UserError(reason)
 
 
 def warn_about_stale_runs(experiment_id: str) -> None:

@@ -148,6 +148,7 @@ def package(
         raise UserError(f"margin: expected 0 or more, got {margin}")
     if champion == "auto" and not register:
         raise UserError("champion=auto compares registered versions: it needs register=true")
+    check_output_dir(output_dir)
     logged = runs.logged_model_at(model_dir) if model_dir else None
     if train_run == "best":
         chosen = runs.best_train_run(experiment, parent_run, dataset)
@@ -313,6 +314,22 @@ def feedback_to_evaluate(experiment: str, dataset: str) -> pd.DataFrame | None:
         )
         return None
     return drawings
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse an `output_dir` that package could not replace, or should not: a file, a folder
+    under a file, or a folder of other things than a model (`.`, `data`, `mlruns`), which
+    the model would replace whole. A model's folder, an empty one or none is taken."""
+    path = Path(output_dir)
+    if under := next((p for p in path.resolve().parents if p.is_file()), None):
+        raise UserError(f"output_dir {output_dir}: {under} is a file, not a folder")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir {output_dir} is a file: name a folder for the model")
+    if path.is_dir() and any(path.iterdir()) and not (path / "MLmodel").is_file():
+        raise UserError(
+            f"output_dir {output_dir} holds other things than a model, which package would "
+            "replace whole: name a new or empty folder, or one that holds a model"
+        )
 
 
 def replace_directory(model_uri: str, output_dir: str | Path) -> None:

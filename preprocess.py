@@ -88,7 +88,9 @@ def preprocess(
     data = load_folder(folder, catalogued)
 
     if mean is None or std is None:
-        measured_mean, measured_std, source = _mean_and_std(explore_run, tags.get("data_run"), data)
+        measured_mean, measured_std, source = _mean_and_std(
+            explore_run, tags.get("data_run"), data, tags["dataset"]
+        )
         mean = measured_mean if mean is None else mean
         std = measured_std if std is None else std
         tags["mean_std_from"] = source
@@ -129,13 +131,19 @@ def preprocess(
 
 
 def _mean_and_std(
-    explore_run: str, data_run: str | None, data: Dataset
+    explore_run: str, data_run: str | None, data: Dataset, dataset: str
 ) -> tuple[float, float, str]:
     """Return mean, std and where they came from: the explore_data run, or measured here."""
     from mnist_pipeline.tracking import runs
 
     if explore_run:
         found = runs.get_run(explore_run, "explore_data")
+        measured = found.data.tags.get("dataset", dataset)
+        if measured != dataset:
+            raise UserError(
+                f"explore_run {explore_run} measured {measured}, not {dataset}: its mean and "
+                "std are not this data's"
+            )
     elif data_run:
         try:
             found = runs.latest_run("explore_data", lineage={"data_run": data_run})

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import difflib
 import inspect
+import math
 import os
 import re
 import sys
@@ -93,12 +94,12 @@ def positive_int(text: str) -> int:
     return _whole_number(text, at_least=1)
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number of 0 or more (a seed: NumPy takes no negative one)."""
-    return _whole_number(text, at_least=0)
+def seed_number(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to 2**32 - 1 (what NumPy takes)."""
+    return _whole_number(text, at_least=0, at_most=2**32 - 1)
 
 
-def _whole_number(text: str, at_least: int) -> int:
+def _whole_number(text: str, at_least: int, at_most: int | None = None) -> int:
     try:
         number = float(text)
     except ValueError:
@@ -108,6 +109,10 @@ def _whole_number(text: str, at_least: int) -> int:
     if number < at_least:
         raise argparse.ArgumentTypeError(
             f"expected a number of at least {at_least}, got {int(number)}"
+        )
+    if at_most is not None and number > at_most:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of at most {at_most:,}, got {int(number):,}"
         )
     return int(number)
 
@@ -138,9 +143,12 @@ def fraction(text: str) -> float:
 
 def _number(text: str) -> float:
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return number
 
 
 def or_dataset_default(kind: Callable[[str], object]) -> Callable[[str], object]:
@@ -223,6 +231,7 @@ def stage_run(
     from mnist_pipeline.tracking import naming, runs
     from mnist_pipeline.tracking.code_version import code_version
 
+    runs.check_tracking_server()  # an unreachable server: one line now, not minutes of retries
     if system_metrics:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
     with (

@@ -9,9 +9,12 @@ for what Python does with them: the exit code, and the traceback on stderr.
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
+import time
 
 import pytest
+from conftest import REPO
 
 MISSING_RUN = "0" * 32
 # Something each stage calls once its run has started: the module and the name to break.
@@ -158,3 +161,56 @@ def test_a_refused_command_names_and_tags_the_run_that_mlflow_run_made(store, mo
     tags = client.get_run(made).data.tags
     assert tags["error"].startswith(f"run '{MISSING_RUN}' does not exist in ")
     assert tags["mlflow.runName"] == "train_batch (refused)"
+
+
+def finished_run(store, tags: dict, metrics: dict | None = None) -> str:
+    """A FINISHED run in the store's Default experiment, as a stage would leave it."""
+    client = store.client()
+    run_id = client.create_run("0", tags=tags).info.run_id
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def test_a_deleted_run_is_not_taken_as_a_stages_input(store):
+    """`mlflow gc` may have removed a deleted run's artifacts: it is out of play."""
+    data_run = finished_run(store, {"stage": "get_data", "dataset": "mnist"})
+    store.client().delete_run(data_run)
+    result = store.call("explore.py", "--data_run", data_run)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"explore.py: error: get_data run {data_run} is deleted: restore it, or name another"
+    )
+
+
+def test_preprocess_refuses_the_mean_and_std_that_another_dataset_measured(store, tiny_data):
+    explored = finished_run(
+        store, {"stage": "explore_data", "dataset": "fashion"}, {"mean": 72.9, "std": 90.0}
+    )
+    result = store.call("preprocess.py", "--in_data", tiny_data, "--explore_run", explored)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"preprocess.py: error: explore_run {explored} measured fashion, not mnist: its mean "
+        "and std are not this data's"
+    )
+
+
+@pytest.mark.parametrize("script", ["explore.py", "end_stale_runs.py"])
+def test_an_unreachable_tracking_server_is_one_line_at_once(store, script):
+    """Said at once, not after MLflow's minutes of retries, and with no traceback."""
+    environment = {**store.env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(REPO / script)],
+        env=environment,
+        cwd=store.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{script}: error: cannot reach the tracking server http://127.0.0.1:9")

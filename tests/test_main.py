@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from mnist_pipeline.errors import UserError
+from package_model import check_output_dir
+
 
 def test_main_rejects_unknown_dataset_in_one_line(store):
     result = store.call("main.py", "--dataset", "emnist")
@@ -43,3 +48,50 @@ def test_mains_closing_hints_can_be_pasted_as_they_are(monkeypatch, tmp_path):
     assert hints[hints.index("Next:") + 1] == activate
     monkeypatch.setenv("VIRTUAL_ENV", sys.prefix)
     assert "activate" not in pipeline.report("1" * 32, 1.0, "model", "mnist")
+
+
+def test_main_refuses_an_output_dir_that_holds_other_things_before_any_stage(store):
+    """`-P output_dir=.` would have replaced the project, its store and data with the model."""
+    result = store.call("main.py", "--output_dir", ".")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "main.py: error: output_dir . holds other things than a model, which package would "
+        "replace whole: name a new or empty folder, or one that holds a model"
+    )
+    assert store.runs() == []
+
+
+def test_package_takes_a_models_folder_an_empty_one_or_none(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "important.txt").write_text("mine")
+    (tmp_path / "README.md").write_text("# a file")
+    for taken in ("model", "empty", "new", "new/deeper"):
+        check_output_dir(tmp_path / taken)
+    refused = {
+        "notes": "holds other things than a model",
+        "README.md": "is a file: name a folder for the model",
+        "README.md/model": f"{tmp_path / 'README.md'} is a file, not a folder",
+    }
+    for name, message in refused.items():
+        with pytest.raises(UserError, match=message):
+            check_output_dir(tmp_path / name)
+    assert (tmp_path / "notes" / "important.txt").read_text() == "mine"
+
+
+@pytest.mark.full  # two `mlflow run` starts
+def test_a_stage_that_fails_gives_main_its_reason(store, tmp_path):
+    """main's FAILED run says why, as a stage's does: the stage's own line, not MLflow's
+    "Run (ID '...') failed", as its last line, its tag `error` and its description's end."""
+    result = store.mlflow_run("main", check=False, source=tmp_path / "nowhere")
+    assert result.returncode != 0
+    reason = f"get_data: source '{tmp_path / 'nowhere'}' is neither 'official', a URL, nor an existing folder"
+    # The line above MLflow's own last one, "=== Run (ID '...') failed ===".
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("main.py: error:")]
+    assert line == f"main.py: error: {reason}"
+    main_run = store.last_run("main")
+    assert main_run.info.status == "FAILED"
+    assert main_run.data.tags["error"] == reason
+    assert main_run.data.tags["mlflow.note.content"].endswith(f"**Failed:** {reason}")

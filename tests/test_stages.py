@@ -176,6 +176,12 @@ def test_train_same_seed_same_result(pipeline):
         (["--epochs", "many"], "argument --epochs: expected a whole number, got 'many'", []),
         (["--lr", "fast"], "argument --lr: expected a number, got 'fast'", []),
         (["--seed=-1"], "argument --seed: expected a number of at least 0, got -1", []),
+        (
+            ["--seed=4294967296"],
+            "argument --seed: expected a number of at most 4,294,967,295, got 4,294,967,296",
+            [],
+        ),
+        (["--lr", "inf"], "argument --lr: expected a finite number, got 'inf'", []),
         (["--preprocess_run", "0" * 32], f"run '{'0' * 32}' does not exist", ["FAILED"]),
     ],
 )
@@ -252,6 +258,21 @@ def test_get_data_missing_file_is_one_line(store, tiny_data, tmp_path):
     result = store.call("download.py", *arguments)
     assert result.returncode != 0
     assert "t10k-images-idx3-ubyte.gz: file missing from source folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert store.last_run("get_data").info.status == "FAILED"
+
+
+def test_get_data_a_folder_named_like_a_file_is_one_line(store, tiny_data, tmp_path):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for path in tiny_data.glob("*.gz"):
+        (odd / path.name).write_bytes(path.read_bytes())
+    (odd / "t10k-labels-idx1-ubyte.gz").unlink()
+    (odd / "t10k-labels-idx1-ubyte.gz").mkdir()
+    arguments = ["--source", odd, "--allow_unverified", "true", "--outdir", store.root / "odd"]
+    result = store.call("download.py", *arguments)
+    assert result.returncode != 0
+    assert "t10k-labels-idx1-ubyte.gz: a folder, expected the file of that name" in result.stderr
     assert "Traceback" not in result.stderr
     assert store.last_run("get_data").info.status == "FAILED"
 

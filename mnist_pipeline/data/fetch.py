@@ -137,6 +137,8 @@ def _fetch_one(
     path = folder / name
     if not path.exists():
         raise UserError(f"{path}: file missing from source folder")
+    if not path.is_file():
+        raise UserError(f"{path}: a folder, expected the file of that name")
     shutil.copyfile(path, target)
     return str(path.resolve())
 

@@ -76,6 +76,12 @@ def check_model_url(url: str) -> str:
         raise ValueError(f"model URL must look like http://127.0.0.1:5000, got {url!r}")
     if parsed.query or parsed.fragment:
         raise ValueError(f"model URL must not have a query or a fragment, got {url!r}")
+    try:
+        valid_port = parsed.port != 0  # None: the scheme's own; urlsplit checks it when asked
+    except ValueError:
+        valid_port = False
+    if not valid_port:
+        raise ValueError(f"model URL has no valid port (1 to 65535), got {url!r}")
     path = parsed.path.rstrip("/")
     path = path.removesuffix("/invocations")
     return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))

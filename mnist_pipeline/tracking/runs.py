@@ -54,6 +54,8 @@ def get_run(run_id: str, stage: str) -> Run:
         raise UserError(f"run {run_id} is {kind}, expected a {stage} run")
     if run.info.status != "FINISHED":
         raise UserError(f"{stage} run {run_id} is {run.info.status}, expected FINISHED")
+    if run.info.lifecycle_stage == "deleted":  # `mlflow gc` may remove its artifacts
+        raise UserError(f"{stage} run {run_id} is deleted: restore it, or name another")
     return run
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from mnist_pipeline.cli import (
     boolean,
     fraction,
-    non_negative_int,
     or_dataset_default,
     positive_float,
     positive_int,
+    seed_number,
 )
 
 # The CNNs that training/model.py builds. Named here, not imported from there: every stage
@@ -71,7 +71,7 @@ HYPERPARAMETERS = (
         "the share of each label spread over the other classes (empty: the dataset's, 0 or 0.1)",
     ),
     Hyperparameter(
-        "seed", int, non_negative_int, "seeds the weights, the shuffling and the distortions"
+        "seed", int, seed_number, "seeds the weights, the shuffling and the distortions"
     ),
 )
 BY_NAME = {hyperparameter.name: hyperparameter for hyperparameter in HYPERPARAMETERS}
