@@ -75,6 +75,8 @@ def check_port_free(host: str, port: int) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
             probe.bind((host, port))
+        except socket.gaierror as error:
+            raise UserError(f"cannot listen on {host} ({error.strerror}): check --host") from None
         except OSError as error:
             raise UserError(
                 f"cannot listen on {host}:{port} ({error.strerror}): choose another --port"

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             output = Path(args.output)
             if not output.parent.is_dir():
                 raise UserError(f"cannot write {output}: there is no folder {output.parent}")
+            if output.is_dir():
+                raise UserError(f"cannot write {output}: it is a folder; name a file")
             partial = output.with_name(output.name + ".part")
             partial.write_text(text)
             partial.replace(output)

@@ -528,6 +528,7 @@ def test_the_page_server_forwards_only_to_its_model(tmp_path):
     [
         (["--model-url", "ftp://127.0.0.1"], "model URL must look like http://127.0.0.1:5000"),
         (["--model-url", "http://127.0.0.1:99999"], "model URL has no valid port (1 to 65535)"),
+        (["--host", "nosuchhost.invalid"], "cannot listen on nosuchhost.invalid ("),
         (["--port", "0"], "argument --port: expected a port from 1 to 65535, got '0'"),
         (["--timeout", "-1"], "argument --timeout: expected a number greater than 0"),
         (["--dataset", "digits"], "argument --dataset: invalid choice: 'digits'"),

@@ -176,6 +176,13 @@ def test_fashion_fits_pictures_as_objects(tmp_path):
             id="output-into-a-missing-folder",
         ),
         pytest.param(
+            lambda f: (save(f, "d.png", drawing(3)), (f / "out").mkdir()),
+            ["d.png", "--output", "out"],
+            1,
+            "cannot write out: it is a folder; name a file",
+            id="output-onto-a-folder",
+        ),
+        pytest.param(
             lambda f: cv2.imwrite(str(f / "d.webp"), drawing(3)),
             ["d.webp", "--format", "base64"],
             1,
