@@ -90,7 +90,7 @@ function line(from, to) {
 }
 
 pad.addEventListener("pointerdown", (event) => {
-  if (event.button !== 0 || drawing) return;
+  if (event.button !== 0 || (drawing && event.pointerId !== activePointer)) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
   drawing = true;
