@@ -18,12 +18,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, TINY_TRAINING, VENV_BIN, Store, free_port, running
 from test_real_pipeline import STAGES
 
 from mnist_pipeline.training import checkpoints
+from tests.helpers import render_digit
 
 POSTGRES_MISSING = shutil.which("pg_config") is None and not list(
     Path("/usr/lib/postgresql").glob("*/bin/initdb")
@@ -390,12 +393,14 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
     port = free_port()
     serve = ["mlflow", "models", "serve", "-m", "models:/mnist@champion"]
     serve += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    # A 3 in white on black, 28x28 as MNIST's (a blank is refused: nothing to classify).
+    a_digit = cv2.resize(render_digit(3, np.random.default_rng(0)), (28, 28))
     with running(serve, f"http://127.0.0.1:{port}/ping", cwd=elsewhere.root, env=elsewhere.env):
         import json
 
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": [[[0.0] * 28] * 28]}).encode(),
+            data=json.dumps({"inputs": [a_digit.tolist()]}).encode(),
             headers={"Content-Type": "application/json"},
         )
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
