@@ -133,6 +133,17 @@ def test_the_mnist_mirror_matches_the_official_checksums(tmp_path):
     assert [file.count for file in fetched] == [60000, 60000, 10000, 10000]
 
 
+@pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="no local mirror of MNIST")
+def test_mnists_files_are_not_taken_as_another_datasets_even_unverified(tmp_path):
+    with pytest.raises(UserError) as refused:
+        fetch_dataset(DATASETS["fashion"], str(MIRROR / "mnist"), tmp_path, allow_unverified=True)
+    assert str(refused.value) == (
+        "train-images-idx3-ubyte.gz: the official file of mnist, not of this dataset: check "
+        "-P source, or choose -P dataset=mnist"
+    )
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 @pytest.mark.skipif(not (MIRROR / "fashion").is_dir(), reason="no local mirror of Fashion-MNIST")
 def test_the_fashion_mirror_is_refused_unless_allowed(tmp_path):
     with pytest.raises(UserError, match="train-images-idx3-ubyte.gz: content differs"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from mnist_pipeline.data.catalogue import DatasetSpec, IdxFile
+from mnist_pipeline.data.catalogue import DATASETS, DatasetSpec, IdxFile
 from mnist_pipeline.data.idx import check_kind, parse_idx, unzipped
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.files import staging_folder
@@ -151,12 +151,26 @@ def _verify(idx_file: IdxFile, path: Path, origin: str, allow_unverified: bool) 
     sha256 = hashlib.sha256(raw).hexdigest()
     gz_md5 = hashlib.md5(compressed, usedforsecurity=False).hexdigest()
     verified = sha256 == idx_file.sha256 or gz_md5 == idx_file.gz_md5
+    if not verified and (other := _official_elsewhere(idx_file.name, sha256)):
+        raise UserError(
+            f"{idx_file.name}: the official file of {other}, not of this dataset: check "
+            f"-P source, or choose -P dataset={other}"
+        )
     if not verified and not allow_unverified:
         raise UserError(
             f"{idx_file.name}: content differs from the official file (SHA-256 {sha256}); "
             "pass -P allow_unverified=true to use this mirror anyway"
         )
     return FetchedFile(idx_file.name, origin, sha256, verified, array.shape[0], len(raw))
+
+
+def _official_elsewhere(name: str, sha256: str) -> str | None:
+    """The dataset whose official file `name` this is, when it is another's (MNIST's files
+    given as Fashion-MNIST's, say, which allow_unverified would otherwise let through)."""
+    for dataset, spec in DATASETS.items():
+        if any(file.name == name and file.sha256 == sha256 for file in spec.files):
+            return dataset
+    return None
 
 
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
