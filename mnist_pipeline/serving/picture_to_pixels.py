@@ -325,8 +325,7 @@ def _to_gray(decoded: np.ndarray, lossless: bool = False) -> np.ndarray:
     channels = image.shape[2]
     if channels == 1:
         return image[:, :, 0]
-    color = image[:, :, :3]
-    gray = cv2.cvtColor(color, cv2.COLOR_BGR2GRAY)
+    gray = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
     if channels == 4:
         alpha = image[:, :, 3] / 255.0
         if alpha.min() < 1.0:
