@@ -145,6 +145,27 @@ def test_mnists_files_are_not_taken_as_another_datasets_even_unverified(tmp_path
 
 
 @pytest.mark.skipif(not (MIRROR / "fashion").is_dir(), reason="no local mirror of Fashion-MNIST")
+@pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="no local mirror of MNIST")
+def test_a_folder_of_another_datasets_files_is_not_fetched_over(tmp_path):
+    """`-P dataset=fashion -P outdir=data/mnist` would replace MNIST's files with Fashion's."""
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for idx_file in DATASETS["mnist"].files:
+        (mnist / idx_file.name).symlink_to(MIRROR / "mnist" / idx_file.name)
+    with pytest.raises(UserError) as refused:
+        fetch_dataset(DATASETS["fashion"], str(MIRROR / "fashion"), mnist, allow_unverified=True)
+    assert str(refused.value) == (
+        f"{mnist} holds the official files of mnist, which fashion's would replace: "
+        "choose another -P outdir"
+    )
+    assert all(path.is_symlink() for path in mnist.iterdir())  # nothing replaced
+    # The same dataset fetched again into its own folder replaces its files, as before.
+    fetched = fetch_dataset(DATASETS["mnist"], str(MIRROR / "mnist"), mnist)
+    assert all(file.verified for file in fetched)
+    assert not any(path.is_symlink() for path in mnist.iterdir())
+
+
+@pytest.mark.skipif(not (MIRROR / "fashion").is_dir(), reason="no local mirror of Fashion-MNIST")
 def test_the_fashion_mirror_is_refused_unless_allowed(tmp_path):
     with pytest.raises(UserError, match="train-images-idx3-ubyte.gz: content differs"):
         fetch_dataset(DATASETS["fashion"], str(MIRROR / "fashion"), tmp_path)

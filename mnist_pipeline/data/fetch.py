@@ -76,8 +76,10 @@ def fetch_dataset(
     into `destination` before all four files have passed: they are fetched into a
     temporary folder inside it and then moved into place together, a stop waiting for
     the four moves. If they do not all pass, the folders made for them are removed again.
+    A destination that holds another dataset's official files is refused before any fetch.
     """
     destination = Path(destination)
+    _check_not_another_datasets(destination, spec)
     made = [folder for folder in (destination, *destination.parents) if not folder.exists()]
     try:
         destination.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,22 @@ def _verify(idx_file: IdxFile, path: Path, origin: str, allow_unverified: bool) 
             "pass -P allow_unverified=true to use this mirror anyway"
         )
     return FetchedFile(idx_file.name, origin, sha256, verified, array.shape[0], len(raw))
+
+
+def _check_not_another_datasets(destination: Path, spec: DatasetSpec) -> None:
+    """Refuse `destination` if it holds another dataset's official files, which the fetch
+    would replace: Fashion-MNIST's fetched into MNIST's folder, say."""
+    for idx_file in spec.files:
+        path = destination / idx_file.name
+        try:
+            sha256 = hashlib.sha256(unzipped(path.read_bytes(), idx_file.name)).hexdigest()
+        except (OSError, UserError):  # missing, or not a file that anyone would miss
+            continue
+        if (other := _official_elsewhere(idx_file.name, sha256)) not in (None, spec.name):
+            raise UserError(
+                f"{destination} holds the official files of {other}, which {spec.name}'s "
+                "would replace: choose another -P outdir"
+            )
 
 
 def _official_elsewhere(name: str, sha256: str) -> str | None:
