@@ -315,6 +315,39 @@ def test_a_tap_draws_a_dot_and_a_second_finger_draws_nothing(page, page_url):
 
 
 @needs_chromium
+def test_on_a_phone_the_answer_shows_on_the_pad(browser, page_url, tmp_path):
+    """On a phone's screen (375x667), the answer row is below the pad, out of sight: the
+    answer and its probability show on the pad too, greyed when the model refuses."""
+    context = browser.new_context(
+        viewport={"width": 375, "height": 667}, has_touch=True, is_mobile=True, bypass_csp=True
+    )
+    phone = context.new_page()
+    try:
+        open_ready(phone, page_url)
+        badge = phone.locator("#pad-answer")
+        assert badge.is_hidden()
+        draw_stroke(phone, SEVEN)
+        wait_for_stroke_answer(phone)
+        answer = phone.locator("#answer").inner_text()
+        probability = phone.locator("#probability").inner_text().removesuffix(" sure")
+        assert badge.inner_text() == f"{answer} · {probability}"
+        box = badge.bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 667, box  # no scrolling needed
+        assert phone.locator("#answer").bounding_box()["y"] > 667  # why the badge is there
+        import cv2
+
+        blank = tmp_path / "blank.png"
+        blank.write_bytes(cv2.imencode(".png", np.full((64, 64), 255, np.uint8))[1].tobytes())
+        phone.locator("#file").set_input_files(str(blank))
+        phone.locator("#error").wait_for()  # "a single flat colour"
+        assert "stale" in badge.get_attribute("class")
+        phone.locator("#clear").click()
+        assert badge.is_hidden()
+    finally:
+        context.close()
+
+
+@needs_chromium
 def test_an_uploaded_png_gets_the_models_answer(page, page_url, model_url, tmp_path):
     import cv2
 

@@ -16,6 +16,7 @@ const penWidthValue = document.getElementById("pen-width-value");
 const dropZone = document.getElementById("drop-zone");
 const fileInput = document.getElementById("file");
 const answerElement = document.getElementById("answer");
+const padAnswer = document.getElementById("pad-answer"); // the answer on the pad, on a phone
 const probabilityElement = document.getElementById("probability");
 const topList = document.getElementById("top");
 const seen = document.getElementById("seen");
@@ -272,6 +273,9 @@ function showAnswer(answer, stroke) {
   answerElement.textContent = answer.class_name;
   answerElement.classList.toggle("long", answer.class_name.length > 3);
   answerElement.classList.remove("stale");
+  padAnswer.textContent = `${answer.class_name} · ${percent(answer.probability)}`;
+  padAnswer.classList.remove("stale");
+  padAnswer.hidden = false;
   answerElement.dataset.seq = String(shownSequence);
   probabilityElement.textContent = `${percent(answer.probability)} sure`;
   topList.replaceChildren(...answer.top.map(barFor));
@@ -340,6 +344,7 @@ function showError(message) {
   errorElement.hidden = false;
   answerElement.classList.add("stale");
   resultElement.classList.add("stale"); // the answer below is about an earlier picture
+  padAnswer.classList.add("stale");
 }
 
 function showNothing() {
@@ -347,6 +352,7 @@ function showNothing() {
   resultElement.classList.remove("stale");
   answerElement.textContent = "?";
   answerElement.classList.remove("long", "stale");
+  padAnswer.hidden = true;
   probabilityElement.textContent = "Draw something to ask it.";
   topList.replaceChildren();
   drawSeen("");
