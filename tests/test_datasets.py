@@ -144,6 +144,24 @@ def test_mnists_files_are_not_taken_as_another_datasets_even_unverified(tmp_path
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="no local mirror of MNIST")
+def test_a_source_folder_of_gunzipped_files_is_fetched_and_verified(tmp_path):
+    """As `gunzip *.gz` leaves the files, or Kaggle's copy names them (`train-images.idx3-ubyte`)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    names = [idx_file.name for idx_file in DATASETS["mnist"].files]
+    given = ["train-images-idx3-ubyte", "train-labels.idx1-ubyte", *names[2:]]  # two gunzipped
+    for name, raw in zip(names, given, strict=True):
+        content = (MIRROR / "mnist" / name).read_bytes()
+        (source / raw).write_bytes(gzip.decompress(content) if raw != name else content)
+    fetched = fetch_dataset(DATASETS["mnist"], str(source), tmp_path / "data")
+    assert all(file.verified for file in fetched)
+    assert fetched[1].source == str(source / "train-labels.idx1-ubyte")
+    images = read_idx(tmp_path / "data" / names[0])
+    assert images.shape == (60000, 28, 28)
+    assert gzip.decompress((tmp_path / "data" / names[0]).read_bytes())[:4] == b"\0\0\x08\x03"
+
+
 @pytest.mark.skipif(not (MIRROR / "fashion").is_dir(), reason="no local mirror of Fashion-MNIST")
 @pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="no local mirror of MNIST")
 def test_a_folder_of_another_datasets_files_is_not_fetched_over(tmp_path):

@@ -7,6 +7,7 @@ and the four files reach their destination only once all of them have passed the
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import os
 import shutil
@@ -70,7 +71,7 @@ def fetch_dataset(
     """Fetch the four files of `spec` from `source` into `destination` and verify them.
 
     `source` is "official" (the spec's mirrors, in order), a local folder, or a base URL
-    (http, https or file) holding the four `*-idx?-ubyte.gz` files. Each file is checked
+    (http, https or file) holding the four `*-idx?-ubyte.gz` files (a folder: or them gunzipped). Each file is checked
     for IDX structure and against the official checksums; files that differ from the
     official ones raise UserError unless allow_unverified is set. Nothing is written
     into `destination` before all four files have passed: they are fetched into a
@@ -137,11 +138,20 @@ def _fetch_one(
     if not folder.is_dir():
         raise UserError(f"source {source!r} is neither 'official', a URL, nor an existing folder")
     path = folder / name
+    if not path.exists():  # gunzipped, as `gunzip *.gz` or Kaggle's copy leaves it
+        raw = name.removesuffix(".gz")
+        for gunzipped in (folder / raw, folder / raw.replace("-idx", ".idx")):
+            if gunzipped.is_file():
+                path = gunzipped
+                break
     if not path.exists():
         raise UserError(f"{path}: file missing from source folder")
     if not path.is_file():
         raise UserError(f"{path}: a folder, expected the file of that name")
-    shutil.copyfile(path, target)
+    if path.name == name:
+        shutil.copyfile(path, target)
+    else:  # compressed as the catalogue names it; its checksum is of the content
+        target.write_bytes(gzip.compress(path.read_bytes(), compresslevel=6, mtime=0))
     return str(path.resolve())
 
 
