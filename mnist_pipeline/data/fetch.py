@@ -71,12 +71,13 @@ def fetch_dataset(
     """Fetch the four files of `spec` from `source` into `destination` and verify them.
 
     `source` is "official" (the spec's mirrors, in order), a local folder, or a base URL
-    (http, https or file) holding the four `*-idx?-ubyte.gz` files (a folder: or them gunzipped). Each file is checked
-    for IDX structure and against the official checksums; files that differ from the
-    official ones raise UserError unless allow_unverified is set. Nothing is written
-    into `destination` before all four files have passed: they are fetched into a
-    temporary folder inside it and then moved into place together, a stop waiting for
-    the four moves. If they do not all pass, the folders made for them are removed again.
+    (http, https or file) holding the four `*-idx?-ubyte.gz` files (a folder may hold them
+    gunzipped). Each file is checked for IDX structure and against the official checksums;
+    files that differ from the official ones raise UserError unless allow_unverified is
+    set. Nothing is written into `destination` before all four files have passed: they are
+    fetched into a temporary folder inside it and then moved into place together, a stop
+    waiting for the four moves. If they do not all pass, the folders made for them are
+    removed again.
     A destination that holds another dataset's official files is refused before any fetch.
     """
     destination = Path(destination)
