@@ -353,6 +353,22 @@ def test_the_ink_is_told_from_the_paper_by_which_side_stands_out(paper, ink):
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
 
 
+@pytest.mark.parametrize(
+    ("paper", "ink", "encode"),
+    [((70, 70, 70), (200, 60, 30), png), ((0, 130, 0), (0, 0, 255), png)]
+    + [((70, 70, 70), (200, 60, 30), as_jpeg)],
+    ids=["blue-on-dark-grey", "red-on-green", "blue-on-dark-grey-jpeg"],
+)
+def test_ink_as_bright_as_its_paper_is_told_from_it_by_its_colour(paper, ink, encode):
+    """Blue ink on dark grey paper, red on green: by brightness alone (within 3 levels
+    here) the ink would be lost in the paper's grain."""
+    stroke = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6)[..., None] / 255.0
+    picture = np.float32(paper) * (1 - stroke) + np.float32(ink) * stroke
+    picture += np.random.default_rng(2).normal(0, 2, picture.shape)
+    pixels = image_to_pixels(encode(np.clip(picture, 0, 255).astype(np.uint8)))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
 def around_the_two(mark: str) -> np.ndarray:
     picture = the_two_on(245, 20)
     if mark == "box":

@@ -8,7 +8,7 @@ pixel is decoded.
 A digit is made to look like MNIST's: a sheet or a note photographed on a table is cut out
 of it (the table becomes the sheet's level), the ink is the side, dark or light, that stands
 out of the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a
-dark table), an image editor's checkerboard behind a transparent layer is made one level,
+dark table; ink as bright as its paper, blue on dark grey, by its colour), an image editor's checkerboard behind a transparent layer is made one level,
 the paper's level is fitted as a smooth surface (so that uneven light is not ink) and raised
 under a shadow cast across the sheet, ink is what stands out of the paper's noise, what is
 not the digit is left out (the lines of ruled or squared paper, a frame around the picture;
@@ -97,6 +97,12 @@ DIGIT_MARGIN = 0.25
 # ...and parts that hold less than this share of the ink away from the edges and the marks
 # around or under the digit are the pieces of a broken line, joined across wider gaps.
 DIGIT_INK_SHARE = 0.5
+# Ink of another colour than its paper (_with_colour_contrast): the pixels above this
+# percentile of the colour difference; told by hue when their difference in colour is this
+# many times their difference in brightness, and at least this far (CIELAB, 0-100 lightness).
+INK_PERCENTILE = 99.5
+HUE_RATIO = 2.0
+MIN_COLOUR_CONTRAST = 15.0
 # The background's level is the median of a band this fraction of the picture wide along its
 # edges; the ink is on the side that reaches this many times as far from it.
 BORDER_BAND = 0.05
@@ -326,6 +332,8 @@ def _to_gray(decoded: np.ndarray, lossless: bool = False) -> np.ndarray:
     if channels == 1:
         return image[:, :, 0]
     gray = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
+    if channels == 3 or image[:, :, 3].min() == 255.0:  # opaque
+        return _with_colour_contrast(colour, gray)
     if channels == 4:
         alpha = image[:, :, 3] / 255.0
         if alpha.min() < 1.0:
@@ -335,6 +343,29 @@ def _to_gray(decoded: np.ndarray, lossless: bool = False) -> np.ndarray:
             background = 255.0 if (opaque.size == 0 or opaque.mean() < 128) else 0.0
             gray = gray * alpha + background * (1.0 - alpha)
     return gray
+
+
+def _with_colour_contrast(colour: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """Return `gray`, or, where the ink differs from its paper by hue far more than by
+    brightness (blue ink on dark grey paper, red on green), grey levels whose contrast is
+    the colour difference: by brightness alone the ink would vanish.
+
+    The paper is the median colour of a band along the edges; the ink, the pixels that
+    differ most from it in colour (CIELAB distance, of about 256x256 of the pixels). A
+    grey picture, or blue ballpoint on white paper, differs as much in brightness and
+    keeps its grey levels.
+    """
+    step = max(1, max(gray.shape) // 256)
+    sample = cv2.cvtColor(np.ascontiguousarray(colour[::step, ::step]) / 255.0, cv2.COLOR_BGR2Lab)
+    paper = np.median(sample[_border_band(sample.shape[:2])], axis=0)
+    difference = np.linalg.norm(sample - paper, axis=2)
+    ink = difference >= np.percentile(difference, INK_PERCENTILE)
+    colour_contrast = float(difference[ink].mean())
+    brightness_contrast = float(np.abs(sample[ink, 0] - paper[0]).mean())
+    if colour_contrast < MIN_COLOUR_CONTRAST or colour_contrast < HUE_RATIO * brightness_contrast:
+        return gray
+    lab = cv2.cvtColor(colour / 255.0, cv2.COLOR_BGR2Lab)
+    return np.clip(255.0 - 2.55 * np.linalg.norm(lab - paper, axis=2), 0.0, 255.0)
 
 
 def _checkerboard_flattened(gray: np.ndarray) -> np.ndarray:
