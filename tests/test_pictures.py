@@ -850,6 +850,20 @@ def test_a_digit_drawn_in_dots_or_broken_dashes_is_kept_whole(style, spacing):
     assert same_strokes(image_to_pixels(png(broken)) > 64, image_to_pixels(png(solid)) > 64)
 
 
+@pytest.mark.parametrize("pitch", [16, 24, 32])
+def test_the_dots_of_dotted_paper_are_not_the_digit(pitch):
+    """A dot journal's page: a grey dot every few millimetres, with a margin, as a photo."""
+    paper = np.full((300, 400), 240.0)
+    for y in range(pitch // 2 + 6, 300 - 6, pitch):
+        for x in range(pitch // 2 + 6, 400 - 6, pitch):
+            cv2.circle(paper, (x, y), 2, 140.0, -1, cv2.LINE_AA)
+    stroke = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
+    picture = paper * (1 - stroke) + 30.0 * stroke
+    picture += np.random.default_rng(2).normal(0, 2, picture.shape)
+    pixels = image_to_pixels(as_jpeg(picture))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
 def test_the_search_for_ruled_lines_skips_only_openings_that_would_keep_nothing():
     """_ruled_lines opens the ink with a row of pixels most of the picture long, and skips
     that opening where no row holds enough ink. OpenCV takes the picture to go on beyond its

@@ -6,17 +6,18 @@ the server give the same pixels. A file's declared size is read from its header 
 pixel is decoded.
 
 A digit is made to look like MNIST's: a sheet or a note photographed on a table is cut out
-of it (the table becomes the sheet's level), the ink is the side, dark or light, that stands
-out of the background (dark ink on a dim photo, light ink on coloured paper, a sheet on a
-dark table; ink as bright as its paper, blue on dark grey, by its colour), an image editor's checkerboard behind a transparent layer is made one level,
-the paper's level is fitted as a smooth surface (so that uneven light is not ink) and raised
-under a shadow cast across the sheet, ink is what stands out of the paper's noise, what is
-not the digit is left out (the lines of ruled or squared paper, a frame around the picture;
-a sheet's edge, the table or a shadow apart from the digit; a box, a circle, a stain or a
-line under it), a digit drawn in dots or broken dashes is kept whole, the digit is cropped,
-thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full brightness
-and centred by its centre of mass. An MNIST image sent as a PNG comes back as it was, to
-within one grey level.
+of it (the table becomes the sheet's level), the ink is the side, dark or light, that
+stands out of the background (dark ink on a dim photo, light ink on coloured paper, a sheet
+on a dark table; ink as bright as its paper, blue on dark grey, by its colour), an image
+editor's checkerboard behind a transparent layer is made one level, the paper's level is
+fitted as a smooth surface (so that uneven light is not ink) and raised under a shadow cast
+across the sheet, ink is what stands out of the paper's noise, what is not the digit is
+left out (the lines of ruled or squared paper, the dots of dotted paper, a frame around the
+picture; a sheet's edge, the table or a shadow apart from the digit; a box, a circle, a
+stain or a line under it), a digit drawn in dots or broken dashes is kept whole, the digit
+is cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
+brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
+was, to within one grey level.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ DIGIT_INK_SHARE = 0.5
 # Ink of another colour than its paper (_with_colour_contrast): the pixels above this
 # percentile of the colour difference; told by hue when their difference in colour is this
 # many times their difference in brightness, and at least this far (CIELAB, 0-100 lightness).
+# A picture whose channels differ from its first by no more levels than this is grey.
+GREY_SPREAD = 12.0
 INK_PERCENTILE = 99.5
 HUE_RATIO = 2.0
 MIN_COLOUR_CONTRAST = 15.0
@@ -185,6 +188,15 @@ SHADOW_INK_LEVEL = 0.85
 SHADOW_AREA = 0.01
 SHADOW_STROKES_KEPT = 0.9
 SHADOW_STROKE_LEVEL = 0.6
+# Dotted paper (_dot_grid): from this many dots to this many, each at most this share of
+# the picture's side wide, with this many neighbours within this many times the median
+# distance to the nearest one, spread over this share of the picture's width and height.
+GRID_DOTS = 40
+MAX_GRID_DOTS = 3000
+GRID_DOT_SIDE = 0.015
+GRID_NEIGHBOURS = 3
+GRID_PITCH_SPREAD = 1.25
+GRID_SPREAD = 0.6
 # A part near the digit with less than this share of the digit's ink is a speck; one whose
 # ink is fainter than this share of the digit's strokes (their 90th percentile), with
 # strokes at least this many times as wide, is a stain or a shadow.
@@ -351,12 +363,15 @@ def _with_colour_contrast(colour: np.ndarray, gray: np.ndarray) -> np.ndarray:
     the colour difference: by brightness alone the ink would vanish.
 
     The paper is the median colour of a band along the edges; the ink, the pixels that
-    differ most from it in colour (CIELAB distance, of about 256x256 of the pixels). A
+    differ most from it in colour (CIELAB distance, of about 128x128 of the pixels). A
     grey picture, or blue ballpoint on white paper, differs as much in brightness and
     keeps its grey levels.
     """
-    step = max(1, max(gray.shape) // 256)
-    sample = cv2.cvtColor(np.ascontiguousarray(colour[::step, ::step]) / 255.0, cv2.COLOR_BGR2Lab)
+    step = max(1, max(gray.shape) // 128)
+    sample = np.ascontiguousarray(colour[::step, ::step])
+    if float(np.abs(sample - sample[:, :, :1]).max()) <= GREY_SPREAD:  # grey: no hue
+        return gray
+    sample = cv2.cvtColor(sample / 255.0, cv2.COLOR_BGR2Lab)
     paper = np.median(sample[_border_band(sample.shape[:2])], axis=0)
     difference = np.linalg.norm(sample - paper, axis=2)
     ink = difference >= np.percentile(difference, INK_PERCENTILE)
@@ -875,6 +890,8 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
     inked = np.where(_frames(inked), 0, inked).astype(np.uint8)
     # The printed lines of a form that the digit touches (a row of cells it stands in).
     inked = np.where(_form_lines(inked), 0, inked).astype(np.uint8)
+    # The dots of dotted paper, which a wider gap below would join into one part.
+    inked = np.where(_dot_grid(inked), 0, inked).astype(np.uint8)
     # Strokes a few pixels apart (a pencil's broken line, a 4 in two strokes) are one part. A
     # digit drawn in dots or dashes further apart than that is joined at twice, then four
     # times the gap, until its parts hold most of the ink away from the edges.
@@ -963,6 +980,29 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
     away[parts] = ~(at_edge | marks | underline)[parts]
     share = float(mass[kept].sum() / mass[kept | away].sum())
     return np.where(kept[labels], labels, 0), share, bool(at_edge[kept].any())
+
+
+def _dot_grid(inked: np.ndarray) -> np.ndarray:
+    """Where in the uint8 mask `inked` the dots of dotted paper are: many small dots, most
+    with three or four others at the same distance (the grid's pitch), spread over the
+    picture, and the dots next to them. A digit drawn in dots has two neighbours to a dot,
+    along its strokes; a dot-matrix digit has fewer dots, and they do not spread so far."""
+    grid = np.zeros(inked.shape, dtype=bool)
+    _, labels, stats, centres = cv2.connectedComponentsWithStats(inked)
+    side = max(2.0, GRID_DOT_SIDE * max(inked.shape))
+    dots = 1 + np.flatnonzero(stats[1:, 2:4].max(axis=1) <= side)
+    if not GRID_DOTS <= dots.size <= MAX_GRID_DOTS:
+        return grid
+    points = centres[dots].astype(np.float32)
+    distances = np.linalg.norm(points[:, None] - points[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    at_pitch = distances < GRID_PITCH_SPREAD * float(np.median(distances.min(axis=1)))
+    on_grid = np.count_nonzero(at_pitch, axis=1) >= GRID_NEIGHBOURS
+    spread = np.ptp(points[on_grid], axis=0) / inked.shape[::-1] if on_grid.any() else 0
+    if np.count_nonzero(on_grid) < GRID_DOTS or np.min(spread) < GRID_SPREAD:
+        return grid
+    next_to_grid = at_pitch[:, on_grid].any(axis=1)
+    return np.isin(labels, dots[on_grid | next_to_grid])
 
 
 def _frames(inked: np.ndarray) -> np.ndarray:
