@@ -355,8 +355,11 @@ def test_the_ink_is_told_from_the_paper_by_which_side_stands_out(paper, ink):
 
 @pytest.mark.parametrize(
     ("paper", "ink", "encode"),
-    [((70, 70, 70), (200, 60, 30), png), ((0, 130, 0), (0, 0, 255), png)]
-    + [((70, 70, 70), (200, 60, 30), as_jpeg)],
+    [
+        ((70, 70, 70), (200, 60, 30), png),
+        ((0, 130, 0), (0, 0, 255), png),
+        ((70, 70, 70), (200, 60, 30), as_jpeg),
+    ],
     ids=["blue-on-dark-grey", "red-on-green", "blue-on-dark-grey-jpeg"],
 )
 def test_ink_as_bright_as_its_paper_is_told_from_it_by_its_colour(paper, ink, encode):

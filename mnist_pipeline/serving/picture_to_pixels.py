@@ -98,11 +98,12 @@ DIGIT_MARGIN = 0.25
 # ...and parts that hold less than this share of the ink away from the edges and the marks
 # around or under the digit are the pieces of a broken line, joined across wider gaps.
 DIGIT_INK_SHARE = 0.5
-# Ink of another colour than its paper (_with_colour_contrast): the pixels above this
-# percentile of the colour difference; told by hue when their difference in colour is this
-# many times their difference in brightness, and at least this far (CIELAB, 0-100 lightness).
-# A picture whose channels differ from its first by no more levels than this is grey.
+# Ink of another colour than its paper (_with_colour_contrast). A picture whose channels
+# differ from its first by no more levels than this is grey.
 GREY_SPREAD = 12.0
+# Else the ink is the pixels above this percentile of the colour difference from the paper,
+# told by hue when their difference in colour is this many times their difference in
+# brightness, and at least this far (CIELAB, 0-100 lightness).
 INK_PERCENTILE = 99.5
 HUE_RATIO = 2.0
 MIN_COLOUR_CONTRAST = 15.0
