@@ -193,7 +193,7 @@ SHADOW_STROKE_LEVEL = 0.6
 # the picture's side wide, with this many neighbours within this many times the median
 # distance to the nearest one, spread over this share of the picture's width and height.
 GRID_DOTS = 40
-MAX_GRID_DOTS = 3000
+MAX_GRID_DOTS = 2000
 GRID_DOT_SIDE = 0.015
 GRID_NEIGHBOURS = 3
 GRID_PITCH_SPREAD = 1.25
