@@ -347,15 +347,12 @@ def _to_gray(decoded: np.ndarray, lossless: bool = False) -> np.ndarray:
     gray = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
     if channels == 3 or image[:, :, 3].min() == 255.0:  # opaque
         return _with_colour_contrast(colour, gray)
-    if channels == 4:
-        alpha = image[:, :, 3] / 255.0
-        if alpha.min() < 1.0:
-            # Strokes drawn on a transparent canvas: composite them onto a background
-            # that contrasts with the opaque pixels, so that light and dark ink both show.
-            opaque = gray[alpha > 0.5]
-            background = 255.0 if (opaque.size == 0 or opaque.mean() < 128) else 0.0
-            gray = gray * alpha + background * (1.0 - alpha)
-    return gray
+    # Strokes drawn on a transparent canvas: composite them onto a background that
+    # contrasts with the opaque pixels, so that light and dark ink both show.
+    alpha = image[:, :, 3] / 255.0
+    opaque = gray[alpha > 0.5]
+    background = 255.0 if (opaque.size == 0 or opaque.mean() < 128) else 0.0
+    return gray * alpha + background * (1.0 - alpha)
 
 
 def _with_colour_contrast(colour: np.ndarray, gray: np.ndarray) -> np.ndarray:
