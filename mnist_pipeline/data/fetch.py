@@ -21,7 +21,7 @@ from pathlib import Path
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from mnist_pipeline.data.catalogue import DATASETS, DatasetSpec, IdxFile
-from mnist_pipeline.data.idx import check_kind, parse_idx, unzipped
+from mnist_pipeline.data.idx import check_kind, parse_idx, read_idx_sha256, unzipped
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.files import staging_folder
 from mnist_pipeline.tracking.signals import deferred
@@ -181,9 +181,8 @@ def _check_not_another_datasets(destination: Path, spec: DatasetSpec) -> None:
     """Refuse `destination` if it holds another dataset's official files, which the fetch
     would replace: Fashion-MNIST's fetched into MNIST's folder, say."""
     for idx_file in spec.files:
-        path = destination / idx_file.name
         try:
-            sha256 = hashlib.sha256(unzipped(path.read_bytes(), idx_file.name)).hexdigest()
+            sha256 = read_idx_sha256(destination / idx_file.name)
         except (OSError, UserError):  # missing, or not a file that anyone would miss
             continue
         if (other := _official_elsewhere(idx_file.name, sha256)) not in (None, spec.name):
