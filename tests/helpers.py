@@ -446,6 +446,15 @@ def another_run_logs_each_dataset_first(store: Store) -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", before_the_insert)
 
 
+def finished_run(client, experiment_id: str, tags: dict, metrics: dict | None = None) -> str:
+    """A FINISHED run made by hand, as a stage would leave it, with `tags` and `metrics`."""
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 @contextlib.contextmanager
 def running(
     command: list[str],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import another_run_logs_each_dataset_first
+from tests.helpers import another_run_logs_each_dataset_first, finished_run
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +124,8 @@ def test_batch_bad_input_is_one_line(pipeline, params, message):
 def finished_train_run(client, experiment_id: str, accuracy: float | None = None, **tags) -> str:
     """A FINISHED train run made by hand (of MNIST unless `dataset` is given); its ID."""
     tags = {"stage": "train", "dataset": "mnist", **tags}
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    if accuracy is not None:
-        client.log_metric(run_id, "accuracy", accuracy)
-    client.set_terminated(run_id)
-    return run_id
+    metrics = {} if accuracy is None else {"accuracy": accuracy}
+    return finished_run(client, experiment_id, tags, metrics)
 
 
 def test_best_is_the_best_train_run_of_the_dataset_asked_for(store):

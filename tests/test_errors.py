@@ -16,6 +16,8 @@ import time
 import pytest
 from conftest import REPO
 
+from tests.helpers import finished_run
+
 MISSING_RUN = "0" * 32
 # Something each stage calls once its run has started: the module and the name to break.
 INSIDE_THE_STAGE = {
@@ -163,19 +165,9 @@ def test_a_refused_command_names_and_tags_the_run_that_mlflow_run_made(store, mo
     assert tags["mlflow.runName"] == "train_batch (refused)"
 
 
-def finished_run(store, tags: dict, metrics: dict | None = None) -> str:
-    """A FINISHED run in the store's Default experiment, as a stage would leave it."""
-    client = store.client()
-    run_id = client.create_run("0", tags=tags).info.run_id
-    for key, value in (metrics or {}).items():
-        client.log_metric(run_id, key, value)
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
 def test_a_deleted_run_is_not_taken_as_a_stages_input(store):
     """`mlflow gc` may have removed a deleted run's artifacts: it is out of play."""
-    data_run = finished_run(store, {"stage": "get_data", "dataset": "mnist"})
+    data_run = finished_run(store.client(), "0", {"stage": "get_data", "dataset": "mnist"})
     store.client().delete_run(data_run)
     result = store.call("explore.py", "--data_run", data_run)
     assert result.returncode == 1
@@ -186,7 +178,10 @@ def test_a_deleted_run_is_not_taken_as_a_stages_input(store):
 
 def test_preprocess_refuses_the_mean_and_std_that_another_dataset_measured(store, tiny_data):
     explored = finished_run(
-        store, {"stage": "explore_data", "dataset": "fashion"}, {"mean": 72.9, "std": 90.0}
+        store.client(),
+        "0",
+        {"stage": "explore_data", "dataset": "fashion"},
+        {"mean": 72.9, "std": 90.0},
     )
     result = store.call("preprocess.py", "--in_data", tiny_data, "--explore_run", explored)
     assert result.returncode == 1
