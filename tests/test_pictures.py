@@ -80,6 +80,20 @@ def test_a_one_pixel_pencil_line_comes_out_as_wide_as_mnist_strokes_at_full_brig
     assert max(ink_box(pixels)) == 20
 
 
+@pytest.mark.parametrize("side", [10, 12])
+@pytest.mark.parametrize("digit", ["1", "2", "4", "7"])
+def test_a_thumbnails_strokes_come_out_at_full_brightness_along_their_length(side, digit):
+    """A digit saved as a thumbnail of 10 or 12 px has grey strokes, darkest where one fell on
+    a pixel. Enlarged into the box, at least half as much of their ink reaches 230 as of
+    MNIST's (half of it), not that one dark spot alone."""
+    large = np.full((280, 280), 255, dtype=np.uint8)
+    cv2.putText(large, digit, (60, 240), cv2.FONT_HERSHEY_SIMPLEX, 8, 0, 18, cv2.LINE_AA)
+    pixels = image_to_pixels(png(cv2.resize(large, (side, side), interpolation=cv2.INTER_AREA)))
+    ink = pixels[pixels > 25]
+    assert (ink >= 230).mean() > 0.25
+    assert max(ink_box(pixels)) == 20
+
+
 def photo_of_a_two(direction: float, scale: int = 1) -> bytes:
     """A JPEG of a 2 in ink on paper lit from one side: the far side a third darker, grainy."""
     rng = np.random.default_rng(0)

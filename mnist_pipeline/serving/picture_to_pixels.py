@@ -1304,9 +1304,15 @@ def _fit_like_mnist(ink: np.ndarray) -> np.ndarray:
         # On a copy a few times the size of the box: fine enough to measure, widen and thin
         # a stroke, small enough to stay fast for a photo of millions of pixels.
         digit = _mnist_strokes(_resize_to_fit(digit, STROKE_WORK_SIDE))
+    enlarged = max(digit.shape) < MNIST_BOX
     digit = _resize_to_fit(digit, MNIST_BOX)
     # MNIST's strokes peak at full brightness, whatever the pen's shade or width.
-    canvas = _centred(digit * (255.0 / float(digit.max())))
+    level = float(digit.max())
+    if enlarged:
+        # A thumbnail's one-pixel strokes are grey, darkest where a stroke fell on a pixel:
+        # enlarged, they reach full brightness along their length, not at one dark spot.
+        level = float(np.median(digit[digit > 0.5 * level]))
+    canvas = _centred(np.minimum(digit * (255.0 / level), 255.0))
     moments = cv2.moments(canvas)
     if moments["m00"] > 0:
         # Whole pixels: a sub-pixel shift would blur every stroke, so that an MNIST image
