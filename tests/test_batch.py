@@ -308,7 +308,14 @@ def test_lists_and_ranges_become_optuna_distributions():
 
 
 def test_a_local_search_prunes_hopeless_trials(pipeline):
-    """Without OPTUNA_STORAGE, the trial processes report to the study's journal file."""
+    """Trials that fall behind the median stop early, FINISHED without a test accuracy, and
+    are left out of the best. Without OPTUNA_STORAGE, the trial processes report to the
+    study's journal file; over PostgreSQL, every team search reports the same way
+    (tests/test_team.py)."""
+    import pandas as pd
+
+    from mnist_pipeline.tracking.runs import best_train_run
+
     store = pipeline["store"]
     result = store.call(
         "batch_train.py",
@@ -322,8 +329,20 @@ def test_a_local_search_prunes_hopeless_trials(pipeline):
     children = store.children_of(parent.info.run_id)
     pruned = [run for run in children if run.data.tags.get("pruned") == "true"]
     assert pruned and len(children) == 6, [run.data.params for run in children]
+    client = store.client()
+    for run in pruned:  # stopped before its last epoch, without a test accuracy
+        assert run.info.status == "FINISHED"
+        assert "accuracy" not in run.data.metrics
+        epochs = int(run.data.tags["pruned_at_epoch"])
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == epochs < 4
     assert parent.data.metrics["trials_pruned"] == len(pruned)
-    assert parent.data.tags["best_run_id"] not in {run.info.run_id for run in pruned}
+    pruned_runs = {run.info.run_id for run in pruned}
+    assert parent.data.tags["best_run_id"] not in pruned_runs
+    assert best_train_run(parent_run=parent.info.run_id).info.run_id not in pruned_runs
+    # Optuna gives a pruned trial its last validation accuracy: the table leaves it out.
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv"))
+    assert table.loc[table["state"] == "PRUNED", "accuracy"].isna().all()
+    assert table.loc[table["state"] == "COMPLETE", "accuracy"].notna().all()
 
 
 def test_a_grid_runs_over_a_shared_study(pipeline, tmp_path):

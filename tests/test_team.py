@@ -407,40 +407,6 @@ def test_one_search_over_three_workers_survives_a_killed_one(team, team_pipeline
         assert set(answer["predictions"][0]) >= {"label", "class_name", "probability"}
 
 
-def test_a_pruned_search_stops_hopeless_trials(team, team_pipeline, tmp_path):
-    store = team.client(tmp_path / "pruning")
-    preprocess_run = team_pipeline.last_run("preprocess").info.run_id
-    store.script(
-        "batch_train.py",
-        *("--preprocess_run", preprocess_run, "--strategy", "random", "--trials", "6"),
-        *("--pruner", "median", "--lr", "0.0000001,0.004", "--nr_conv_1", "4"),
-        *("--epochs", "4", "--batch_size", "32"),
-        experiment="pruning",
-    )
-    parent = store.last_run("train_batch")
-    children = store.children_of(parent.info.run_id)
-    pruned = [run for run in children if run.data.tags.get("pruned") == "true"]
-    assert pruned, [run.data.params for run in children]
-    client = store.client()
-    for run in pruned:
-        assert run.info.status == "FINISHED"
-        assert "accuracy" not in run.data.metrics
-        epochs = int(run.data.tags["pruned_at_epoch"])
-        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == epochs < 4
-    assert parent.data.metrics["trials_pruned"] == len(pruned)
-    assert parent.data.tags["best_run_id"] not in {run.info.run_id for run in pruned}
-    # Optuna gives a pruned trial its last validation accuracy: the table leaves it out.
-    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "trials.csv"))
-    assert table.loc[table["state"] == "PRUNED", "accuracy"].isna().all()
-    assert table.loc[table["state"] == "COMPLETE", "accuracy"].notna().all()
-
-    from mnist_pipeline.tracking.runs import best_train_run
-
-    assert best_train_run(parent_run=parent.info.run_id).info.run_id not in {
-        run.info.run_id for run in pruned
-    }
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
