@@ -205,6 +205,28 @@ def test_an_image_already_like_mnist_goes_through_unchanged(strokes):
     assert np.array_equal(image_to_pixels(png(255 - image)), image)
 
 
+@pytest.mark.parametrize("second", [TWO, SEVEN], ids=["22", "27"])
+def test_digits_side_by_side_are_refused_in_one_line(second):
+    """A number holds no one digit to answer: it is refused, not read as one of its digits
+    or as the two made into one."""
+    canvas = draw(np.full((300, 420), 255, np.uint8), TWO, 60, 70, 150, colour=20, width=8)
+    draw(canvas, second, 240, 70, 150, colour=20, width=8)
+    refused = "^image holds digits side by side: send one digit to a picture$"
+    with pytest.raises(UserError, match=refused):
+        image_to_pixels(png(canvas))
+
+
+def test_a_zero_whose_thin_top_and_bottom_are_lost_is_not_two_digits():
+    """A 0 in a typeface of thick sides and hairlines, blurred or faint until the hairlines
+    are gone: its two sides are not as wide apart as two digits."""
+    sides = [
+        np.array([[0.3 + 0.25 * np.cos(a), 0.5 + 0.45 * np.sin(a)] for a in np.linspace(*ends)])
+        for ends in ((2.0, 4.3, 20), (-1.1, 1.1, 20))
+    ]
+    canvas = draw(np.full((300, 300), 255, np.uint8), sides, 60, 50, 200, colour=20, width=10)
+    assert max(ink_box(image_to_pixels(png(canvas)))) == 20
+
+
 def test_a_faint_speck_away_from_the_digit_is_not_ink():
     canvas = draw(np.full((300, 300), 255, np.uint8), TWO, 80, 60, 180, 0, 8)
     specked = canvas.copy()

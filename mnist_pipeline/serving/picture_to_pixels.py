@@ -207,6 +207,11 @@ BLOT_WIDTHS = 1.5
 # A part that touches one edge is the digit if it is this many times as heavy as the
 # heaviest part away from the edges (a dot or a line beside a digit cut by the edge).
 EDGE_DIGIT_WEIGHT = 2.0
+# Another digit beside the digit (a number): a part at least this share of its height and of
+# the two's together, level with it, apart from it by at least this share of its height (and
+# at most its height), nothing between the two, and the two as wide as they are tall.
+BESIDE_HEIGHT = 0.8
+BESIDE_GAP = 0.1
 # Ink is what stands out of the paper by more than this many deviations of its noise.
 INK_NOISE_MULTIPLE = 5.0
 # ...and, on a picture with no noise at all (a PNG drawn on a computer), by more than this
@@ -222,6 +227,7 @@ CHECK_RUN_RATIO = 1.5
 
 
 ONLY_LINES = "image holds only the lines of ruled or squared paper: no digit"
+DIGITS_SIDE_BY_SIDE = "image holds digits side by side: send one digit to a picture"
 
 
 def image_to_pixels(data: bytes, style: str = "digit") -> np.ndarray:
@@ -895,12 +901,14 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
     # times the gap, until its parts hold most of the ink away from the edges.
     # (Not if that joins it to the picture's edges: the dots of dotted paper are not ink.)
     gap = max(3, round(max(small.shape) * PART_GAP))
-    labels, share, _ = _digit_parts(small, inked, gap)
+    labels, share, _, beside = _digit_parts(small, inked, gap)
+    if beside:
+        raise UserError(DIGITS_SIDE_BY_SIDE)
     for _ in range(2):
         if share >= DIGIT_INK_SHARE:
             break
         gap *= 2
-        wider, wider_share, at_edge = _digit_parts(small, inked, gap)
+        wider, wider_share, at_edge, _ = _digit_parts(small, inked, gap)
         if wider_share > share and not at_edge:
             labels, share = wider, wider_share
     if small is ink:
@@ -911,10 +919,12 @@ def _digit_alone(ink: np.ndarray) -> np.ndarray:
     return np.where(keep > 0, ink, np.float32(0))
 
 
-def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.ndarray, float, bool]:
+def _digit_parts(
+    small: np.ndarray, inked: np.ndarray, gap: int
+) -> tuple[np.ndarray, float, bool, bool]:
     """Return the labels of the digit's parts in `inked` (0 elsewhere), ink closer than `gap`
     pixels being one part; the share they hold of the ink away from the edges and marks;
-    and whether one of them reaches an edge.
+    whether one of them reaches an edge; and whether another digit stands beside the digit.
 
     The digit is the heaviest part away from the picture's edges; the parts near it are its
     own, and so are those near what it has gathered (the dots of a dotted line).
@@ -923,7 +933,7 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
     count, labels, stats, _ = cv2.connectedComponentsWithStats(joined)
     labels[inked == 0] = 0
     if count == 1:  # no ink left once the lines of ruled paper are gone
-        return labels, 1.0, False
+        return labels, 1.0, False, False
     height, width = inked.shape
     mass = np.bincount(labels.ravel(), weights=small.ravel(), minlength=count)
     left, top, w, h = (stats[:, index] for index in range(4))
@@ -968,6 +978,7 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
         underline = (top >= box_bottom) & (h <= FLAT * w) & (w >= 0.5 * box_width)
         return close & own & ~underline & (~at_edge | (extent <= size)), underline
 
+    beside = _beside(stats, own & ~at_edge & ~marks, digit)
     seed = np.arange(count) == digit
     kept, underline = near(seed)
     kept |= seed
@@ -977,7 +988,34 @@ def _digit_parts(small: np.ndarray, inked: np.ndarray, gap: int) -> tuple[np.nda
     away = np.zeros(count, dtype=bool)
     away[parts] = ~(at_edge | marks | underline)[parts]
     share = float(mass[kept].sum() / mass[kept | away].sum())
-    return np.where(kept[labels], labels, 0), share, bool(at_edge[kept].any())
+    return np.where(kept[labels], labels, 0), share, bool(at_edge[kept].any()), beside
+
+
+def _beside(stats: np.ndarray, parts: np.ndarray, digit: int) -> bool:
+    """Whether one of `parts` (a mask of the labels of cv2's `stats`) is another digit beside
+    `digit`: about as tall as it, both about as tall as the parts together, level with it,
+    apart from it on one side, no part between the two (the dots of a dot-matrix 0), and the
+    two as wide as they are tall (a 0 of a typeface whose hairlines were lost is narrower)."""
+    left, top, width, height = (stats[:, index] for index in range(4))
+    right, bottom = left + width, top + height
+    parts = parts.copy()
+    parts[[0, digit]] = [False, True]
+    together = bottom[parts].max() - top[parts].min()
+    lower = np.minimum(height, height[digit])
+    level = np.minimum(bottom, bottom[digit]) - np.maximum(top, top[digit])
+    apart = np.maximum(left - right[digit], left[digit] - right)
+    beside = parts & (lower >= BESIDE_HEIGHT * np.maximum(height, height[digit]))
+    beside &= (lower >= BESIDE_HEIGHT * together) & (level >= BESIDE_HEIGHT * lower)
+    beside &= (apart >= BESIDE_GAP * height[digit]) & (apart <= height[digit])
+    beside[digit] = False
+    for part in np.flatnonzero(beside):
+        gap_left, gap_right = min(right[part], right[digit]), max(left[part], left[digit])
+        between = parts & (left < gap_right) & (right > gap_left)
+        between[[part, digit]] = False
+        wide = max(right[part], right[digit]) - min(left[part], left[digit]) >= together
+        if wide and not between.any():
+            return True
+    return False
 
 
 def _dot_grid(inked: np.ndarray) -> np.ndarray:
