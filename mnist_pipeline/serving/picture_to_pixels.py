@@ -17,7 +17,8 @@ picture; a sheet's edge, the table or a shadow apart from the digit; a box, a ci
 stain or a line under it), a digit drawn in dots or broken dashes is kept whole, the digit
 is cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
 brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
-was, to within one grey level.
+was, to within one grey level. Digits side by side (a number) are refused: there is no one
+digit to answer.
 """
 
 from __future__ import annotations
@@ -871,7 +872,8 @@ def _paper_noise(above_paper: np.ndarray) -> float:
 def _digit_alone(ink: np.ndarray) -> np.ndarray:
     """Return `ink` without what is not the digit: the lines of ruled or squared paper or of
     a frame, what lies apart from the digit (a sheet's edge, a table, a shadow, a speck), and
-    the marks around or under it (a box, a circle, a stain, an underline).
+    the marks around or under it (a box, a circle, a stain, an underline). Raises UserError
+    for digits side by side.
 
     A picture of MNIST's size is left as it is. The rest is decided on a copy at most
     ANALYSIS_SIDE pixels wide or high, where a gap that a removed line leaves in a stroke is
