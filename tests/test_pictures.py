@@ -218,7 +218,7 @@ def test_digits_side_by_side_are_refused_in_one_line(second):
 
 def test_a_zero_whose_thin_top_and_bottom_are_lost_is_not_two_digits():
     """A 0 in a typeface of thick sides and hairlines, blurred or faint until the hairlines
-    are gone: its two sides are not as wide apart as two digits."""
+    are gone: its two sides together are narrower than they are tall, as two digits are not."""
     sides = [
         np.array([[0.3 + 0.25 * np.cos(a), 0.5 + 0.45 * np.sin(a)] for a in np.linspace(*ends)])
         for ends in ((2.0, 4.3, 20), (-1.1, 1.1, 20))

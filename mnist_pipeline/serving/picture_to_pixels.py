@@ -1008,8 +1008,8 @@ def _beside(stats: np.ndarray, parts: np.ndarray, digit: int) -> bool:
     apart = np.maximum(left - right[digit], left[digit] - right)
     beside = parts & (lower >= BESIDE_HEIGHT * np.maximum(height, height[digit]))
     beside &= (lower >= BESIDE_HEIGHT * together) & (level >= BESIDE_HEIGHT * lower)
+    # (The digit itself is not: its `apart` is minus its width.)
     beside &= (apart >= BESIDE_GAP * height[digit]) & (apart <= height[digit])
-    beside[digit] = False
     for part in np.flatnonzero(beside):
         gap_left, gap_right = min(right[part], right[digit]), max(left[part], left[digit])
         between = parts & (left < gap_right) & (right > gap_left)
