@@ -578,6 +578,18 @@ def test_a_whiteboard_photo_with_a_glare_beside_the_digit_reads_the_digit(x, y, 
     assert np.abs(image_to_pixels(jpeg).astype(int) - clean_two()).mean() < 12
 
 
+@pytest.mark.parametrize(("x", "y"), [(200, 190), (170, 120), (240, 240)])
+@pytest.mark.parametrize("strength", [0.8, 0.9])
+def test_a_stroke_that_a_glare_washes_out_is_still_the_digits(x, y, strength):
+    """A photo of glossy paper under a lamp: a glare centred at (x, y) lightens the paper and
+    the ink under it alike, leaving the stroke there a tenth or a fifth of its contrast."""
+    glare = cv2.ellipse(np.zeros((300, 400), np.float32), (x, y), (60, 35), 30, 0, 360, 1, -1)
+    glare = strength * cv2.GaussianBlur(glare, (0, 0), 15)
+    photo = the_two_on(200, 30).astype(np.float32)
+    pixels = image_to_pixels(as_jpeg(photo + glare * (255 - photo)))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
 def stained_two(x: int, y: int, darkness: float) -> np.ndarray:
     """The 2 with a coffee stain beside it, centred at (x, y): a soft blot that darkens the
     paper by `darkness` (0.2: a quarter as much as the ink stands out of it)."""

@@ -11,7 +11,7 @@ stands out of the background (dark ink on a dim photo, light ink on coloured pap
 on a dark table; ink as bright as its paper, blue on dark grey, by its colour), an image
 editor's checkerboard behind a transparent layer is made one level, the paper's level is
 fitted as a smooth surface (so that uneven light is not ink) and raised under a shadow cast
-across the sheet, ink is what stands out of the paper's noise, what is not the digit is
+across the sheet, a glare that washes out the ink under it is taken out, ink is what stands out of the paper's noise, what is not the digit is
 left out (the lines of ruled or squared paper, the dots of dotted paper, a frame around the
 picture; a sheet's edge, the table or a shadow apart from the digit; a box, a circle, a
 stain or a line under it), a digit drawn in dots or broken dashes is kept whole, the digit
@@ -190,6 +190,18 @@ SHADOW_INK_LEVEL = 0.85
 SHADOW_AREA = 0.01
 SHADOW_STROKES_KEPT = 0.9
 SHADOW_STROKE_LEVEL = 0.6
+# A glare (a lamp on glossy paper or a whiteboard) lightens the paper and the ink under it
+# alike. It is where the background keeps less than GLARE_RATIO of the fitted paper's level,
+# on paper at least GLARE_PAPER grey levels from white (here: above black), lightened by
+# more than GLARE_GRAIN times the paper's noise (a blotchy sheet's light patches are not),
+# over SHADOW_AREA of the picture at least, with no ink under it at half the strokes' level
+# (a highlighter's band leaves the ink as dark). Out to where the background keeps
+# GLARE_EDGE of the paper's level, it is scaled back up, at most GLARE_GAIN times.
+GLARE_RATIO = 0.35
+GLARE_PAPER = 20.0
+GLARE_GRAIN = 5.0
+GLARE_EDGE = 0.8
+GLARE_GAIN = 8.0
 # Dotted paper (_dot_grid): from this many dots to this many, each at most this share of
 # the picture's side wide, with this many neighbours within this many times the median
 # distance to the nearest one, spread over this share of the picture's width and height.
@@ -615,6 +627,11 @@ def _digit_ink(gray: np.ndarray, without_lines: bool = True) -> np.ndarray:
     above_paper = cv2.subtract(gray, paper)
     noise = _paper_noise(above_paper)
     mnist_sized = max(gray.shape) <= 2 * IMAGE_SHAPE[0]
+    unglared = None if mnist_sized else _out_of_glare(gray, paper, above_paper, noise)
+    if unglared is not None:
+        gray = unglared
+        above_paper = cv2.subtract(gray, paper)
+        noise = _paper_noise(above_paper)
     if without_lines and not mnist_sized:
         unlined = _without_lines(above_paper, noise)
         if unlined is not above_paper:  # lines were taken away: measure the paper again
@@ -752,6 +769,42 @@ def _under_shadows(
     if not inside.any() or np.mean(kept[inside]) < SHADOW_STROKES_KEPT:
         return None
     return above_shadows
+
+
+def _out_of_glare(
+    gray: np.ndarray, paper: np.ndarray, above_paper: np.ndarray, noise: float
+) -> np.ndarray | None:
+    """Return `gray` with a glare on the paper taken out, or None where there is none.
+
+    Here the ink is light on dark paper, so a glare, which adds a share of the light that
+    the paper and the ink lack, scales both down by the same factor: a stroke under it keeps
+    only a fraction of its contrast, and the fitted surface, which does not follow so local
+    a light, lies above it. The background (a grey opening as wide as a shadow's, which
+    takes the strokes out) over the paper's level is that factor; the picture is divided by
+    it where the glare is (see GLARE_RATIO).
+    """
+    # Most pictures: white paper, or none of it lighter than the fitted surface by far.
+    lighter = (paper >= GLARE_PAPER) & (above_paper < -GLARE_GRAIN * noise)
+    if np.mean(lighter) < SHADOW_AREA:
+        return None
+    stroke = _stretched(above_paper, noise=noise, keep_edges=True) > SHADOW_STROKE_LEVEL * 255.0
+    if not stroke.any():
+        return None
+    side = 2 * round(SHADOW_WIDTHS * _stroke_width(stroke * np.float32(255.0)) / 2) + 1
+    if side >= min(gray.shape) // 2:
+        return None
+    square = np.ones((side, side), np.uint8)
+    background = cv2.blur(cv2.morphologyEx(gray, cv2.MORPH_OPEN, square), (side, side))
+    kept = background / np.maximum(paper, np.float32(1e-3))
+    glare = (kept < GLARE_RATIO) & (paper >= GLARE_PAPER)
+    glare &= paper - background > GLARE_GRAIN * noise
+    if np.mean(glare) < SHADOW_AREA:
+        return None
+    if np.percentile(gray[glare], 99) > 0.5 * np.median(gray[stroke]):
+        return None
+    lightened = _reaching(kept < GLARE_EDGE, glare)
+    gain = np.clip(paper / np.maximum(background, np.float32(1.0)), 1.0, GLARE_GAIN)
+    return np.where(lightened, gray * gain, gray).astype(np.float32)
 
 
 def _reaching(
