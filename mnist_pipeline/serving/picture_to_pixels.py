@@ -11,14 +11,14 @@ stands out of the background (dark ink on a dim photo, light ink on coloured pap
 on a dark table; ink as bright as its paper, blue on dark grey, by its colour), an image
 editor's checkerboard behind a transparent layer is made one level, the paper's level is
 fitted as a smooth surface (so that uneven light is not ink) and raised under a shadow cast
-across the sheet, a glare that washes out the ink under it is taken out, ink is what stands out of the paper's noise, what is not the digit is
-left out (the lines of ruled or squared paper, the dots of dotted paper, a frame around the
-picture; a sheet's edge, the table or a shadow apart from the digit; a box, a circle, a
-stain or a line under it), a digit drawn in dots or broken dashes is kept whole, the digit
-is cropped, thin strokes are widened to MNIST's 2-3 px, and it is fitted into 20x20 at full
-brightness and centred by its centre of mass. An MNIST image sent as a PNG comes back as it
-was, to within one grey level. Digits side by side (a number) are refused: there is no one
-digit to answer.
+across the sheet, a glare that washes out the ink under it is divided out, ink is what
+stands out of the paper's noise, what is not the digit is left out (the lines of ruled or
+squared paper, the dots of dotted paper, a frame around the picture; a sheet's edge, the
+table or a shadow apart from the digit; a box, a circle, a stain or a line under it), a
+digit drawn in dots or broken dashes is kept whole, the digit is cropped, thin strokes are
+widened to MNIST's 2-3 px, and it is fitted into 20x20 at full brightness and centred by its
+centre of mass. An MNIST image sent as a PNG comes back as it was, to within one grey level.
+Digits side by side (a number) are refused: there is no one digit to answer.
 """
 
 from __future__ import annotations
@@ -800,6 +800,7 @@ def _out_of_glare(
     glare &= paper - background > GLARE_GRAIN * noise
     if np.mean(glare) < SHADOW_AREA:
         return None
+    # A glare lightens the ink under it too; a highlighter's band leaves it as dark.
     if np.percentile(gray[glare], 99) > 0.5 * np.median(gray[stroke]):
         return None
     lightened = _reaching(kept < GLARE_EDGE, glare)
