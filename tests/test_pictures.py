@@ -590,6 +590,23 @@ def test_a_stroke_that_a_glare_washes_out_is_still_the_digits(x, y, strength):
     assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
 
 
+@pytest.mark.parametrize("seed", [1, 4, 6])
+def test_the_light_patches_of_a_sheet_on_a_table_are_not_a_glare(seed):
+    """Light falling unevenly across a grainy photo of a sheet on a table leaves patches of
+    the sheet far lighter than the fitted surface, but by no more than its grain allows: the
+    paper there is not scaled up into ink."""
+    rng = np.random.default_rng(seed)
+    stroke = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
+    photo = np.full((400, 520), 75.0)
+    photo[50:350, 60:460] = 240 * (1 - stroke) + 25 * stroke
+    light = cv2.resize(
+        rng.random((4, 5)).astype(np.float32), (520, 400), interpolation=cv2.INTER_CUBIC
+    )
+    light = 0.75 + 0.25 * (light - light.min()) / np.ptp(light)
+    pixels = image_to_pixels(as_jpeg(photo * light + rng.normal(0, 6, photo.shape)))
+    assert np.abs(pixels.astype(int) - clean_two()).mean() < 12
+
+
 def stained_two(x: int, y: int, darkness: float) -> np.ndarray:
     """The 2 with a coffee stain beside it, centred at (x, y): a soft blot that darkens the
     paper by `darkness` (0.2: a quarter as much as the ink stands out of it)."""
