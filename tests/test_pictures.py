@@ -592,9 +592,9 @@ def test_a_stroke_that_a_glare_washes_out_is_still_the_digits(x, y, strength):
 
 @pytest.mark.parametrize("seed", [1, 4, 6])
 def test_the_light_patches_of_a_sheet_on_a_table_are_not_a_glare(seed):
-    """Light falling unevenly across a grainy photo of a sheet on a table leaves patches of
-    the sheet far lighter than the fitted surface, but by no more than its grain allows: the
-    paper there is not scaled up into ink."""
+    """Light falling unevenly across a grainy photo of a sheet on a table leaves patches that
+    keep less than a third of the fitted surface's darkness, but are lighter by only a few
+    times the paper's grain: they are not a glare, and their grain is not scaled up into ink."""
     rng = np.random.default_rng(seed)
     stroke = draw(np.zeros((300, 400), np.uint8), TWO, 150, 90, 110, 255, 6) / 255.0
     photo = np.full((400, 520), 75.0)
