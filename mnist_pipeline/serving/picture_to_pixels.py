@@ -195,8 +195,9 @@ SHADOW_STROKE_LEVEL = 0.6
 # on paper at least GLARE_PAPER grey levels from white (here: above black), lightened by
 # more than GLARE_GRAIN times the paper's noise (a blotchy sheet's light patches are not),
 # over SHADOW_AREA of the picture at least, with no ink under it at half the strokes' level
-# (a highlighter's band leaves the ink as dark). Out to where the background keeps
-# GLARE_EDGE of the paper's level, it is scaled back up, at most GLARE_GAIN times.
+# (the white strokes of a digit whose grey drop shadow is the ink are no glare). Out to where
+# the background keeps GLARE_EDGE of the paper's level, it is scaled back up, at most
+# GLARE_GAIN times.
 GLARE_RATIO = 0.35
 GLARE_PAPER = 20.0
 GLARE_GRAIN = 5.0
@@ -800,7 +801,8 @@ def _out_of_glare(
     glare &= paper - background > GLARE_GRAIN * noise
     if np.mean(glare) < SHADOW_AREA:
         return None
-    # A glare lightens the ink under it too; a highlighter's band leaves it as dark.
+    # A glare lightens the ink under it too: where that ink is as strong as the rest, the
+    # light part is something else (a white digit's strokes beside its grey drop shadow).
     if np.percentile(gray[glare], 99) > 0.5 * np.median(gray[stroke]):
         return None
     lightened = _reaching(kept < GLARE_EDGE, glare)
