@@ -732,10 +732,9 @@ def _under_shadows(
     if np.mean((cv2.subtract(gray, paper) > SHADOW_LEVEL * peak)[in_band]) < SHADOW_AREA:
         return None
     stroke = ink > SHADOW_STROKE_LEVEL * 255.0
-    side = 2 * round(SHADOW_WIDTHS * _stroke_width(stroke * np.float32(255.0)) / 2) + 1
-    if not stroke.any() or side >= min(gray.shape) // 2:
+    square = _wider_than(stroke, gray.shape)
+    if square is None:
         return None
-    square = np.ones((side, side), np.uint8)
     shadows = cv2.morphologyEx(gray, cv2.MORPH_OPEN, square)
     level = cv2.subtract(shadows, paper)
     wide = level > SHADOW_LEVEL * peak
@@ -785,20 +784,16 @@ def _out_of_glare(
     it where the glare is (see GLARE_RATIO).
     """
     # Most pictures: white paper, or none of it lighter than the fitted surface by far.
-    lighter = (paper >= GLARE_PAPER) & (above_paper < -GLARE_GRAIN * noise)
-    if np.mean(lighter) < SHADOW_AREA:
+    grey_paper = paper >= GLARE_PAPER
+    if np.mean(grey_paper & (above_paper < -GLARE_GRAIN * noise)) < SHADOW_AREA:
         return None
     stroke = _stretched(above_paper, noise=noise, keep_edges=True) > SHADOW_STROKE_LEVEL * 255.0
-    if not stroke.any():
+    square = _wider_than(stroke, gray.shape)
+    if square is None:
         return None
-    side = 2 * round(SHADOW_WIDTHS * _stroke_width(stroke * np.float32(255.0)) / 2) + 1
-    if side >= min(gray.shape) // 2:
-        return None
-    square = np.ones((side, side), np.uint8)
-    background = cv2.blur(cv2.morphologyEx(gray, cv2.MORPH_OPEN, square), (side, side))
+    background = cv2.blur(cv2.morphologyEx(gray, cv2.MORPH_OPEN, square), square.shape)
     kept = background / np.maximum(paper, np.float32(1e-3))
-    glare = (kept < GLARE_RATIO) & (paper >= GLARE_PAPER)
-    glare &= paper - background > GLARE_GRAIN * noise
+    glare = grey_paper & (kept < GLARE_RATIO) & (paper - background > GLARE_GRAIN * noise)
     if np.mean(glare) < SHADOW_AREA:
         return None
     # A glare lightens the ink under it too: where that ink is as strong as the rest, the
@@ -808,6 +803,16 @@ def _out_of_glare(
     lightened = _reaching(kept < GLARE_EDGE, glare)
     gain = np.clip(paper / np.maximum(background, np.float32(1.0)), 1.0, GLARE_GAIN)
     return np.where(lightened, gray * gain, gray).astype(np.float32)
+
+
+def _wider_than(stroke: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Return a square SHADOW_WIDTHS times as wide as the strokes of boolean `stroke`, with
+    which a grey opening takes the strokes out and keeps what is wider (a shadow, the paper
+    under a glare); None where there are no strokes, or it would be half the picture wide."""
+    side = 2 * round(SHADOW_WIDTHS * _stroke_width(stroke * np.float32(255.0)) / 2) + 1
+    if not stroke.any() or side >= min(shape) // 2:
+        return None
+    return np.ones((side, side), np.uint8)
 
 
 def _reaching(
